@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Prepare a Debian machine (as root) for parley: system packages, a virtualenv in .venv, parley itself.
+#   scripts/setup.sh            runtime only
+#   scripts/setup.sh test       + test tools, Debian chromium and coturn
+set -euo pipefail
+cd "$(dirname "$0")/.."
+want_test=${1:-}
+
+need=()
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ "$want_test" = test ]; then
+    command -v chromium >/dev/null || need+=(chromium)
+    command -v turnserver >/dev/null || need+=(coturn)
+    command -v openssl >/dev/null || need+=(openssl)
+    fc-list 2>/dev/null | grep -qi dejavu || need+=(fonts-dejavu-core)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+if [ "$want_test" = test ]; then
+    .venv/bin/python -m pip install -q -e '.[test,bench]'
+else
+    .venv/bin/python -m pip install -q -e .
+fi
