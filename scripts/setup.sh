@@ -13,6 +13,8 @@ if [ "$want_test" = test ]; then
     command -v chromium >/dev/null || need+=(chromium)
     command -v turnserver >/dev/null || need+=(coturn)
     command -v openssl >/dev/null || need+=(openssl)
+    command -v ip >/dev/null || need+=(iproute2)
+    command -v unshare >/dev/null || need+=(util-linux)
     fc-list 2>/dev/null | grep -qi dejavu || need+=(fonts-dejavu-core)
 fi
 if [ ${#need[@]} -gt 0 ]; then
