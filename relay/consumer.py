@@ -1,0 +1,272 @@
+"""A Consumer is one subscriber's copy of a producer (mediasoup's Consumer).
+
+It is a negotiated ``sendonly`` transceiver on the subscriber's peer connection whose aiortc
+sender never encodes anything: packets from the producer are rewritten for this subscriber
+(SSRC, payload type, sequence number and timestamp offsets, mid) and SRTP-protected on the
+subscriber's transport. The consumer answers its subscriber's NACKs from its own history, turns
+PLI/FIR into keyframe requests upstream and sends sender reports carrying the publisher's
+NTP/RTP mapping translated to its own timestamps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import TYPE_CHECKING
+
+from aiortc import MediaStreamTrack, RTCRtpTransceiver
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    AnyRtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSrPacket,
+    RtpPacket,
+    unpack_remb_fci,
+)
+
+from . import _aiortc
+from .rtp import RtpRewriter, wrap_rtx
+
+if TYPE_CHECKING:
+    from aiortc.rtcdtlstransport import RTCDtlsTransport
+
+    from .producer import Producer
+
+logger = logging.getLogger(__name__)
+
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+
+
+class SilentTrack(MediaStreamTrack):
+    """The track behind a consumer's aiortc sender: it never yields a frame, so the sender's
+    own RTP loop stays idle while the consumer sends forwarded packets."""
+
+    def __init__(self, kind: str, id: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._id = id
+        self._stopped = asyncio.Event()
+
+    async def recv(self) -> object:
+        await self._stopped.wait()
+        raise MediaStreamError
+
+    def stop(self) -> None:
+        super().stop()
+        self._stopped.set()
+
+
+class Consumer:
+    """One subscriber's copy of ``producer``."""
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        producer: Producer,
+        peer_id: str,
+        transceiver: RTCRtpTransceiver,
+        history_size: int,
+    ) -> None:
+        self.id = id
+        self.producer = producer
+        self.peer_id = peer_id
+        self.transceiver = transceiver
+        self.closed = False
+        self.packets = 0
+        self.octets = 0
+        self.nacked = 0
+        self.retransmitted = 0
+        self.keyframe_requests = 0
+        self.remb: int | None = None
+        self.fraction_lost = 0
+        self._rewriter: RtpRewriter | None = None
+        self._dtls: RTCDtlsTransport = transceiver.sender.transport
+        self._ready = False
+        self._synced = False
+        self._gated = producer.needs_keyframes
+        self._history: list[bytes | None] = [None] * history_size
+        self._history_mask = history_size - 1
+        self._rtx_payload_type: int | None = None
+        self._rtx_ssrc = 0
+        self._rtx_seq = random.randrange(1 << 15)
+        if self._gated:
+            producer.waiting_consumers += 1
+
+    @property
+    def mid(self) -> str | None:
+        return self.transceiver.mid
+
+    @property
+    def active(self) -> bool:
+        return self._rewriter is not None and not self.closed
+
+    def track_info(self) -> dict[str, str | None]:
+        """This consumer as listed in the ``tracks`` of a subscribe offer."""
+        return {
+            "mid": self.mid,
+            "participant_id": self.producer.peer_id,
+            "kind": self.producer.kind,
+            "source": self.producer.source,
+            "producer_id": self.producer.id,
+        }
+
+    def activate(self) -> None:
+        """Start forwarding once the subscriber's answer fixed the negotiated parameters."""
+        if self._rewriter is not None or self.closed:
+            return
+        codecs = _aiortc.transceiver_codecs(self.transceiver)
+        primary = next(c for c in codecs if not c.mimeType.lower().endswith("/rtx"))
+        for codec in codecs:
+            if codec.mimeType.lower().endswith("/rtx") and str(codec.parameters.get("apt")) == str(
+                primary.payloadType
+            ):
+                self._rtx_payload_type = codec.payloadType
+        ids = {ext.uri: ext.id for ext in _aiortc.transceiver_header_extensions(self.transceiver)}
+        ssrc, self._rtx_ssrc = _aiortc.sender_ssrcs(self.transceiver.sender)
+        self._rewriter = RtpRewriter(
+            ssrc=ssrc,
+            payload_type=primary.payloadType,
+            mid=self.mid,
+            mid_id=ids.get(MID_URI),
+            abs_send_time_id=ids.get(ABS_SEND_TIME_URI),
+            audio_level_id=ids.get(AUDIO_LEVEL_URI),
+        )
+        _aiortc.hook_sender(self.transceiver.sender, self.handle_rtcp, self.send_reports)
+
+    # --- the packet path -------------------------------------------------------------------
+
+    async def send(
+        self,
+        packet: RtpPacket,
+        abs_send_time: int,
+        audio_level: tuple[bool, int] | None,
+        keyframe: bool,
+    ) -> None:
+        """Forward one of the producer's packets to the subscriber."""
+        rewriter = self._rewriter
+        if rewriter is None:
+            return
+        if not self._ready:
+            if not _aiortc.dtls_is_connected(self._dtls):
+                return
+            self._ready = True
+            if self._gated:
+                self.producer.request_keyframe()
+                return
+        if not self._synced:
+            if self._gated and not keyframe:
+                return
+            rewriter.sync(
+                packet.sequence_number,
+                packet.timestamp,
+                random.randrange(1 << 15),
+                random.randrange(1 << 32),
+            )
+            self._synced = True
+            if self._gated:
+                self.producer.waiting_consumers -= 1
+        data = rewriter.rewrite(packet, abs_send_time, audio_level)
+        self._history[(packet.sequence_number + rewriter.seq_offset) & self._history_mask] = data
+        self.packets += 1
+        self.octets += len(packet.payload)
+        try:
+            await _aiortc.dtls_send_rtp(self._dtls, data)
+        except ConnectionError:
+            pass
+
+    # --- RTCP from the subscriber ------------------------------------------------------------
+
+    async def handle_rtcp(self, packet: AnyRtcpPacket) -> None:
+        if self.closed:
+            return
+        if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            for seq in packet.lost:
+                await self._retransmit(seq)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            self.keyframe_requests += 1
+            self.producer.request_keyframe()
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                return
+            if self._rewriter is not None and self._rewriter.ssrc in ssrcs:
+                self.remb = bitrate
+        elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)) and self._rewriter is not None:
+            for report in packet.reports:
+                if report.ssrc == self._rewriter.ssrc:
+                    self.fraction_lost = report.fraction_lost
+
+    async def _retransmit(self, seq: int) -> None:
+        self.nacked += 1
+        data = self._history[seq & self._history_mask]
+        if data is None or ((data[2] << 8) | data[3]) != seq:
+            return
+        if self._rtx_payload_type is not None:
+            data = wrap_rtx(
+                data,
+                payload_type=self._rtx_payload_type,
+                sequence_number=self._rtx_seq,
+                ssrc=self._rtx_ssrc,
+            )
+            self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+        self.retransmitted += 1
+        try:
+            await _aiortc.dtls_send_rtp(self._dtls, data)
+        except ConnectionError:
+            pass
+
+    async def send_reports(self, packets: list[AnyRtcpPacket]) -> None:
+        """Replaces the aiortc sender's RTCP output: its SR would claim nothing was sent."""
+        out: list[AnyRtcpPacket] = []
+        rewriter = self._rewriter
+        for packet in packets:
+            if isinstance(packet, RtcpSrPacket):
+                mapping = self.producer.sender_report
+                if mapping is None or rewriter is None or not self._synced or self.closed:
+                    continue
+                packet.sender_info = RtcpSenderInfo(
+                    ntp_timestamp=mapping[0],
+                    rtp_timestamp=rewriter.out_ts(mapping[1]),
+                    packet_count=self.packets & 0xFFFFFFFF,
+                    octet_count=self.octets & 0xFFFFFFFF,
+                )
+                out.append(packet)
+            elif isinstance(packet, RtcpSdesPacket):
+                if out:
+                    out.append(packet)
+            else:
+                out.append(packet)
+        if not out:
+            return
+        try:
+            await _aiortc.dtls_send_rtp(self._dtls, b"".join(bytes(p) for p in out))
+        except ConnectionError:
+            pass
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._gated and not self._synced:
+            self.producer.waiting_consumers -= 1
+        self._history = []
+        self._history_mask = 0
+        self._rewriter = None
+        track = self.transceiver.sender.track
+        if track is not None:
+            track.stop()

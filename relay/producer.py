@@ -1,0 +1,219 @@
+"""A Producer is one track a participant sends to the relay (mediasoup's Producer).
+
+It receives the publisher's decrypted RTP packets straight from aiortc's transport (no jitter
+buffer, no decoder), keeps the upstream leg healthy (receiver reports, NACKs and REMB go back to
+the publisher) and fans each packet out to its consumers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aiortc import RTCRtpReceiver
+from aiortc.rate import RemoteBitrateEstimator
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    AnyRtcpPacket,
+    RtcpPsfbPacket,
+    RtcpSrPacket,
+    RtpPacket,
+    pack_remb_fci,
+    unwrap_rtx,
+)
+
+from . import _aiortc
+from .config import MediaConfig
+from .rtp import KeyframeDetector, keyframe_detector
+
+if TYPE_CHECKING:
+    from .consumer import Consumer
+
+logger = logging.getLogger(__name__)
+
+NTP_EPOCH_OFFSET = 2208988800
+
+
+def abs_send_time_now() -> int:
+    """The 24-bit 6.18 fixed-point abs-send-time of now (webrtc abs-send-time extension)."""
+    return int((time.time() + NTP_EPOCH_OFFSET) * 262144) & 0xFFFFFF
+
+
+class Producer:
+    """One incoming track: ``kind`` is "audio" or "video", ``source`` is "camera", "microphone"
+    or "screen"."""
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        peer_id: str,
+        kind: str,
+        source: str,
+        mid: str,
+        receiver: RTCRtpReceiver,
+        codecs: list[RTCRtpCodecParameters],
+        ssrcs: list[int],
+        rtx_ssrcs: dict[int, int],
+        config: MediaConfig,
+        on_close: Callable[[Producer], None],
+    ) -> None:
+        primary = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
+        if primary is None:
+            raise ValueError("a producer needs a media codec")
+        self.id = id
+        self.peer_id = peer_id
+        self.kind = kind
+        self.source = source
+        self.mid = mid
+        self.codec = primary
+        self.payload_type = primary.payloadType
+        self.closed = False
+        self.consumers: tuple[Consumer, ...] = ()
+        """The fan-out list; the router replaces it (never mutated in place while iterating)."""
+        self.packets = 0
+        self.octets = 0
+        self.keyframe_requests = 0
+        self.sender_report: tuple[int, int] | None = None
+        """The publisher's last (NTP, RTP) timestamp pair from its sender report."""
+
+        self._receiver = receiver
+        self._config = config
+        self._on_close = on_close
+        self._rtx_apt: dict[int, int] = {
+            c.payloadType: int(c.parameters["apt"])
+            for c in codecs
+            if c.mimeType.lower().endswith("/rtx") and "apt" in c.parameters
+        }
+        self._rtx_ssrcs = dict(rtx_ssrcs)
+        self._media_ssrc: int | None = ssrcs[0] if ssrcs else None
+        self._streams: dict[int, StreamStatistics] = {}
+        self._nack = NackGenerator() if kind == "video" else None
+        self._remb = RemoteBitrateEstimator() if kind == "video" else None
+        self._is_keyframe: KeyframeDetector | None = (
+            keyframe_detector(primary.mimeType) if kind == "video" else None
+        )
+        self.waiting_consumers = 0
+        self._last_keyframe_request = -1e9
+        self._keyframe_pending = False
+        self._tasks: set[asyncio.Future[None]] = set()
+        _aiortc.hook_receiver(receiver, self.handle_rtp, self.handle_rtcp, self._streams)
+        if ssrcs or rtx_ssrcs:
+            _aiortc.register_ssrcs(receiver, [*ssrcs, *rtx_ssrcs])
+
+    @property
+    def needs_keyframes(self) -> bool:
+        """Whether consumers must wait for a keyframe before forwarding (video we can parse)."""
+        return self._is_keyframe is not None
+
+    def __repr__(self) -> str:
+        return f"Producer({self.id} {self.kind}/{self.source} of {self.peer_id})"
+
+    # --- the packet path -------------------------------------------------------------------
+
+    async def handle_rtp(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        """Called by aiortc's transport for every decrypted packet of this track."""
+        if self.closed:
+            return
+        ssrc = packet.ssrc
+        stream = self._streams.get(ssrc)
+        if stream is None:
+            stream = self._streams[ssrc] = StreamStatistics(self.codec.clockRate)
+        stream.add(packet)
+
+        if packet.payload_type != self.payload_type:
+            apt = self._rtx_apt.get(packet.payload_type)
+            if apt != self.payload_type or len(packet.payload) < 2:
+                return  # unknown payload type, or RTX padding
+            media_ssrc = self._rtx_ssrcs.get(ssrc, self._media_ssrc)
+            if media_ssrc is None:
+                return
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=media_ssrc)
+        elif self._media_ssrc != ssrc:
+            self._media_ssrc = ssrc
+            if self._keyframe_pending:
+                self.request_keyframe()
+
+        self.packets += 1
+        self.octets += len(packet.payload)
+
+        if self._remb is not None and packet.extensions.abs_send_time is not None:
+            remb = self._remb.add(
+                abs_send_time=packet.extensions.abs_send_time,
+                arrival_time_ms=arrival_time_ms,
+                payload_size=len(packet.payload) + packet.padding_size,
+                ssrc=packet.ssrc,
+            )
+            if remb is not None:
+                self._send_remb(remb[0], remb[1])
+        if self._nack is not None and self._nack.add(packet):
+            self._spawn(_aiortc.send_nack(self._receiver, packet.ssrc, sorted(self._nack.missing)))
+
+        keyframe = False
+        if self.waiting_consumers and self._is_keyframe is not None:
+            keyframe = self._is_keyframe(packet.payload)
+            if not keyframe:
+                now = asyncio.get_running_loop().time()
+                if now - self._last_keyframe_request >= self._config.keyframe_retry_interval:
+                    self.request_keyframe()
+        abs_send_time = abs_send_time_now()
+        audio_level = packet.extensions.audio_level
+        for consumer in self.consumers:
+            await consumer.send(packet, abs_send_time, audio_level, keyframe)
+
+    async def handle_rtcp(self, packet: AnyRtcpPacket) -> None:
+        """Sender reports and BYE from the publisher (after aiortc's own bookkeeping)."""
+        if isinstance(packet, RtcpSrPacket) and packet.ssrc == self._media_ssrc:
+            info = packet.sender_info
+            self.sender_report = (info.ntp_timestamp, info.rtp_timestamp)
+
+    # --- feedback to the publisher -----------------------------------------------------------
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe (PLI), at most once per debounce interval."""
+        if self.closed or self.kind != "video":
+            return
+        if self._media_ssrc is None:
+            self._keyframe_pending = True
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._last_keyframe_request < self._config.keyframe_request_interval:
+            return
+        self._last_keyframe_request = now
+        self._keyframe_pending = False
+        self.keyframe_requests += 1
+        self._spawn(_aiortc.send_pli(self._receiver, self._media_ssrc))
+
+    def _send_remb(self, bitrate: int, ssrcs: list[int]) -> None:
+        """Tell the publisher the lowest of our estimate and its subscribers' estimates."""
+        for consumer in self.consumers:
+            if consumer.remb is not None and consumer.remb < bitrate:
+                bitrate = consumer.remb
+        rtcp_ssrc = _aiortc.receiver_rtcp_ssrc(self._receiver)
+        if rtcp_ssrc is None:
+            return
+        packet = RtcpPsfbPacket(
+            fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs)
+        )
+        self._spawn(_aiortc.send_receiver_rtcp(self._receiver, packet))
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop forwarding; the router closes this producer's consumers."""
+        if self.closed:
+            return
+        self.closed = True
+        logger.debug("[%s] producer %s closed", self.peer_id, self.id)
+        self._on_close(self)
+        self.consumers = ()

@@ -1,0 +1,220 @@
+"""Pure RTP helpers for the forwarding path: per-consumer header rewriting, RTX wrapping and
+keyframe detection. No I/O, no asyncio: everything here takes bytes or packets and returns bytes.
+
+The payload of a forwarded packet is never touched: only the fixed header (SSRC, payload type,
+sequence number, timestamp) and the header extensions the consumer negotiated are rewritten.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Protocol
+
+RTP_HEADER = struct.Struct("!BBHII")
+ONE_BYTE_PROFILE = b"\xbe\xde"
+SEQ_MOD = 1 << 16
+TS_MOD = 1 << 32
+
+
+class RtpLike(Protocol):
+    """The parts of a parsed RTP packet we read (aiortc's ``RtpPacket`` has them)."""
+
+    marker: int
+    sequence_number: int
+    timestamp: int
+    csrc: list[int]
+    payload: bytes
+    padding_size: int
+
+
+class RtpRewriter:
+    """Rewrites one producer's packets into one consumer's stream (RFC 3550 §5.1, RFC 8285).
+
+    Offsets are chosen when the consumer synchronises on its first packet, so that the consumer's
+    stream starts at ``first_seq`` and stays continuous from there on.
+    """
+
+    __slots__ = (
+        "ssrc",
+        "payload_type",
+        "seq_offset",
+        "ts_offset",
+        "_mid_element",
+        "abs_send_time_id",
+        "audio_level_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        ssrc: int,
+        payload_type: int,
+        mid: str | None,
+        mid_id: int | None,
+        abs_send_time_id: int | None,
+        audio_level_id: int | None,
+    ) -> None:
+        self.ssrc = ssrc
+        self.payload_type = payload_type
+        self.seq_offset = 0
+        self.ts_offset = 0
+        self._mid_element = b""
+        if mid is not None and mid_id:
+            value = mid.encode("utf8")
+            if not 1 <= len(value) <= 16 or not 1 <= mid_id <= 14:
+                raise ValueError(f"mid {mid!r} does not fit a one-byte header extension")
+            self._mid_element = bytes([(mid_id << 4) | (len(value) - 1)]) + value
+        self.abs_send_time_id = abs_send_time_id or 0
+        self.audio_level_id = audio_level_id or 0
+
+    def sync(self, in_seq: int, in_ts: int, out_seq: int, out_ts: int) -> None:
+        """Map the incoming ``(in_seq, in_ts)`` onto ``(out_seq, out_ts)`` from now on."""
+        self.seq_offset = (out_seq - in_seq) % SEQ_MOD
+        self.ts_offset = (out_ts - in_ts) % TS_MOD
+
+    def out_seq(self, in_seq: int) -> int:
+        return (in_seq + self.seq_offset) & 0xFFFF
+
+    def out_ts(self, in_ts: int) -> int:
+        return (in_ts + self.ts_offset) & 0xFFFFFFFF
+
+    def rewrite(
+        self, packet: RtpLike, abs_send_time: int | None, audio_level: tuple[bool, int] | None
+    ) -> bytes:
+        """Serialise ``packet`` for this consumer. The payload bytes are copied unchanged."""
+        ext = self._mid_element
+        if abs_send_time is not None and self.abs_send_time_id:
+            ext += bytes(
+                (
+                    (self.abs_send_time_id << 4) | 2,
+                    (abs_send_time >> 16) & 0xFF,
+                    (abs_send_time >> 8) & 0xFF,
+                    abs_send_time & 0xFF,
+                )
+            )
+        if audio_level is not None and self.audio_level_id:
+            ext += bytes(
+                ((self.audio_level_id << 4), (0x80 if audio_level[0] else 0) | audio_level[1])
+            )
+        csrc = packet.csrc
+        padding = packet.padding_size
+        first = 0x80 | len(csrc)
+        if padding:
+            first |= 0x20
+        if ext:
+            first |= 0x10
+        header = RTP_HEADER.pack(
+            first,
+            (packet.marker << 7) | self.payload_type,
+            (packet.sequence_number + self.seq_offset) & 0xFFFF,
+            (packet.timestamp + self.ts_offset) & 0xFFFFFFFF,
+            self.ssrc,
+        )
+        parts = [header]
+        if csrc:
+            parts.append(struct.pack(f"!{len(csrc)}I", *csrc))
+        if ext:
+            pad = -len(ext) % 4
+            if pad:
+                ext += b"\x00" * pad
+            parts.append(ONE_BYTE_PROFILE + struct.pack("!H", len(ext) // 4) + ext)
+        parts.append(packet.payload)
+        if padding:
+            parts.append(b"\x00" * (padding - 1) + bytes((padding,)))
+        return b"".join(parts)
+
+
+def header_length(data: bytes) -> int:
+    """Length of the RTP fixed header, CSRC list and header extension of ``data``."""
+    if len(data) < 12:
+        raise ValueError("RTP packet is shorter than its fixed header")
+    length = 12 + 4 * (data[0] & 0x0F)
+    if data[0] & 0x10:
+        if len(data) < length + 4:
+            raise ValueError("RTP header extension is truncated")
+        length += 4 + 4 * ((data[length + 2] << 8) | data[length + 3])
+    if len(data) < length:
+        raise ValueError("RTP header is truncated")
+    return length
+
+
+def wrap_rtx(data: bytes, *, payload_type: int, sequence_number: int, ssrc: int) -> bytes:
+    """Turn a serialised RTP packet into its RTX retransmission (RFC 4588 §4).
+
+    The RTX payload is the original sequence number followed by the original payload; the header
+    extensions are kept; padding is dropped.
+    """
+    hlen = header_length(data)
+    end = len(data)
+    if data[0] & 0x20:
+        end -= data[-1]
+    header = bytearray(data[:hlen])
+    header[0] &= ~0x20 & 0xFF
+    header[1] = (data[1] & 0x80) | payload_type
+    struct.pack_into("!H", header, 2, sequence_number)
+    struct.pack_into("!I", header, 8, ssrc)
+    return bytes(header) + data[2:4] + data[hlen:end]
+
+
+def is_vp8_keyframe(payload: bytes) -> bool:
+    """True when ``payload`` starts a VP8 key frame (RFC 7741 §4.2-4.3)."""
+    if not payload:
+        return False
+    first = payload[0]
+    # S bit set and partition index 0: the first packet of a frame
+    if not first & 0x10 or first & 0x07:
+        return False
+    pos = 1
+    if first & 0x80:  # X: extended control bits
+        if len(payload) < 2:
+            return False
+        ext = payload[1]
+        pos = 2
+        if ext & 0x80:  # I: picture id
+            if len(payload) <= pos:
+                return False
+            pos += 2 if payload[pos] & 0x80 else 1
+        if ext & 0x40:  # L: TL0PICIDX
+            pos += 1
+        if ext & 0x30:  # T or K
+            pos += 1
+    if len(payload) <= pos:
+        return False
+    # VP8 payload header: P bit (inverse key frame flag) is bit 0 of the first byte
+    return not payload[pos] & 0x01
+
+
+def is_h264_keyframe(payload: bytes) -> bool:
+    """True when ``payload`` carries an IDR slice or an SPS (RFC 6184 §5.6-5.8)."""
+    if not payload:
+        return False
+    nal_type = payload[0] & 0x1F
+    if nal_type in (5, 7):
+        return True
+    if nal_type == 24:  # STAP-A
+        pos = 1
+        while pos + 2 < len(payload):
+            size = (payload[pos] << 8) | payload[pos + 1]
+            if size == 0:
+                return False
+            if payload[pos + 2] & 0x1F in (5, 7):
+                return True
+            pos += 2 + size
+        return False
+    if nal_type == 28 and len(payload) > 1:  # FU-A: start of an IDR slice
+        return bool(payload[1] & 0x80) and payload[1] & 0x1F == 5
+    return False
+
+
+def keyframe_detector(mime_type: str) -> KeyframeDetector | None:
+    """The keyframe test for a codec, or None when keyframes cannot be told (never gate)."""
+    mime = mime_type.lower()
+    if mime == "video/vp8":
+        return is_vp8_keyframe
+    if mime == "video/h264":
+        return is_h264_keyframe
+    return None
+
+
+class KeyframeDetector(Protocol):
+    def __call__(self, payload: bytes) -> bool: ...

@@ -1,0 +1,310 @@
+"""Transports: one aiortc peer connection each (mediasoup's WebRtcTransport).
+
+Every participant has two: a :class:`PublishTransport` on which the participant offers the
+tracks it sends (each becomes a :class:`~relay.producer.Producer`), and a
+:class:`SubscribeTransport` on which the relay offers everybody else's tracks (each a
+:class:`~relay.consumer.Consumer`), re-offering whenever producers come or go, one negotiation
+at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc import sdp as aiortc_sdp
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+
+from . import _aiortc
+from .config import MediaConfig
+from .consumer import Consumer, SilentTrack
+from .errors import InvalidSdp, NegotiationError, NoMedia, TransportClosed, UnsupportedCodec
+from .producer import Producer
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("camera", "microphone", "screen")
+DEFAULT_SOURCE = {"audio": "microphone", "video": "camera"}
+
+OfferSender = Callable[[str, list[dict[str, str | None]]], Awaitable[None]]
+
+
+def _new_pc() -> RTCPeerConnection:
+    # MAX_BUNDLE: one transport per peer connection; avoids aiortc's lost second track when one
+    # offer adds two tracks of the same kind (shared/research/feasibility.md).
+    return RTCPeerConnection(
+        RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+    )
+
+
+def parse_sdp(sdp: str) -> aiortc_sdp.SessionDescription:
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise InvalidSdp("the SDP is empty")
+    try:
+        return aiortc_sdp.SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc raises ValueError, IndexError, KeyError, ...
+        raise InvalidSdp(f"the SDP cannot be parsed: {exc}") from exc
+
+
+def codec_preferences(codec: RTCRtpCodecParameters, kind: str) -> list[RTCRtpCodecCapability]:
+    """The capabilities to offer a subscriber for a producer's ``codec``: that codec and RTX."""
+    capabilities = RTCRtpSender.getCapabilities(kind).codecs
+    chosen: list[RTCRtpCodecCapability] = []
+    for cap in capabilities:
+        if cap.mimeType.lower() != codec.mimeType.lower() or cap.clockRate != codec.clockRate:
+            continue
+        if codec.mimeType.lower() == "video/h264":
+            mode = str(codec.parameters.get("packetization-mode", "0"))
+            if str(cap.parameters.get("packetization-mode", "0")) != mode:
+                continue
+        chosen.append(cap)
+        break
+    if not chosen:
+        raise UnsupportedCodec(f"cannot forward {codec.mimeType}")
+    rtx = [c for c in capabilities if c.mimeType.lower().endswith("/rtx")]
+    return chosen + rtx[:1]
+
+
+class PublishTransport:
+    """The peer connection a participant sends on; the participant offers."""
+
+    def __init__(
+        self,
+        *,
+        peer_id: str,
+        config: MediaConfig,
+        on_producer: Callable[[Producer], None],
+        on_producer_closed: Callable[[Producer], None],
+        on_failed: Callable[[], None],
+    ) -> None:
+        self.peer_id = peer_id
+        self.pc = _new_pc()
+        self.producers: dict[str, Producer] = {}
+        self.closed = False
+        self._config = config
+        self._on_producer = on_producer
+        self._on_producer_closed = on_producer_closed
+        self._lock = asyncio.Lock()
+
+        @self.pc.on("connectionstatechange")
+        def _state() -> None:
+            if self.pc.connectionState == "failed" and not self.closed:
+                on_failed()
+
+    async def handle_offer(self, sdp: str, sources: dict[str, str]) -> str:
+        """Apply the participant's offer, create or close producers, return our answer."""
+        parsed = parse_sdp(sdp)
+        if not any(m.kind in ("audio", "video") for m in parsed.media):
+            raise NoMedia("the offer has no audio or video section")
+        async with self._lock:
+            if self.closed:
+                raise TransportClosed("the publish connection is closed")
+            if self.pc.signalingState != "stable":
+                raise NegotiationError("a publish negotiation is already in progress")
+            try:
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            except Exception as exc:
+                if self.closed:
+                    raise TransportClosed("the publish connection is closed") from exc
+                raise InvalidSdp(f"the offer cannot be applied: {exc}") from exc
+            self._sync_producers(parsed, sources)
+            _aiortc.configure_host_candidates(
+                self.pc, list(self._config.addresses), self._config.port_range
+            )
+            answer = await self.pc.createAnswer()
+            await self.pc.setLocalDescription(answer)
+            return str(self.pc.localDescription.sdp)
+
+    def _sync_producers(
+        self, parsed: aiortc_sdp.SessionDescription, sources: dict[str, str]
+    ) -> None:
+        media_by_mid = {m.rtp.muxId: m for m in parsed.media}
+        for transceiver in self.pc.getTransceivers():
+            mid = transceiver.mid
+            if mid is None:
+                continue
+            direction = _aiortc.transceiver_offer_direction(transceiver)
+            sending = direction in ("recvonly", "sendrecv")
+            producer = self.producers.get(mid)
+            if producer is not None and not sending:
+                self.producers.pop(mid)
+                producer.close()
+            elif producer is None and sending:
+                media = media_by_mid.get(mid)
+                ssrcs: list[int] = []
+                rtx: dict[int, int] = {}
+                if media is not None:
+                    for group in media.ssrc_group:
+                        if group.semantic == "FID" and len(group.ssrcs) == 2:
+                            rtx[group.ssrcs[1]] = group.ssrcs[0]
+                    ssrcs = [s.ssrc for s in media.ssrc if s.ssrc not in rtx]
+                source = sources.get(mid) or DEFAULT_SOURCE[transceiver.kind]
+                if source not in SOURCES:
+                    source = DEFAULT_SOURCE[transceiver.kind]
+                producer = Producer(
+                    id=uuid.uuid4().hex[:12],
+                    peer_id=self.peer_id,
+                    kind=transceiver.kind,
+                    source=source,
+                    mid=mid,
+                    receiver=transceiver.receiver,
+                    codecs=_aiortc.transceiver_codecs(transceiver),
+                    ssrcs=ssrcs,
+                    rtx_ssrcs=rtx,
+                    config=self._config,
+                    on_close=self._on_producer_closed,
+                )
+                self.producers[mid] = producer
+                logger.info(
+                    "[%s] producing %s %s (%s)",
+                    self.peer_id,
+                    producer.kind,
+                    producer.source,
+                    producer.codec.mimeType,
+                )
+                self._on_producer(producer)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for producer in list(self.producers.values()):
+            producer.close()
+        self.producers.clear()
+        await self.pc.close()
+
+
+class SubscribeTransport:
+    """The peer connection a participant receives on; the relay offers."""
+
+    def __init__(
+        self,
+        *,
+        peer_id: str,
+        config: MediaConfig,
+        send_offer: OfferSender,
+        on_failed: Callable[[], None],
+    ) -> None:
+        self.peer_id = peer_id
+        self.pc = _new_pc()
+        self.consumers: dict[str, Consumer] = {}
+        """Consumers by producer id."""
+        self.closed = False
+        self.negotiations = 0
+        self._config = config
+        self._send_offer = send_offer
+        self._on_failed = on_failed
+        self._dirty = False
+        self._task: asyncio.Task[None] | None = None
+        self._answer: asyncio.Future[None] | None = None
+
+        @self.pc.on("connectionstatechange")
+        def _state() -> None:
+            if self.pc.connectionState == "failed" and not self.closed:
+                on_failed()
+
+    def add_consumer(self, producer: Producer) -> Consumer | None:
+        if self.closed or producer.id in self.consumers:
+            return None
+        track = SilentTrack(producer.kind, id=producer.id)
+        transceiver = self.pc.addTransceiver(track, direction="sendonly")
+        transceiver.setCodecPreferences(codec_preferences(producer.codec, producer.kind))
+        stream = producer.peer_id if producer.source != "screen" else producer.peer_id + "-screen"
+        _aiortc.set_stream_id(transceiver.sender, stream)
+        consumer = Consumer(
+            id=uuid.uuid4().hex[:12],
+            producer=producer,
+            peer_id=self.peer_id,
+            transceiver=transceiver,
+            history_size=self._config.history_size,
+        )
+        self.consumers[producer.id] = consumer
+        self._schedule()
+        return consumer
+
+    def remove_consumer(self, producer_id: str) -> Consumer | None:
+        consumer = self.consumers.pop(producer_id, None)
+        if consumer is None:
+            return None
+        consumer.close()
+        consumer.transceiver.direction = "inactive"
+        if not self.closed:
+            self._schedule()
+        return consumer
+
+    def _schedule(self) -> None:
+        self._dirty = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._negotiate())
+
+    async def _negotiate(self) -> None:
+        try:
+            while self._dirty and not self.closed:
+                self._dirty = False
+                await self._negotiate_once()
+        except TransportClosed:
+            pass
+        except TimeoutError:
+            logger.warning("[%s] no answer to the subscribe offer in time", self.peer_id)
+            self._on_failed()
+        except Exception:
+            if not self.closed:
+                logger.exception("[%s] subscribe negotiation failed", self.peer_id)
+                self._on_failed()
+
+    async def _negotiate_once(self) -> None:
+        offer = await self.pc.createOffer()
+        _aiortc.configure_host_candidates(
+            self.pc, list(self._config.addresses), self._config.port_range
+        )
+        await self.pc.setLocalDescription(offer)
+        if self.closed:
+            raise TransportClosed("closed during negotiation")
+        tracks = [c.track_info() for c in self.consumers.values() if c.mid is not None]
+        loop = asyncio.get_running_loop()
+        self._answer = loop.create_future()
+        self.negotiations += 1
+        await self._send_offer(str(self.pc.localDescription.sdp), tracks)
+        await asyncio.wait_for(asyncio.shield(self._answer), self._config.negotiation_timeout)
+        for consumer in list(self.consumers.values()):
+            consumer.activate()
+
+    async def handle_answer(self, sdp: str) -> None:
+        """Apply the participant's answer to our outstanding offer."""
+        parse_sdp(sdp)
+        if self.closed:
+            raise TransportClosed("the subscribe connection is closed")
+        if (
+            self._answer is None
+            or self._answer.done()
+            or self.pc.signalingState != "have-local-offer"
+        ):
+            raise NegotiationError("there is no subscribe offer to answer")
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        except Exception as exc:
+            raise InvalidSdp(f"the answer cannot be applied: {exc}") from exc
+        if not self._answer.done():
+            self._answer.set_result(None)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for consumer in self.consumers.values():
+            consumer.close()
+        self.consumers.clear()
+        if self._answer is not None and not self._answer.done():
+            self._answer.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        await self.pc.close()
