@@ -198,14 +198,17 @@ def _host_candidates_factory(
 ) -> Callable[..., Awaitable[list[Candidate]]]:
     from aioice.ice import StunProtocol
 
+    stock = connection.get_component_candidates
+
     async def get_component_candidates(
-        component: int,
-        addresses_: list[str] | None = None,
-        timeout: int = 5,  # noqa: ASYNC109
+        component: int, addresses: list[str] | None = None, timeout: int = 5  # noqa: ASYNC109
     ) -> list[Candidate]:
+        if port_range is None:
+            # aioice binds port 0 on our addresses and still gathers STUN/TURN candidates
+            return list(await stock(component=component, addresses=wanted, timeout=timeout))
         loop = asyncio.get_running_loop()
         candidates = []
-        for address in addresses:
+        for address in wanted:
             try:
                 transport, protocol = await _bind_udp(
                     loop, lambda: StunProtocol(connection), address, port_range
@@ -227,6 +230,7 @@ def _host_candidates_factory(
             connection._protocols.append(protocol)
         return candidates
 
+    wanted = addresses
     return get_component_candidates
 
 

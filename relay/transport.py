@@ -144,8 +144,8 @@ class PublishTransport:
                 rtx: dict[int, int] = {}
                 if media is not None:
                     for group in media.ssrc_group:
-                        if group.semantic == "FID" and len(group.ssrcs) == 2:
-                            rtx[group.ssrcs[1]] = group.ssrcs[0]
+                        if group.semantic == "FID" and len(group.items) == 2:
+                            rtx[int(group.items[1])] = int(group.items[0])
                     ssrcs = [s.ssrc for s in media.ssrc if s.ssrc not in rtx]
                 source = sources.get(mid) or DEFAULT_SOURCE[transceiver.kind]
                 if source not in SOURCES:
