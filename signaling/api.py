@@ -1,0 +1,133 @@
+"""The HTTP API (``/api/v1``) used by chat systems and the agent console."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from aiohttp import web
+
+from .errors import BadRequest, InvalidJson, SignalingError, Unauthorized
+from .keys import CONFIG, SESSIONS
+from .sessions import Session
+from .tokens import ROLES
+
+routes = web.RouteTableDef()
+
+
+def _authorize(request: web.Request) -> None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key:
+        raise Unauthorized("an API key is required: Authorization: Bearer <key>")
+    if not hmac.compare_digest(key.strip().encode(), request.app[CONFIG].api_key.encode()):
+        raise Unauthorized("the API key is not valid")
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length and request.content_length > 64 * 1024:
+        raise BadRequest("request body too large")
+    raw = await request.read()
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidJson("the request body is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise InvalidJson("the request body must be a JSON object")
+    return data
+
+
+def _join_url(request: web.Request, token: str) -> str:
+    return f"{request.app[CONFIG].base_url}/join/{token}"
+
+
+def _session(request: web.Request) -> Session:
+    return request.app[SESSIONS].get(request.match_info["session_id"])
+
+
+@routes.post("/api/v1/sessions")
+async def create_session(request: web.Request) -> web.Response:
+    _authorize(request)
+    body = await _json_body(request)
+    conversation_id = body.get("conversation_id")
+    if not isinstance(conversation_id, str) or not conversation_id or len(conversation_id) > 200:
+        raise BadRequest("'conversation_id' must be a non-empty string (at most 200 characters)")
+    max_participants = body.get("max_participants")
+    limit = request.app[CONFIG].max_participants
+    if max_participants is not None and (
+        not isinstance(max_participants, int)
+        or isinstance(max_participants, bool)
+        or not 2 <= max_participants <= max(limit, 2)
+    ):
+        raise BadRequest(f"'max_participants' must be an integer from 2 to {limit}")
+    manager = request.app[SESSIONS]
+    session = manager.create(conversation_id, max_participants)
+    agent = manager.invite(session, "agent")
+    customer = manager.invite(session, "customer")
+    payload = {
+        "session_id": session.id,
+        "conversation_id": session.conversation_id,
+        "agent_url": _join_url(request, agent),
+        "customer_url": _join_url(request, customer),
+        "expires_at": session.to_json()["expires_at"],
+    }
+    return web.json_response(payload, status=201)
+
+
+@routes.post("/api/v1/sessions/{session_id}/invites")
+async def create_invite(request: web.Request) -> web.Response:
+    _authorize(request)
+    session = _session(request)
+    body = await _json_body(request)
+    role = body.get("role")
+    if role not in ROLES:
+        raise BadRequest("'role' must be 'agent' or 'customer'")
+    name = body.get("name", "")
+    if not isinstance(name, str) or len(name) > 80:
+        raise BadRequest("'name' must be a string of at most 80 characters")
+    token = request.app[SESSIONS].invite(session, role, name)
+    return web.json_response({"url": _join_url(request, token)}, status=201)
+
+
+@routes.get("/api/v1/sessions/{session_id}")
+async def get_session(request: web.Request) -> web.Response:
+    _authorize(request)
+    return web.json_response(_session(request).to_json())
+
+
+@routes.delete("/api/v1/sessions/{session_id}")
+async def delete_session(request: web.Request) -> web.Response:
+    _authorize(request)
+    await _session(request).end("ended_by_api")
+    return web.Response(status=204)
+
+
+@routes.get("/api/v1/conversations/{conversation_id}/sessions")
+async def conversation_sessions(request: web.Request) -> web.Response:
+    _authorize(request)
+    sessions = request.app[SESSIONS].for_conversation(request.match_info["conversation_id"])
+    return web.json_response({"sessions": [s.to_json() for s in sessions]})
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Map every error to ``{"error": {"code", "message"}}`` with a fitting status."""
+    try:
+        return await handler(request)
+    except SignalingError as exc:
+        return web.json_response(exc.to_json(), status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400 or not request.path.startswith("/api/"):
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        return web.json_response(
+            {"error": {"code": code, "message": exc.reason}}, status=exc.status
+        )

@@ -1,0 +1,120 @@
+"""The service configuration: composed once at the entry point from flags and environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from relay.config import MediaConfig
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """One entry of the ``ice_servers`` list sent to participants."""
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+
+@dataclass(frozen=True)
+class TurnSettings:
+    """How participants reach the relay through TURN."""
+
+    port: int = 3478
+    """UDP+TCP port of the embedded TURN server; 0 disables it."""
+
+    tls_port: int = 5349
+    """TLS port of the embedded TURN server (only with a certificate and key)."""
+
+    listen_host: str = "127.0.0.1"
+    """Address the embedded TURN server listens on."""
+
+    public_host: str = ""
+    """Host name put in ``turn:`` URLs; default: the host of the public URL."""
+
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    secret: str = ""
+    """Shared secret for TURN REST API credentials (coturn ``static-auth-secret``)."""
+
+    credential_ttl: int = 6 * 3600
+    """Lifetime of the TURN credentials minted for each participant."""
+
+    transports: tuple[str, ...] = ("udp", "tcp")
+    """Which ``turn:`` URLs to hand out (``turns:`` is added when TLS is configured)."""
+
+    external_urls: tuple[str, ...] = ()
+    """Use these TURN URLs (e.g. coturn) instead of the embedded server."""
+
+    external_username: str | None = None
+    """Fixed credentials for the external TURN service (instead of minting from the secret)."""
+
+    external_credential: str | None = None
+
+    relay_ports: tuple[int, int] | None = None
+    """UDP port range of the embedded server's relayed addresses."""
+
+    def __post_init__(self) -> None:
+        for port in (self.port, self.tls_port):
+            if not 0 <= port <= 65535:
+                raise ValueError(f"invalid TURN port {port}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        for transport in self.transports:
+            if transport not in ("udp", "tcp"):
+                raise ValueError(f"unknown TURN transport {transport!r}")
+        for url in self.external_urls:
+            if not url.startswith(("turn:", "turns:", "stun:")):
+                raise ValueError(f"not a TURN URL: {url!r}")
+
+    @property
+    def embedded(self) -> bool:
+        return self.port != 0 and not self.external_urls
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""
+    """Base of the join URLs; default http://<host>:<port>."""
+
+    api_key: str = ""
+    token_secret: bytes = b""
+    """Key that signs join tokens (random per start unless configured)."""
+
+    token_ttl: int = 4 * 3600
+    """Seconds a join URL stays valid."""
+
+    max_participants: int = 4
+    ice_transport_policy: str = "all"
+    media: MediaConfig = field(default_factory=MediaConfig)
+    turn: TurnSettings = field(default_factory=TurnSettings)
+    ended_sessions_kept: int = 10000
+    """How many ended sessions the history keeps in memory."""
+
+    def __post_init__(self) -> None:
+        if not self.api_key:
+            raise ValueError("an API key is required")
+        if len(self.token_secret) < 16:
+            raise ValueError("the token secret must be at least 16 bytes")
+        if not 2 <= self.max_participants <= 32:
+            raise ValueError("max participants must be between 2 and 32")
+        if self.ice_transport_policy not in ("all", "relay"):
+            raise ValueError("ice transport policy must be 'all' or 'relay'")
+        if self.public_url and urlparse(self.public_url).scheme not in ("http", "https"):
+            raise ValueError("the public URL must start with http:// or https://")
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def turn_host(self) -> str:
+        return self.turn.public_host or urlparse(self.base_url).hostname or self.host

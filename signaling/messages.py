@@ -1,0 +1,96 @@
+"""Typed WebSocket signaling messages (client to server). One ``parse`` turns a text frame into
+one of these or raises a :class:`~signaling.errors.SignalingError` with the code the client sees.
+Server-to-client messages are plain dicts built by the ``*_message`` helpers below."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BadRequest, InvalidJson, UnknownMessageType
+
+MAX_MESSAGE_BYTES = 256 * 1024
+SOURCES = ("camera", "microphone", "screen")
+
+
+@dataclass(frozen=True)
+class Join:
+    token: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Offer:
+    pc: str
+    sdp: str
+    sources: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Answer:
+    pc: str
+    sdp: str
+
+
+@dataclass(frozen=True)
+class Leave:
+    pass
+
+
+@dataclass(frozen=True)
+class End:
+    pass
+
+
+ClientMessage = Join | Offer | Answer | Leave | End
+
+
+def _str(data: dict[str, Any], key: str, *, required: bool = True, limit: int = 0) -> str:
+    value = data.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value):
+        raise BadRequest(f"'{key}' must be a non-empty string")
+    if limit and len(value) > limit:
+        raise BadRequest(f"'{key}' is longer than {limit} characters")
+    return value
+
+
+def parse(text: str | bytes) -> ClientMessage:
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise BadRequest("message too large")
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidJson("the message is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise InvalidJson("the message must be a JSON object")
+    kind = data.get("type")
+    if kind == "join":
+        return Join(token=_str(data, "token"), name=_str(data, "name", required=False, limit=80))
+    if kind in ("offer", "answer"):
+        pc = data.get("pc")
+        expected = "publish" if kind == "offer" else "subscribe"
+        if pc != expected:
+            raise BadRequest(f'\'{kind}\' messages must have "pc": "{expected}"')
+        sdp = _str(data, "sdp")
+        if kind == "answer":
+            return Answer(pc=pc, sdp=sdp)
+        sources = data.get("sources") or {}
+        if not isinstance(sources, dict) or not all(
+            isinstance(k, str) and v in SOURCES for k, v in sources.items()
+        ):
+            raise BadRequest("'sources' must map mids to camera, microphone or screen")
+        return Offer(pc=pc, sdp=sdp, sources=dict(sources))
+    if kind == "leave":
+        return Leave()
+    if kind == "end":
+        return End()
+    if not isinstance(kind, str):
+        raise BadRequest("the message has no 'type'")
+    raise UnknownMessageType(f"unknown message type {kind[:40]!r}")
+
+
+def error_message(code: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message}

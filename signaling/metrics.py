@@ -1,0 +1,79 @@
+"""``/metrics`` in the Prometheus text format (prometheus-client), collected on scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .keys import TURN_SERVER
+from .sessions import SessionManager
+
+REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+
+
+class RelayCollector:
+    def __init__(self, manager: SessionManager, app: web.Application) -> None:
+        self.manager = manager
+        self.app = app
+
+    def collect(self) -> Iterator[Any]:
+        sessions = GaugeMetricFamily("parley_sessions", "Sessions by state", labels=["state"])
+        states = {"waiting": 0, "active": 0, "ended": 0}
+        participants = 0
+        rx_packets = rx_bytes = tx_packets = tx_bytes = nacks = rtx = plis = 0
+        for session in self.manager.sessions.values():
+            states[session.state] += 1
+            participants += len(session.connected())
+            for peer in session.router.peers.values():
+                for producer in peer.producers:
+                    rx_packets += producer.packets
+                    rx_bytes += producer.octets
+                    plis += producer.keyframe_requests
+                for consumer in peer.subscribe.consumers.values():
+                    tx_packets += consumer.packets
+                    tx_bytes += consumer.octets
+                    nacks += consumer.nacked
+                    rtx += consumer.retransmitted
+        for state, count in states.items():
+            sessions.add_metric([state], count)
+        yield sessions
+        yield GaugeMetricFamily("parley_participants", "Connected participants", value=participants)
+        for name, doc, value in (
+            (
+                "parley_rtp_received_packets",
+                "RTP packets received from publishers (live)",
+                rx_packets,
+            ),
+            ("parley_rtp_received_bytes", "RTP payload bytes received (live)", rx_bytes),
+            (
+                "parley_rtp_forwarded_packets",
+                "RTP packets forwarded to subscribers (live)",
+                tx_packets,
+            ),
+            ("parley_rtp_forwarded_bytes", "RTP payload bytes forwarded (live)", tx_bytes),
+            ("parley_nack_requested_packets", "Packets subscribers NACKed (live)", nacks),
+            ("parley_rtx_sent_packets", "Retransmissions sent (live)", rtx),
+            ("parley_keyframe_requests", "PLIs sent to publishers (live)", plis),
+        ):
+            yield GaugeMetricFamily(name, doc, value=value)
+        server = self.app.get(TURN_SERVER)
+        if server is not None:
+            for key, value in server.stats().items():  # type: ignore[attr-defined]
+                yield CounterMetricFamily(key, f"embedded TURN server: {key}", value=value)
+
+
+def register(manager: SessionManager, app: web.Application) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(RelayCollector(manager, app))
+    app[REGISTRY] = registry
+    return registry
+
+
+async def handler(request: web.Request) -> web.Response:
+    registry = request.app.get(REGISTRY)
+    body = generate_latest(registry) if registry is not None else b""
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,327 @@
+"""Sessions and participants: the signaling state machine, testable without a socket.
+
+A :class:`Session` owns one :class:`relay.Router`. Each participant slot comes from a join token;
+a participant is connected through one :class:`Connection` (the WebSocket handler implements it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from relay import MediaConfig, Peer, RelayError, Router
+
+from . import tokens
+from .errors import Forbidden, SessionEnded, SessionFull, SessionNotFound, SignalingError
+from .messages import Answer, Offer
+
+logger = logging.getLogger(__name__)
+
+CLOSE_REPLACED = 4000
+CLOSE_MEDIA_FAILED = 4001
+CLOSE_SESSION_ENDED = 4002
+
+
+class Connection(Protocol):
+    """How a session talks to one participant's client."""
+
+    async def send(self, message: dict[str, Any]) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+
+
+@dataclass
+class Participant:
+    id: str
+    role: str
+    name: str
+    joined_at: float | None = None
+    left_at: float | None = None
+    connection: Connection | None = None
+    peer: Peer | None = None
+    joins: int = 0
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "participant_id": self.id,
+            "role": self.role,
+            "name": self.name,
+            "joined_at": iso(self.joined_at),
+            "left_at": iso(self.left_at),
+        }
+
+
+@dataclass
+class Session:
+    id: str
+    conversation_id: str
+    created_at: float
+    expires_at: float
+    max_participants: int
+    router: Router
+    participants: dict[str, Participant] = field(default_factory=dict)
+    ended_at: float | None = None
+    end_reason: str | None = None
+    clock: Callable[[], float] = time.time
+
+    @property
+    def state(self) -> str:
+        if self.ended_at is not None:
+            return "ended"
+        if any(p.connected for p in self.participants.values()):
+            return "active"
+        return "waiting"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "session_id": self.id,
+            "conversation_id": self.conversation_id,
+            "state": self.state,
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.expires_at),
+            "ended_at": iso(self.ended_at),
+            "participants": [
+                p.to_json() for p in self.participants.values() if p.joined_at is not None
+            ],
+        }
+
+    def connected(self) -> list[Participant]:
+        return [p for p in self.participants.values() if p.connected]
+
+    # --- membership ----------------------------------------------------------------------------
+
+    async def join(
+        self,
+        claims: tokens.JoinClaims,
+        name: str,
+        connection: Connection,
+        welcome: Callable[[Participant], dict[str, Any]],
+    ) -> Participant:
+        """Connect a participant; a second join with the same token replaces the first."""
+        if self.ended_at is not None:
+            raise SessionEnded("the session has ended")
+        participant = self.participants.get(claims.participant_id)
+        others = [p for p in self.connected() if p is not participant]
+        if len(others) >= self.max_participants:
+            raise SessionFull(f"the session is full ({self.max_participants} participants)")
+        now = self.clock()
+        if participant is None:
+            participant = Participant(
+                id=claims.participant_id,
+                role=claims.role,
+                name=name or claims.name or claims.role.capitalize(),
+            )
+            self.participants[participant.id] = participant
+        elif participant.connection is not None:
+            old = participant.connection
+            await self._disconnect(participant)
+            logger.info("[%s/%s] replaced by a new connection", self.id, participant.id)
+            await old.close(CLOSE_REPLACED, "replaced by a new connection")
+        if name:
+            participant.name = name
+        rejoined = participant.joined_at is not None
+        if participant.joined_at is None or participant.left_at is not None:
+            participant.joined_at = now
+        participant.left_at = None
+        participant.connection = connection
+        participant.joins += 1
+        await connection.send(welcome(participant))
+
+        async def send_offer(sdp: str, tracks: list[dict[str, Any]]) -> None:
+            await connection.send(
+                {"type": "offer", "pc": "subscribe", "sdp": sdp, "tracks": tracks}
+            )
+
+        def failed(peer: Peer) -> None:
+            if participant.peer is peer and participant.connection is connection:
+                asyncio.ensure_future(connection.close(CLOSE_MEDIA_FAILED, "media failed"))
+
+        participant.peer = self.router.add_peer(participant.id, send_offer, failed)
+        logger.info(
+            "[%s/%s] %s joined as %s%s",
+            self.id,
+            participant.id,
+            participant.role,
+            participant.role,
+            " (again)" if rejoined else "",
+        )
+        await self.broadcast(
+            {"type": "participant_joined", "participant": participant.to_json()},
+            exclude=participant,
+        )
+        return participant
+
+    async def leave(self, participant: Participant, connection: Connection) -> None:
+        """The participant left (``leave``, closed socket, vanished). Stale connections of a
+        replaced participant are ignored."""
+        if participant.connection is not connection:
+            return
+        await self._disconnect(participant)
+        participant.left_at = self.clock()
+        logger.info("[%s/%s] left", self.id, participant.id)
+        await self.broadcast({"type": "participant_left", "participant_id": participant.id})
+
+    async def _disconnect(self, participant: Participant) -> None:
+        participant.connection = None
+        peer, participant.peer = participant.peer, None
+        if peer is not None:
+            await peer.close()
+
+    async def end(self, reason: str) -> None:
+        """End the session for everyone: ``session_ended``, then their sockets close."""
+        if self.ended_at is not None:
+            return
+        self.ended_at = self.clock()
+        self.end_reason = reason
+        logger.info("[%s] ended (%s)", self.id, reason)
+        for participant in self.connected():
+            connection = participant.connection
+            assert connection is not None
+            await self._disconnect(participant)
+            participant.left_at = self.ended_at
+            await connection.send({"type": "session_ended", "reason": reason})
+            await connection.close(CLOSE_SESSION_ENDED, "session ended")
+        await self.router.close()
+
+    async def broadcast(self, message: dict[str, Any], exclude: Participant | None = None) -> None:
+        for participant in self.connected():
+            if participant is not exclude and participant.connection is not None:
+                await participant.connection.send(message)
+
+    # --- media negotiation -----------------------------------------------------------------------
+
+    async def handle_offer(self, participant: Participant, offer: Offer) -> dict[str, Any]:
+        peer = self._peer(participant)
+        try:
+            answer = await peer.handle_publish_offer(offer.sdp, offer.sources)
+        except RelayError as exc:
+            raise SignalingError(str(exc), code=exc.code) from exc
+        return {"type": "answer", "pc": "publish", "sdp": answer}
+
+    async def handle_answer(self, participant: Participant, answer: Answer) -> None:
+        peer = self._peer(participant)
+        try:
+            await peer.handle_subscribe_answer(answer.sdp)
+        except RelayError as exc:
+            raise SignalingError(str(exc), code=exc.code) from exc
+
+    async def handle_end(self, participant: Participant) -> None:
+        if participant.role != "agent":
+            raise Forbidden("only an agent can end the session")
+        await self.end("ended_by_agent")
+
+    def _peer(self, participant: Participant) -> Peer:
+        if participant.peer is None:
+            raise SignalingError("not connected", code="not_joined")
+        return participant.peer
+
+
+class SessionManager:
+    """All sessions of this process, and each conversation's history."""
+
+    def __init__(
+        self,
+        *,
+        media: MediaConfig,
+        token_secret: bytes,
+        token_ttl: int,
+        max_participants: int,
+        ended_kept: int = 10000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.media = media
+        self.token_secret = token_secret
+        self.token_ttl = token_ttl
+        self.max_participants = max_participants
+        self.ended_kept = ended_kept
+        self.clock = clock
+        self.sessions: OrderedDict[str, Session] = OrderedDict()
+        self.by_conversation: dict[str, list[str]] = {}
+
+    def create(self, conversation_id: str, max_participants: int | None = None) -> Session:
+        now = self.clock()
+        session_id = "s_" + secrets.token_hex(8)
+        session = Session(
+            id=session_id,
+            conversation_id=conversation_id,
+            created_at=now,
+            expires_at=now + self.token_ttl,
+            max_participants=max_participants or self.max_participants,
+            router=Router(session_id, self.media),
+            clock=self.clock,
+        )
+        self.sessions[session_id] = session
+        self.by_conversation.setdefault(conversation_id, []).append(session_id)
+        logger.info("[%s] session created", session_id)
+        self._prune()
+        return session
+
+    def invite(self, session: Session, role: str, name: str = "") -> str:
+        """A new join token for ``session`` (one participant slot)."""
+        if session.ended_at is not None:
+            raise SessionEnded("the session has ended")
+        token, _ = tokens.mint(
+            self.token_secret,
+            session_id=session.id,
+            role=role,
+            name=name,
+            now=self.clock(),
+            ttl=max(1, int(session.expires_at - self.clock())),
+        )
+        return token
+
+    def get(self, session_id: str) -> Session:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise SessionNotFound(f"no session {session_id[:64]!r}")
+        return session
+
+    def for_conversation(self, conversation_id: str) -> list[Session]:
+        return [
+            self.sessions[s]
+            for s in self.by_conversation.get(conversation_id, [])
+            if s in self.sessions
+        ]
+
+    def verify(self, token: object) -> tuple[Session, tokens.JoinClaims]:
+        claims = tokens.verify(self.token_secret, token, now=self.clock())
+        session = self.sessions.get(claims.session_id)
+        if session is None:
+            raise SessionNotFound("the session of this token no longer exists")
+        return session, claims
+
+    async def expire(self) -> None:
+        """End sessions past their expiry with nobody connected."""
+        now = self.clock()
+        for session in list(self.sessions.values()):
+            if session.ended_at is None and session.expires_at <= now and not session.connected():
+                await session.end("expired")
+
+    def _prune(self) -> None:
+        ended = [s for s in self.sessions.values() if s.ended_at is not None]
+        for session in ended[: max(0, len(ended) - self.ended_kept)]:
+            self.sessions.pop(session.id, None)
+            ids = self.by_conversation.get(session.conversation_id, [])
+            if session.id in ids:
+                ids.remove(session.id)
+
+    async def close(self) -> None:
+        await asyncio.gather(
+            *(s.end("server_shutdown") for s in self.sessions.values() if s.ended_at is None)
+        )
