@@ -329,7 +329,7 @@ class Message:
     integrity_offset: int = field(default=-1, repr=False)
     integrity_sha256_offset: int = field(default=-1, repr=False)
     #: repeated attributes after the first of their type (e.g. several XOR-PEER-ADDRESS in a
-    #: CreatePermission, RFC 8656 §9.1); not serialised by ``bytes()``
+    #: CreatePermission, RFC 8656 §9.1); serialised after :attr:`attributes`
     extra: list[tuple[int, Any]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -356,7 +356,8 @@ class Message:
     def _body(self, skip: tuple[int, ...] = (), pad: bytes = b"\x00") -> bytes:
         out = []
         tid = self.transaction_id
-        for code, value in self.attributes.items():
+        items = list(self.attributes.items()) + self.extra if self.extra else self.attributes.items()
+        for code, value in items:
             if code in skip:
                 continue
             spec = ATTRIBUTES.get(code)
