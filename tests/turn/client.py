@@ -153,9 +153,9 @@ class TurnTestClient:
                 resp = await self.transact(data, tid)
         return resp
 
-    async def allocate(self, **extra: Any) -> stun.Message:
+    async def allocate(self, extra: dict[int, Any] | None = None) -> stun.Message:
         attrs: dict[int, Any] = {stun.REQUESTED_TRANSPORT: 17, stun.LIFETIME: 600}
-        attrs.update({k: v for k, v in extra.items() if isinstance(k, int)})
+        attrs.update(extra or {})
         return await self.request(stun.ALLOCATE, attrs)
 
     async def create_permission(self, *peers: tuple[str, int]) -> stun.Message:
