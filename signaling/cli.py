@@ -149,6 +149,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[ServiceConfig, list[str]
     turn_secret = args.turn_secret or secrets.token_urlsafe(24)
     token_secret = (args.token_secret or secrets.token_urlsafe(32)).encode()
     turn = TurnSettings(
+        enabled=args.turn_port != 0,
         port=args.turn_port,
         tls_port=args.turn_tls_port,
         listen_host=args.turn_listen or args.host,
@@ -185,7 +186,7 @@ def banner(config: ServiceConfig, notes: list[str], port: int) -> str:
     turn = config.turn
     if turn.external_urls:
         turn_line = "external TURN: " + " ".join(turn.external_urls)
-    elif turn.port:
+    elif turn.enabled:
         turn_line = f"embedded TURN on {turn.listen_host}:{turn.port} (UDP+TCP)"
         if turn.tls_enabled:
             turn_line += f", TLS :{turn.tls_port}"

@@ -21,8 +21,11 @@ class IceServer:
 class TurnSettings:
     """How participants reach the relay through TURN."""
 
+    enabled: bool = True
+    """Run the embedded TURN server (``--turn-port 0`` turns it off)."""
+
     port: int = 3478
-    """UDP+TCP port of the embedded TURN server; 0 disables it."""
+    """UDP+TCP port of the embedded TURN server (0 here = an ephemeral port, for tests)."""
 
     tls_port: int = 5349
     """TLS port of the embedded TURN server (only with a certificate and key)."""
@@ -71,7 +74,7 @@ class TurnSettings:
 
     @property
     def embedded(self) -> bool:
-        return self.port != 0 and not self.external_urls
+        return self.enabled and not self.external_urls
 
     @property
     def tls_enabled(self) -> bool:

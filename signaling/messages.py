@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BadRequest, InvalidJson, UnknownMessageType
+from .errors import BadRequest, InvalidJson, SignalingError, UnknownMessageType
 
 MAX_MESSAGE_BYTES = 256 * 1024
 SOURCES = ("camera", "microphone", "screen")
@@ -75,6 +75,8 @@ def parse(text: str | bytes) -> ClientMessage:
         if pc != expected:
             raise BadRequest(f'\'{kind}\' messages must have "pc": "{expected}"')
         sdp = _str(data, "sdp")
+        if not sdp.lstrip().startswith("v=0"):
+            raise SignalingError("the SDP must start with v=0", code="invalid_sdp")
         if kind == "answer":
             return Answer(pc=pc, sdp=sdp)
         sources = data.get("sources") or {}

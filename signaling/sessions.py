@@ -190,13 +190,18 @@ class Session:
         self.ended_at = self.clock()
         self.end_reason = reason
         logger.info("[%s] ended (%s)", self.id, reason)
+        connections = []
         for participant in self.connected():
             connection = participant.connection
             assert connection is not None
+            connections.append(connection)
             await self._disconnect(participant)
             participant.left_at = self.ended_at
             await connection.send({"type": "session_ended", "reason": reason})
-            await connection.close(CLOSE_SESSION_ENDED, "session ended")
+        await asyncio.gather(
+            *(c.close(CLOSE_SESSION_ENDED, "session ended") for c in connections),
+            return_exceptions=True,
+        )
         await self.router.close()
 
     async def broadcast(self, message: dict[str, Any], exclude: Participant | None = None) -> None:
