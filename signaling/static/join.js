@@ -15,6 +15,10 @@ const SPEAKING_LEVEL = 0.02; // inbound-rtp audioLevel (0..1) above which a tile
 const SILENT_AFTER_MS = 1500; // no audio packets this long: the remote mic is off
 const FROZEN_AFTER_MS = 2000; // no decoded frames this long: the remote camera is off
 const RETRY_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
+// WebSocket close codes from the server (signaling/sessions.py); 4001 (media failed) reconnects
+const CLOSE_REPLACED = 4000;
+const CLOSE_SESSION_ENDED = 4002;
+const CLOSE_TEST_DROP = 4099;
 
 const $ = (id) => document.getElementById(id);
 const token = decodeURIComponent(location.pathname.replace(/^.*\/join\//, "").replace(/\/+$/, ""));
@@ -313,9 +317,10 @@ function connect() {
   };
   ws.onclose = (ev) => {
     if (attempt.closed || call !== attempt) return;
-    if (ev.code === 4409 || ev.reason === "replaced") {
+    if (ev.code === CLOSE_REPLACED) {
       return finish("left", "You joined from another tab or device", "This window was disconnected because the same link was opened elsewhere.", true);
     }
+    if (ev.code === CLOSE_SESSION_ENDED) return finish("ended", "The session has ended", endedText(""));
     lostConnection(attempt, `signaling closed (${ev.code})`);
   };
   attempt.welcomeTimer = setTimeout(() => {
@@ -397,7 +402,7 @@ function onError(attempt, msg) {
   const text = msg.message || msg.code || "error";
   if (!attempt.welcomed) {
     // the server refused the join: retrying with the same token will not help
-    const ended = /ended|expired|gone/i.test(`${msg.code} ${msg.message}`);
+    const ended = msg.code === "session_ended" || msg.code === "session_not_found";
     return finish(ended ? "ended" : "failed", ended ? "The session has ended" : "Could not join the call", text);
   }
   if (attempt.answerWaiter) attempt.answerWaiter.reject(new Error(text));
@@ -414,6 +419,7 @@ function onWelcome(attempt, msg) {
   attempt.role = msg.role;
   joinHistory.participantId = msg.participant_id;
   joinHistory.role = msg.role;
+  if (msg.name) name = msg.name;
   retries = 0;
   sessionStorage.setItem(joinedKey, name);
   roster.clear();
@@ -989,7 +995,7 @@ window.parley = {
   },
   /** Simulate a network drop: close the socket as if the network did. */
   dropConnection() {
-    if (call && call.ws) call.ws.close(4000, "test drop");
+    if (call && call.ws) call.ws.close(CLOSE_TEST_DROP, "test drop");
   },
 };
 
