@@ -429,7 +429,7 @@ class TurnHandler:
         peer = msg.get(stun.XOR_PEER_ADDRESS)
         if number is None or peer is None:
             raise ProtocolError(400, "Missing CHANNEL-NUMBER or XOR-PEER-ADDRESS")
-        if not 0x4000 <= number <= 0x4FFF:
+        if not 0x4000 <= number <= 0x7FFE:  # RFC 5766 range; RFC 8656 narrowed it to 0x4FFF
             raise ProtocolError(400, "Channel number out of range")
         self._check_peer(alloc, peer, with_port=True)
         existing = alloc.channels.get(number)

@@ -16,7 +16,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from . import stun
 from .allocation import Address, Allocation, FiveTuple
@@ -108,8 +108,8 @@ class _StreamConnection(asyncio.Protocol):
         self.ft: FiveTuple | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, hence the cast
+        self.transport = cast(asyncio.Transport, transport)
         peer = _norm(transport.get_extra_info("peername"))
         local = _norm(transport.get_extra_info("sockname"))
         self.ft = FiveTuple(self.kind, peer, local)

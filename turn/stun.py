@@ -356,7 +356,9 @@ class Message:
     def _body(self, skip: tuple[int, ...] = (), pad: bytes = b"\x00") -> bytes:
         out = []
         tid = self.transaction_id
-        items = list(self.attributes.items()) + self.extra if self.extra else self.attributes.items()
+        items = (
+            list(self.attributes.items()) + self.extra if self.extra else self.attributes.items()
+        )
         for code, value in items:
             if code in skip:
                 continue
