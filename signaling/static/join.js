@@ -41,6 +41,7 @@ let attemptSeq = 0;
 let retries = 0;
 let retryTimer = null;
 let statsTimer = null;
+let mediaReady = Promise.resolve(); // the lobby's getUserMedia; joining waits for it
 const roster = new Map(); // participant_id -> participant (others only)
 const joinHistory = { participantId: null, role: null };
 
@@ -865,11 +866,14 @@ async function join() {
     return;
   }
   localStorage.setItem("parley.name", name);
-  stopMeter();
   retries = 0;
+  setState("connecting");
   show("call");
-  renderLocal();
   layout();
+  await mediaReady.catch(() => {}); // Join pressed before the camera started: publish it all the same
+  if (state !== "connecting") return;
+  stopMeter();
+  renderLocal();
   connect();
 }
 
@@ -925,7 +929,8 @@ function confirmEnd() {
 async function rejoin() {
   show("lobby");
   setState("idle");
-  await acquireMedia();
+  mediaReady = acquireMedia();
+  await mediaReady.catch(() => {});
 }
 
 // ---------------------------------------------------------------- wiring
@@ -961,7 +966,8 @@ function init() {
     finish("failed", "This link is not complete", "Ask for a new invitation link.");
     return;
   }
-  acquireMedia().then(() => {
+  mediaReady = acquireMedia();
+  mediaReady.then(() => {
     // a reload during a call goes straight back in
     if (saved && state === "idle") join();
   });

@@ -147,7 +147,9 @@ class ParleyServer:
             return json.loads(raw) if raw else None
 
     def create_session(self, conversation_id: str = "conv-browser", **extra: Any) -> dict[str, Any]:
-        return dict(self.api("POST", "/api/v1/sessions", {"conversation_id": conversation_id, **extra}))
+        return dict(
+            self.api("POST", "/api/v1/sessions", {"conversation_id": conversation_id, **extra})
+        )
 
 
 @contextlib.contextmanager

@@ -106,7 +106,9 @@ def test_two_pages_see_and_hear_each_other_through_the_relay(
     server: ParleyServer, open_page: Opener
 ) -> None:
     session = server.create_session("conv-two")
-    agent = join(open_page, session["agent_url"], "Alice Agent", viewport={"width": 1280, "height": 720})
+    agent = join(
+        open_page, session["agent_url"], "Alice Agent", viewport={"width": 1280, "height": 720}
+    )
     customer = join(open_page, session["customer_url"], "Carl Customer")
     a_id, c_id = participant_id(agent), participant_id(customer)
 
@@ -198,7 +200,9 @@ def test_screen_share_appears_large_on_the_other_side_and_goes_away(
     sync_api.expect(button(customer, "Stop sharing")).to_be_visible()
     stats = wait_for_media(agent, {c_id: ("screen", "camera")})
     assert stats["media"][f"{c_id}/screen"]["mid"] != stats["media"][f"{c_id}/camera"]["mid"]
-    screen = agent.locator(f'.tile.screen[data-participant-id="{c_id}"] video[data-source="screen"]')
+    screen = agent.locator(
+        f'.tile.screen[data-participant-id="{c_id}"] video[data-source="screen"]'
+    )
     sync_api.expect(screen).to_have_count(1)
     sync_api.expect(agent.locator("#stage")).to_have_class("stage has-screen")
     # the shared screen gets the big area: wider than the camera tile
@@ -236,7 +240,8 @@ def test_leaving_removes_the_tile_and_releases_the_devices(
     sync_api.expect(agent.locator("#waiting")).to_be_visible()
     assert participant_id(agent) == agent.evaluate("() => window.parley.participantId")
     left = [
-        p for p in server.api("GET", f"/api/v1/sessions/{session['session_id']}")["participants"]
+        p
+        for p in server.api("GET", f"/api/v1/sessions/{session['session_id']}")["participants"]
         if p["participant_id"] == c_id
     ]
     assert left and left[0]["left_at"], left
@@ -337,7 +342,9 @@ def test_console_creates_a_session_with_working_urls(
     sync_api.expect(agent_url).not_to_have_value("")
     a_url = agent_url.input_value()
     c_url = console.get_by_label("Customer URL").input_value()
-    assert a_url.startswith(f"{server.base_url}/join/") and c_url.startswith(f"{server.base_url}/join/")
+    assert a_url.startswith(f"{server.base_url}/join/") and c_url.startswith(
+        f"{server.base_url}/join/"
+    )
     row = console.locator("#history-body tr")
     sync_api.expect(row).to_have_count(1)
     sync_api.expect(row.locator(".pill")).to_have_text("waiting")
