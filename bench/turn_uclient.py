@@ -68,7 +68,8 @@ def start_parley(port: int, tmp: Path) -> subprocess.Popen[bytes]:
         "--turn-host", "127.0.0.1", "--turn-port", str(port),
         "--turn-relay-address", "127.0.0.1", "--turn-relay-ports", "56000-57999",
         "--turn-realm", REALM, "--turn-user", f"{USER}:{PASSWORD}",
-        "--turn-allow-peer", "127.0.0.1/32", "--log-level", "WARNING",
+        "--turn-allow-peer", "127.0.0.1/32", "--turn-user-quota", "1000",
+        "--log-level", "WARNING",
     ]  # fmt: skip
     log = open(tmp / "parley.log", "wb")  # noqa: SIM115 - lives as long as the process
     return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)

@@ -69,6 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="relay to any peer except the built-in deny list (off: allow-list only)",
     )
     group.add_argument(
+        "--turn-user-quota",
+        type=int,
+        default=100,
+        help="allocations per user (default %(default)s)",
+    )
+    group.add_argument(
         "--turn-user",
         type=_user,
         action="append",
@@ -103,6 +109,7 @@ def config_from_args(args: argparse.Namespace) -> TurnConfig:
         relay_port_max=hi,
         allowed_peers=allowed,
         general_relay=args.turn_general_relay,
+        user_quota=args.turn_user_quota,
     )
 
 
