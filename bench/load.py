@@ -52,12 +52,16 @@ def _int_list(text: str) -> list[int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--sessions", "-n", type=_int_list, default=[1],
+        "--sessions",
+        "-n",
+        type=_int_list,
+        default=[1],
         help="session counts to measure, e.g. 1,5,10,20,40,80 (a sweep); default 1",
     )
     p.add_argument("--sweep", action="store_true", help="shorthand for -n 1,5,10,20,40,80")
     p.add_argument(
-        "--capacity", action="store_true",
+        "--capacity",
+        action="store_true",
         help="find the largest N with relay-added p99 < --p99-bound and loss < --loss-bound",
     )
     p.add_argument("--p99-bound", type=float, default=20.0, help="ms (capacity mode)")
@@ -68,11 +72,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video-bitrate", type=int, default=1_000_000, help="bit/s per video")
     p.add_argument("--fps", type=int, default=30, help="video frames per second")
     p.add_argument(
-        "--turn", action="store_true",
+        "--turn",
+        action="store_true",
         help="clients relay-only through the embedded TURN server over TCP (direct floor too)",
     )
     p.add_argument(
-        "--baseline", type=int, default=0, metavar="N",
+        "--baseline",
+        type=int,
+        default=0,
+        metavar="N",
         help="also measure aiortc MediaRelay (decode + re-encode) with N sessions",
     )
     p.add_argument("--no-direct", action="store_true", help="skip the peer-to-peer floor")
@@ -172,8 +180,12 @@ class WorkerProc:
         log = open(os.path.join(self.log_dir, f"{self.name}.log"), "ab")  # noqa: SIM115
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.worker",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+                sys.executable,
+                "-m",
+                "bench.worker",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
                 limit=1 << 26,
             )
         finally:
@@ -220,7 +232,7 @@ class WorkerProc:
                 self.proc.stdin.close()
             try:
                 await asyncio.wait_for(self.proc.wait(), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
         if self._reader is not None:
@@ -242,10 +254,24 @@ async def relay_service(log_dir: str, sessions: int) -> AsyncIterator[Service]:
     api_key = secrets.token_urlsafe(16)
     log = open(os.path.join(log_dir, "relay.log"), "ab")  # noqa: SIM115
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "signaling", "serve",
-        "--host", "127.0.0.1", "--port", str(port), "--turn-port", str(turn_port),
-        "--api-key", api_key, "--max-participants", "2", "--log-level", "WARNING",
-        stdout=log, stderr=log,
+        sys.executable,
+        "-m",
+        "signaling",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--turn-port",
+        str(turn_port),
+        "--api-key",
+        api_key,
+        "--max-participants",
+        "2",
+        "--log-level",
+        "WARNING",
+        stdout=log,
+        stderr=log,
     )
     log.close()
     url = f"http://127.0.0.1:{port}"
@@ -267,7 +293,7 @@ async def relay_service(log_dir: str, sessions: int) -> AsyncIterator[Service]:
             proc.terminate()
             try:
                 await asyncio.wait_for(proc.wait(), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 proc.kill()
                 await proc.wait()
 
@@ -280,8 +306,14 @@ class Participant:
     subscribe connection in the subscriber worker."""
 
     def __init__(
-        self, http: aiohttp.ClientSession, base_url: str, join_url: str, key: str,
-        pub: WorkerProc, sub: WorkerProc, turn: bool,
+        self,
+        http: aiohttp.ClientSession,
+        base_url: str,
+        join_url: str,
+        key: str,
+        pub: WorkerProc,
+        sub: WorkerProc,
+        turn: bool,
     ) -> None:
         self.http = http
         self.base_url = base_url
@@ -310,8 +342,13 @@ class Participant:
     async def publish(self, audio_id: int, video_id: int, bitrate: int, fps: int) -> None:
         assert self.ws is not None
         offer = await self.pub.call(
-            "publish_offer", key=self.key, audio_id=audio_id, video_id=video_id,
-            bitrate=bitrate, fps=fps, ice=self.ice,
+            "publish_offer",
+            key=self.key,
+            audio_id=audio_id,
+            video_id=video_id,
+            bitrate=bitrate,
+            fps=fps,
+            ice=self.ice,
         )
         await self.ws.send_json(
             {"type": "offer", "pc": "publish", "sdp": offer["sdp"], "sources": offer["sources"]}
@@ -363,7 +400,8 @@ def turn_ice(welcome: dict[str, Any]) -> dict[str, Any]:
         tcp = [u for u in urls if u.startswith("turn:") and u.endswith("transport=tcp")]
         if tcp:
             return {
-                "urls": tcp[:1], "username": server["username"],
+                "urls": tcp[:1],
+                "username": server["username"],
                 "credential": server["credential"],
             }
     raise RuntimeError("the welcome message has no turn:...?transport=tcp URL")
@@ -396,8 +434,12 @@ class RunContext:
 
 
 async def _measure(
-    ctx: RunContext, result: Measurement, pub: WorkerProc, sub: WorkerProc,
-    expected: set[int], server_pid: int | None,
+    ctx: RunContext,
+    result: Measurement,
+    pub: WorkerProc,
+    sub: WorkerProc,
+    expected: set[int],
+    server_pid: int | None,
 ) -> None:
     """Wait for every stream to flow, then measure one window."""
     args = ctx.args
@@ -407,7 +449,9 @@ async def _measure(
         seen = set(await sub.call("seen"))
         if expected <= seen:
             break
-        ctx.progress(f"{result.mode} N={result.sessions}: {len(seen)}/{len(expected)} streams flowing")
+        ctx.progress(
+            f"{result.mode} N={result.sessions}: {len(seen)}/{len(expected)} streams flowing"
+        )
         await asyncio.sleep(0.25)
     result.streams = len(expected)
     result.streams_flowing = len(expected & seen)
@@ -509,7 +553,9 @@ async def measure_relay(ctx: RunContext, service: Service, n: int) -> Measuremen
     return result
 
 
-async def measure_direct(ctx: RunContext, n: int, turn: list[dict[str, Any]] | None) -> Measurement:
+async def measure_direct(
+    ctx: RunContext, n: int, turn: list[dict[str, Any]] | None, server_pid: int | None
+) -> Measurement:
     """The floor: the same clients, publisher connection straight to the subscriber's."""
     args = ctx.args
     result = Measurement(mode="direct", sessions=n)
@@ -520,15 +566,20 @@ async def measure_direct(ctx: RunContext, n: int, turn: list[dict[str, Any]] | N
         async def pair(k: int) -> None:
             ice = turn[k % len(turn)] if turn else None
             offer = await pub.call(
-                "publish_offer", key=f"p{k}", audio_id=2 * k, video_id=2 * k + 1,
-                bitrate=args.video_bitrate, fps=args.fps, ice=ice,
+                "publish_offer",
+                key=f"p{k}",
+                audio_id=2 * k,
+                video_id=2 * k + 1,
+                bitrate=args.video_bitrate,
+                fps=args.fps,
+                ice=ice,
             )
             answer = await sub.call("subscribe_answer", key=f"p{k}", sdp=offer["sdp"], ice=ice)
             await pub.call("publish_answer", key=f"p{k}", sdp=answer)
 
         await _bounded(8, [pair(k) for k in range(2 * n)])
         result.setup_s = time.monotonic() - t
-        await _measure(ctx, result, pub, sub, set(range(4 * n)), None)
+        await _measure(ctx, result, pub, sub, set(range(4 * n)), server_pid if turn else None)
     return result
 
 
@@ -561,7 +612,7 @@ async def measure_point(ctx: RunContext, n: int) -> Point:
         direct = None
         if not args.no_direct:
             turn = await turn_credentials(service, 2) if args.turn else None
-            direct = await measure_direct(ctx, n, turn)
+            direct = await measure_direct(ctx, n, turn, service.pid)
             if args.turn and service.pid:
                 direct.notes.append("server CPU here is the TURN server alone (same process)")
     point = Point(sessions=n, relay=relay, direct=direct)
@@ -578,8 +629,21 @@ def _f(value: float | None, digits: int = 2) -> str:
 
 
 TABLE_COLUMNS = [
-    "N", "mode", "p50", "p95", "p99", "max", "added p50", "added p99", "pkt/s", "loss %",
-    "relay CPU %", "µs/pkt", "RSS MB", "pub CPU %", "sub CPU %",
+    "N",
+    "mode",
+    "p50",
+    "p95",
+    "p99",
+    "max",
+    "added p50",
+    "added p99",
+    "pkt/s",
+    "loss %",
+    "relay CPU %",
+    "µs/pkt",
+    "RSS MB",
+    "pub CPU %",
+    "sub CPU %",
 ]
 
 
@@ -589,11 +653,21 @@ def table_rows(points: list[Point], baseline: list[Measurement]) -> list[list[st
     def row(m: Measurement, add: dict[str, float]) -> list[str]:
         lat = m.latency_ms
         return [
-            str(m.sessions), m.mode, _f(lat.get("p50")), _f(lat.get("p95")), _f(lat.get("p99")),
-            _f(lat.get("max")), _f(add.get("p50")), _f(add.get("p99")),
-            f"{m.delivered_pps:.0f}", f"{m.loss_pct:.3f}", _f(m.server_cpu_pct, 1),
-            _f(m.server_cpu_us_per_packet, 1), _f(m.server_rss_mb, 0),
-            f"{m.publisher_cpu_pct:.1f}", f"{m.subscriber_cpu_pct:.1f}",
+            str(m.sessions),
+            m.mode,
+            _f(lat.get("p50")),
+            _f(lat.get("p95")),
+            _f(lat.get("p99")),
+            _f(lat.get("max")),
+            _f(add.get("p50")),
+            _f(add.get("p99")),
+            f"{m.delivered_pps:.0f}",
+            f"{m.loss_pct:.3f}",
+            _f(m.server_cpu_pct, 1),
+            _f(m.server_cpu_us_per_packet, 1),
+            _f(m.server_rss_mb, 0),
+            f"{m.publisher_cpu_pct:.1f}",
+            f"{m.subscriber_cpu_pct:.1f}",
         ]
 
     for point in points:
@@ -632,13 +706,31 @@ def write_plot(path: str, points: list[Point], title: str) -> None:
     ns = [p.sessions for p in points]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=80)
     for key, style in (("p50", "-o"), ("p99", "--o")):
-        ax1.plot(ns, [p.relay.latency_ms.get(key, float("nan")) for p in points], style,
-                 color="tab:blue", label=f"through relay {key}")
+        ax1.plot(
+            ns,
+            [p.relay.latency_ms.get(key, float("nan")) for p in points],
+            style,
+            color="tab:blue",
+            label=f"through relay {key}",
+        )
         if any(p.direct for p in points):
-            ax1.plot(ns, [p.direct.latency_ms.get(key, float("nan")) if p.direct else float("nan")
-                          for p in points], style, color="tab:gray", label=f"direct {key}")
-            ax1.plot(ns, [p.added_ms.get(key, float("nan")) for p in points], style,
-                     color="tab:red", label=f"relay-added {key}")
+            ax1.plot(
+                ns,
+                [
+                    p.direct.latency_ms.get(key, float("nan")) if p.direct else float("nan")
+                    for p in points
+                ],
+                style,
+                color="tab:gray",
+                label=f"direct {key}",
+            )
+            ax1.plot(
+                ns,
+                [p.added_ms.get(key, float("nan")) for p in points],
+                style,
+                color="tab:red",
+                label=f"relay-added {key}",
+            )
     ax1.set_xlabel("sessions (N)")
     ax1.set_ylabel("one-way latency, ms")
     ax1.set_yscale("symlog", linthresh=1.0)
@@ -651,8 +743,13 @@ def write_plot(path: str, points: list[Point], title: str) -> None:
     ax2.set_ylabel("µs per packet")
     ax2.grid(True, alpha=0.3)
     ax3 = ax2.twinx()
-    ax3.plot(ns, [p.relay.server_cpu_pct or float("nan") for p in points], ":s",
-             color="tab:purple", label="relay CPU % (100 = 1 core)")
+    ax3.plot(
+        ns,
+        [p.relay.server_cpu_pct or float("nan") for p in points],
+        ":s",
+        color="tab:purple",
+        label="relay CPU % (100 = 1 core)",
+    )
     ax3.set_ylabel("relay CPU %")
     lines = ax2.get_legend_handles_labels()
     more = ax3.get_legend_handles_labels()
@@ -673,9 +770,15 @@ def machine_info() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "cpu_model": next(
-            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-             if line.startswith("model name")), "",
-        ) if os.path.exists("/proc/cpuinfo") else "",
+            (
+                line.split(":", 1)[1].strip()
+                for line in open("/proc/cpuinfo")
+                if line.startswith("model name")
+            ),
+            "",
+        )
+        if os.path.exists("/proc/cpuinfo")
+        else "",
     }
 
 
@@ -734,13 +837,13 @@ async def run(args: argparse.Namespace, display: _Display, log_dir: str) -> dict
 
         baseline.append(await measure_baseline(ctx, args.baseline))
     return {
-        "points": points, "baseline": baseline, "capacity": capacity,
+        "points": points,
+        "baseline": baseline,
+        "capacity": capacity,
     }
 
 
-async def find_capacity(
-    args: argparse.Namespace, point: Callable[[int], Any]
-) -> dict[str, Any]:
+async def find_capacity(args: argparse.Namespace, point: Callable[[int], Any]) -> dict[str, Any]:
     """Double N until a point fails the bounds, then bisect between the last pass and the
     first failure (at most ~log2(max) + 4 points)."""
     good, bad = 0, args.max_sessions + 1
@@ -759,8 +862,10 @@ async def find_capacity(
         if n <= good or n >= bad:
             break
     return {
-        "largest_passing_sessions": good, "first_failing_sessions": bad,
-        "p99_bound_ms": args.p99_bound, "loss_bound_pct": args.loss_bound,
+        "largest_passing_sessions": good,
+        "first_failing_sessions": bad,
+        "p99_bound_ms": args.p99_bound,
+        "loss_bound_pct": args.loss_bound,
     }
 
 

@@ -126,7 +126,7 @@ class _Stream:
         ]
         if not codecs:
             return False
-        self._pt = codecs[0].payloadType
+        self._pt = int(codecs[0].payloadType or 0)
         self._ssrc = _aiortc.sender_ssrcs(sender)[0]
         self._mid = self.transceiver.mid
         self._map.configure(
@@ -156,7 +156,9 @@ class _Stream:
         if marker:
             self.rtp_ts = (self.rtp_ts + clock_step) & 0xFFFFFFFF
         try:
-            await _aiortc.dtls_send_rtp(self.transceiver.sender.transport, packet.serialize(self._map))
+            await _aiortc.dtls_send_rtp(
+                self.transceiver.sender.transport, packet.serialize(self._map)
+            )
         except ConnectionError:
             self.errors += 1
             return
@@ -221,8 +223,11 @@ class SyntheticPublisher:
         return None
 
     async def _wait_ready(self, stream: _Stream) -> None:
-        while not stream.ready():
+        for _ in range(3000):  # a minute at most; the run reports streams that never flowed
+            if stream.ready():
+                return
             await asyncio.sleep(0.02)
+        raise TimeoutError("the publish connection never connected")
 
     async def _run_audio(self) -> None:
         stream = self.audio

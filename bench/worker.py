@@ -100,9 +100,7 @@ class Worker:
 
     # --- subscribing --------------------------------------------------------------------------
 
-    async def subscribe_answer(
-        self, key: str, sdp: str, ice: dict[str, Any] | None = None
-    ) -> str:
+    async def subscribe_answer(self, key: str, sdp: str, ice: dict[str, Any] | None = None) -> str:
         pc = self.subscribers.get(key)
         if pc is None:
             pc = self.subscribers[key] = make_pc(ice)

@@ -18,10 +18,25 @@ def test_bench_measures_one_session_through_the_relay_and_directly(tmp_path: Pat
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     proc = subprocess.run(
         [
-            sys.executable, "-m", "signaling", "bench", "-n", "1", "--duration", "2",
-            "--warmup", "1", "--json", str(out), "--plot", str(png), "--quiet",
+            sys.executable,
+            "-m",
+            "signaling",
+            "bench",
+            "-n",
+            "1",
+            "--duration",
+            "2",
+            "--warmup",
+            "1",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+            "--quiet",
         ],
-        capture_output=True, text=True, timeout=55,
+        capture_output=True,
+        text=True,
+        timeout=55,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "relay" in proc.stdout and "direct" in proc.stdout
