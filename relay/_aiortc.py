@@ -98,9 +98,9 @@ def hook_receiver(
         await stock_receive(parameters)
         stop_decoder(receiver)
 
-    receiver._handle_rtp_packet = on_rtp  # type: ignore[method-assign]
-    receiver._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
-    receiver.receive = receive  # type: ignore[method-assign]
+    receiver._handle_rtp_packet = on_rtp  # type: ignore[method-assign,assignment]
+    receiver._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign,assignment]
+    receiver.receive = receive  # type: ignore[method-assign,assignment]
     setattr(receiver, _RECEIVER_STREAMS, streams)
 
 
@@ -138,8 +138,8 @@ def receiver_rtcp_ssrc(receiver: RTCRtpReceiver) -> int | None:
 def hook_sender(sender: RTCRtpSender, on_rtcp: RtcpHandler, send_reports: RtcpSender) -> None:
     """Answer the subscriber's RTCP ourselves (NACK, PLI, RR) and let ``send_reports`` rewrite
     what the sender's RTCP loop sends (its SR knows nothing of forwarded packets)."""
-    sender._handle_rtcp_packet = on_rtcp  # type: ignore[method-assign]
-    sender._send_rtcp = send_reports  # type: ignore[method-assign]
+    sender._handle_rtcp_packet = on_rtcp  # type: ignore[method-assign,assignment]
+    sender._send_rtcp = send_reports  # type: ignore[method-assign,assignment]
 
 
 def set_stream_id(sender: RTCRtpSender, stream_id: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from aiortc import MediaStreamTrack, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError
@@ -58,7 +58,7 @@ class SilentTrack(MediaStreamTrack):
         self._id = id
         self._stopped = asyncio.Event()
 
-    async def recv(self) -> object:
+    async def recv(self) -> NoReturn:
         await self._stopped.wait()
         raise MediaStreamError
 
@@ -101,8 +101,6 @@ class Consumer:
         self._rtx_payload_type: int | None = None
         self._rtx_ssrc = 0
         self._rtx_seq = random.randrange(1 << 15)
-        if self._gated:
-            producer.waiting_consumers += 1
 
     @property
     def mid(self) -> str | None:
@@ -127,7 +125,9 @@ class Consumer:
         if self._rewriter is not None or self.closed:
             return
         codecs = _aiortc.transceiver_codecs(self.transceiver)
-        primary = next(c for c in codecs if not c.mimeType.lower().endswith("/rtx"))
+        primary = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
+        if primary is None or primary.payloadType is None or self.mid is None:
+            return  # not negotiated yet: added while an earlier offer was outstanding
         for codec in codecs:
             if codec.mimeType.lower().endswith("/rtx") and str(codec.parameters.get("apt")) == str(
                 primary.payloadType
@@ -163,6 +163,8 @@ class Consumer:
                 return
             self._ready = True
             if self._gated:
+                # only a connected subscriber waits: a keyframe sent before would be lost on it
+                self.producer.waiting_consumers += 1
                 self.producer.request_keyframe()
                 return
         if not self._synced:
@@ -255,6 +257,11 @@ class Consumer:
             await _aiortc.dtls_send_rtp(self._dtls, b"".join(bytes(p) for p in out))
         except ConnectionError:
             pass
+        except Exception:
+            # raising into aiortc's RTCP loop would end it, and the sender's stop() (so the
+            # subscriber's close()) would then wait for it forever
+            logger.warning("[%s] consumer %s: sending RTCP failed", self.peer_id, self.id,
+                           exc_info=True)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -262,7 +269,7 @@ class Consumer:
         if self.closed:
             return
         self.closed = True
-        if self._gated and not self._synced:
+        if self._gated and self._ready and not self._synced:
             self.producer.waiting_consumers -= 1
         self._history = []
         self._history_mask = 0

@@ -64,7 +64,7 @@ class Producer:
         on_close: Callable[[Producer], None],
     ) -> None:
         primary = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
-        if primary is None:
+        if primary is None or primary.payloadType is None:
             raise ValueError("a producer needs a media codec")
         self.id = id
         self.peer_id = peer_id
@@ -72,7 +72,7 @@ class Producer:
         self.source = source
         self.mid = mid
         self.codec = primary
-        self.payload_type = primary.payloadType
+        self.payload_type: int = primary.payloadType
         self.closed = False
         self.consumers: tuple[Consumer, ...] = ()
         """The fan-out list; the router replaces it (never mutated in place while iterating)."""
@@ -86,9 +86,11 @@ class Producer:
         self._config = config
         self._on_close = on_close
         self._rtx_apt: dict[int, int] = {
-            c.payloadType: int(c.parameters["apt"])
+            c.payloadType: int(str(c.parameters["apt"]))
             for c in codecs
-            if c.mimeType.lower().endswith("/rtx") and "apt" in c.parameters
+            if c.mimeType.lower().endswith("/rtx")
+            and "apt" in c.parameters
+            and c.payloadType is not None
         }
         self._rtx_ssrcs = dict(rtx_ssrcs)
         self._media_ssrc: int | None = ssrcs[0] if ssrcs else None
@@ -128,7 +130,7 @@ class Producer:
 
         if packet.payload_type != self.payload_type:
             apt = self._rtx_apt.get(packet.payload_type)
-            if apt != self.payload_type or len(packet.payload) < 2:
+            if apt is None or apt != self.payload_type or len(packet.payload) < 2:
                 return  # unknown payload type, or RTX padding
             media_ssrc = self._rtx_ssrcs.get(ssrc, self._media_ssrc)
             if media_ssrc is None:
@@ -136,8 +138,6 @@ class Producer:
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=media_ssrc)
         elif self._media_ssrc != ssrc:
             self._media_ssrc = ssrc
-            if self._keyframe_pending:
-                self.request_keyframe()
 
         self.packets += 1
         self.octets += len(packet.payload)
@@ -161,10 +161,29 @@ class Producer:
                 now = asyncio.get_running_loop().time()
                 if now - self._last_keyframe_request >= self._config.keyframe_retry_interval:
                     self.request_keyframe()
+        if self._keyframe_pending:
+            # a request that arrived within the debounce interval is sent when it ends
+            self.request_keyframe()
         abs_send_time = abs_send_time_now()
         audio_level = packet.extensions.audio_level
         for consumer in self.consumers:
-            await consumer.send(packet, abs_send_time, audio_level, keyframe)
+            try:
+                await consumer.send(packet, abs_send_time, audio_level, keyframe)
+            except Exception:
+                # one broken subscriber must not stop the others (nor, by raising into
+                # aiortc's receive loop, close the publisher's transport)
+                self._drop_consumer(consumer)
+
+    def _drop_consumer(self, consumer: Consumer) -> None:
+        logger.warning(
+            "[%s] dropping consumer %s of %s: sending failed",
+            consumer.peer_id,
+            consumer.id,
+            self.id,
+            exc_info=True,
+        )
+        consumer.close()
+        self.consumers = tuple(c for c in self.consumers if c is not consumer)
 
     async def handle_rtcp(self, packet: AnyRtcpPacket) -> None:
         """Sender reports and BYE from the publisher (after aiortc's own bookkeeping)."""
@@ -175,7 +194,8 @@ class Producer:
     # --- feedback to the publisher -----------------------------------------------------------
 
     def request_keyframe(self) -> None:
-        """Ask the publisher for a keyframe (PLI), at most once per debounce interval."""
+        """Ask the publisher for a keyframe (PLI), at most once per debounce interval; a request
+        within the interval is not lost but sent when the interval ends (trailing edge)."""
         if self.closed or self.kind != "video":
             return
         if self._media_ssrc is None:
@@ -183,6 +203,7 @@ class Producer:
             return
         now = asyncio.get_running_loop().time()
         if now - self._last_keyframe_request < self._config.keyframe_request_interval:
+            self._keyframe_pending = True
             return
         self._last_keyframe_request = now
         self._keyframe_pending = False

@@ -109,7 +109,7 @@ class Router:
             return
         consumers = self._consumers.setdefault(producer.id, [])
         consumers.append(consumer)
-        producer.consumers = tuple(consumers)
+        producer.consumers = tuple(c for c in consumers if not c.closed)
 
     def _producer_closed(self, producer: Producer) -> None:
         for consumer in self._consumers.pop(producer.id, []):

@@ -269,13 +269,15 @@ class SubscribeTransport:
         await self.pc.setLocalDescription(offer)
         if self.closed:
             raise TransportClosed("closed during negotiation")
-        tracks = [c.track_info() for c in self.consumers.values() if c.mid is not None]
+        # consumers added from here on wait for the next offer (the loop in _negotiate)
+        offered = [c for c in self.consumers.values() if c.mid is not None]
+        tracks = [c.track_info() for c in offered]
         loop = asyncio.get_running_loop()
         self._answer = loop.create_future()
         self.negotiations += 1
         await self._send_offer(str(self.pc.localDescription.sdp), tracks)
         await asyncio.wait_for(asyncio.shield(self._answer), self._config.negotiation_timeout)
-        for consumer in list(self.consumers.values()):
+        for consumer in offered:
             consumer.activate()
 
     async def handle_answer(self, sdp: str) -> None:

@@ -20,6 +20,7 @@ from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.contrib.media import MediaBlackhole  # noqa: F401  (kept for manual debugging)
@@ -105,25 +106,63 @@ class MediaClient:
         self.frames: dict[str, int] = defaultdict(int)
         """Decoded frames by subscribe mid."""
         self.first_frame_at: dict[str, float] = {}
+        self.video_pts: dict[str, list[int]] = defaultdict(list)
+        """Timestamps of the decoded video frames by subscribe mid (for gap counting)."""
+        self.sub_connected_at: float | None = None
+        """When the subscribe connection reached "connected" (monotonic)."""
+        self.sender_reports: list[tuple[str, Any]] = []
+        """``(mid, RtcpSrPacket)`` received on the subscribe connection (see capture_rtcp)."""
         self.sent_payloads: set[bytes] = set()
         self.received_payloads: dict[str, list[bytes]] = defaultdict(list)
         self._readers: list[asyncio.Task[None]] = []
         self._capture = False
+        self._pending_sources: dict[int, str] = {}
+        self.video_codec: str | None = None
+        """Publish video with only this codec (e.g. "video/H264"); None: aiortc's default."""
         self.sub.on("track", self._on_track)
+        self.sub.on("connectionstatechange", self._on_sub_state)
+
+    def _on_sub_state(self) -> None:
+        if self.sub.connectionState == "connected" and self.sub_connected_at is None:
+            self.sub_connected_at = time.monotonic()
 
     # --- publishing --------------------------------------------------------------------------
+
+    def _video_preferences(self) -> list[Any]:
+        """``video_codec`` first (with RTX), as a browser's setCodecPreferences would."""
+        codecs = RTCRtpSender.getCapabilities("video").codecs
+        wanted = [c for c in codecs if c.mimeType.lower() == str(self.video_codec).lower()]
+        return wanted + [c for c in codecs if c.mimeType.lower() == "video/rtx"]
+
+    def add_track(self, track: MediaStreamTrack, source: str) -> None:
+        """Publish one more track (e.g. a screen share) at the next :meth:`publish_offer`."""
+        transceiver = self.pub.addTransceiver(track, direction="sendonly")
+        self.tracks.append(track)
+        self._pending_sources[id(transceiver)] = source
+
+    def remove_track(self, track: MediaStreamTrack) -> None:
+        """Stop sending ``track`` (its m-line goes inactive at the next :meth:`publish_offer`)."""
+        for transceiver in self.pub.getTransceivers():
+            if transceiver.sender.track is track:
+                transceiver.direction = "inactive"
+        track.stop()
+        self.tracks.remove(track)
 
     async def publish_offer(self) -> tuple[str, dict[str, str]]:
         for track in self.tracks:
             if not any(s.track is track for s in self.pub.getSenders()):
-                self.pub.addTransceiver(track, direction="sendonly")
+                transceiver = self.pub.addTransceiver(track, direction="sendonly")
+                if track.kind == "video" and self.video_codec is not None:
+                    transceiver.setCodecPreferences(self._video_preferences())
         offer = await self.pub.createOffer()
         self._prepare_ice(self.pub)
         await self.pub.setLocalDescription(offer)
         for transceiver in self.pub.getTransceivers():
             track = transceiver.sender.track
             if track is not None and transceiver.mid is not None:
-                source = "microphone" if track.kind == "audio" else "camera"
+                source = self._pending_sources.pop(id(transceiver), None) or (
+                    "microphone" if track.kind == "audio" else "camera"
+                )
                 self.sources.setdefault(transceiver.mid, source)
         return self.pub.localDescription.sdp, dict(self.sources)
 
@@ -159,7 +198,9 @@ class MediaClient:
     async def _read(self, mid: str, track: MediaStreamTrack) -> None:
         try:
             while True:
-                await track.recv()
+                frame = await track.recv()
+                if track.kind == "video":
+                    self.video_pts[mid].append(frame.pts)
                 if mid not in self.first_frame_at:
                     self.first_frame_at[mid] = time.monotonic()
                 self.frames[mid] += 1
@@ -189,18 +230,47 @@ class MediaClient:
 
         for transceiver in self.sub.getTransceivers():
             receiver = transceiver.receiver
-            if getattr(receiver, "_parley_capture", False):
+            if transceiver.mid is None or getattr(receiver, "_parley_capture", False):
                 continue
             receiver._parley_capture = True
             original = receiver._handle_rtp_packet
-            mid = transceiver.mid or "?"
+            rtx_types = {
+                c.payloadType
+                for c in _aiortc.transceiver_codecs(transceiver)
+                if c.mimeType.lower().endswith("/rtx")
+            }
 
-            async def handle(packet: Any, arrival_time_ms: int, _o: Any = original,
-                             _mid: str = mid) -> None:
-                self.received_payloads[_mid].append(packet.payload)
+            async def handle(
+                packet: Any,
+                arrival_time_ms: int,
+                _o: Any = original,
+                _mid: str = transceiver.mid,
+                _rtx: set[int] = rtx_types,
+            ) -> None:
+                # retransmissions carry the relay's own RTX header (RFC 4588): not compared
+                if packet.payload_type not in _rtx and packet.payload:
+                    self.received_payloads[_mid].append(packet.payload)
                 await _o(packet, arrival_time_ms)
 
             receiver._handle_rtp_packet = handle
+
+    def capture_rtcp(self) -> None:
+        """Record the sender reports arriving on the subscribe connection, by mid."""
+        from aiortc.rtp import RtcpSrPacket
+
+        for transceiver in self.sub.getTransceivers():
+            receiver = transceiver.receiver
+            if transceiver.mid is None or getattr(receiver, "_parley_rtcp", False):
+                continue
+            receiver._parley_rtcp = True
+            original = receiver._handle_rtcp_packet
+
+            async def handle(packet: Any, _o: Any = original, _mid: str = transceiver.mid) -> None:
+                if isinstance(packet, RtcpSrPacket):
+                    self.sender_reports.append((_mid, packet))
+                await _o(packet)
+
+            receiver._handle_rtcp_packet = handle
 
     # --- lifecycle ---------------------------------------------------------------------------
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
-from relay import MediaConfig, Peer, Router
+from relay import Consumer, MediaConfig, Peer, Producer, Router
 from tests.media_client import MediaClient
 
 
@@ -16,23 +18,58 @@ class RouterParticipant:
         self.client = client
         self.id = client.name
         self.offers = 0
+        self.offered: list[list[dict[str, Any]]] = []
+        """The ``tracks`` list of every subscribe offer, in order."""
+        self.offer_sdps: list[str] = []
+        self.capture_rtcp = False
         self.peer: Peer = router.add_peer(self.id, self._on_offer)
 
     async def _on_offer(self, sdp: str, tracks: list[dict[str, Any]]) -> None:
         self.offers += 1
+        self.offered.append(list(tracks))
+        self.offer_sdps.append(sdp)
         answer = await self.client.answer_subscribe_offer(sdp, tracks)
         await self.peer.handle_subscribe_answer(answer)
-        self.client.capture_payloads() if self.client._capture else None
+        if self.client._capture:
+            self.client.capture_payloads()
+        if self.capture_rtcp:
+            self.client.capture_rtcp()
 
     async def publish(self) -> None:
         sdp, sources = await self.client.publish_offer()
         answer = await self.peer.handle_publish_offer(sdp, sources)
         await self.client.apply_publish_answer(answer)
 
+    def producer(self, kind: str, source: str | None = None) -> Producer:
+        return next(
+            p
+            for p in self.peer.producers
+            if p.kind == kind and (source is None or p.source == source)
+        )
+
+    def consumer_of(self, producer: Producer) -> Consumer:
+        return self.peer.subscribe.consumers[producer.id]
+
     async def close(self) -> None:
         await self.peer.close()
         await self.client.close()
 
 
-def make_router(name: str = "session") -> Router:
-    return Router(name, MediaConfig(addresses=("127.0.0.1",)))
+def make_router(name: str = "session", **config: Any) -> Router:
+    return Router(name, MediaConfig(addresses=("127.0.0.1",), **config))
+
+
+@contextlib.asynccontextmanager
+async def session(*names: str, **config: Any) -> AsyncIterator[tuple[Router, dict[str, RouterParticipant]]]:
+    """A router with one participant per name (joined, not yet publishing); all closed after."""
+    router = make_router(**config)
+    people: dict[str, RouterParticipant] = {}
+    try:
+        for name in names:
+            people[name] = RouterParticipant(router, MediaClient(name))
+        yield router, people
+    finally:
+        for person in list(people.values()):
+            with contextlib.suppress(Exception):
+                await person.close()
+        await router.close()
