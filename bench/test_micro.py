@@ -1,0 +1,344 @@
+"""Micro-benchmarks of the per-packet work (pytest-benchmark; not in the default test run):
+``python -m pytest bench/ --benchmark-columns=min,median,mean,ops``.
+
+Everything is set up outside the timed function; only the inner call is timed. The relay's
+packet path is async but never suspends when its transport does not block, so it is driven to
+completion with ``coro.send(None)`` inside one running event loop (no ``asyncio.run`` per
+iteration). The subscriber's DTLS transport is a stand-in whose ``_send_rtp`` does the real SRTP
+protect (pylibsrtp) and stops short of the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Coroutine, Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiortc.rtcdtlstransport import State
+from aiortc.rtcrtpparameters import (
+    RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
+    RTCRtpParameters,
+)
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    HeaderExtensionsMap,
+    RtcpPacket,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtpPacket,
+    pack_remb_fci,
+)
+from pylibsrtp import Policy, Session
+
+from relay.config import MediaConfig
+from relay.consumer import Consumer
+from relay.producer import Producer, abs_send_time_now
+from turn import stun
+from turn.allocation import Allocation, AllocationTable, FiveTuple
+
+VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+EXTENSIONS = [
+    RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+    RTCRtpHeaderExtensionParameters(
+        id=2, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+    ),
+]
+
+
+def drive(coro: Coroutine[Any, Any, Any]) -> None:
+    """Run a coroutine that does not suspend to completion, synchronously."""
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    coro.close()
+    raise RuntimeError("the coroutine suspended")
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def srtp_pair() -> tuple[Session, Session]:
+    key = os.urandom(30)
+    return (
+        Session(policy=Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)),
+        Session(policy=Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND)),
+    )
+
+
+class FakeDtls:
+    """The subscriber's transport: SRTP protect, then nothing (no socket)."""
+
+    def __init__(self) -> None:
+        self._state = State.CONNECTED
+        self.session = srtp_pair()[0]
+        self.sent = 0
+
+    async def _send_rtp(self, data: bytes) -> None:
+        self.session.protect(data)
+        self.sent += 1
+
+
+def fake_receiver() -> Any:
+    async def noop(*args: Any) -> None:
+        return None
+
+    return SimpleNamespace(
+        _handle_rtcp_packet=noop,
+        receive=noop,
+        _send_rtcp=noop,
+        _send_rtcp_pli=noop,
+        _send_rtcp_nack=noop,
+    )
+
+
+def fake_transceiver(mid: str) -> Any:
+    sender = SimpleNamespace(
+        transport=FakeDtls(), _ssrc=int.from_bytes(os.urandom(4), "big"), _rtx_ssrc=0, track=None
+    )
+    return SimpleNamespace(mid=mid, sender=sender, _codecs=[VP8], _headerExtensions=EXTENSIONS)
+
+
+def video_packet(seq: int, keyframe: bool) -> RtpPacket:
+    payload = (b"\x10\x10" if keyframe else b"\x10\x11") + bytes(1040)
+    packet = RtpPacket(
+        payload_type=96, sequence_number=seq, timestamp=3000, ssrc=1234, payload=payload
+    )
+    packet.extensions.mid = "0"
+    packet.extensions.abs_send_time = abs_send_time_now()
+    return packet
+
+
+def forwarding_setup(loop: asyncio.AbstractEventLoop, consumers: int) -> tuple[Producer, RtpPacket]:
+    """A video producer with ``consumers`` synced consumers, and a packet to forward."""
+    producer = Producer(
+        id="p",
+        peer_id="pub",
+        kind="video",
+        source="camera",
+        mid="0",
+        receiver=fake_receiver(),
+        codecs=[VP8],
+        ssrcs=[],
+        rtx_ssrcs={},
+        config=MediaConfig(addresses=("127.0.0.1",)),
+        on_close=lambda p: None,
+    )
+    outs = []
+    for i in range(consumers):
+        consumer = Consumer(
+            id=f"c{i}",
+            producer=producer,
+            peer_id=f"sub{i}",
+            transceiver=fake_transceiver(str(i + 1)),
+            history_size=1024,
+        )
+        consumer.activate()
+        outs.append(consumer)
+    producer.consumers = tuple(outs)
+
+    async def sync() -> None:
+        # first packet marks the consumers ready, the keyframe syncs them
+        for seq, key in ((1, False), (2, True)):
+            await producer.handle_rtp(video_packet(seq, key), 0)
+
+    loop.run_until_complete(sync())
+    assert all(c.packets == 1 for c in outs), [c.packets for c in outs]
+    return producer, video_packet(3, False)
+
+
+def bench_in_loop(loop: asyncio.AbstractEventLoop, benchmark: Any, fn: Callable[[], None]) -> None:
+    async def main() -> None:
+        benchmark(fn)
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("consumers", [1, 10])
+def test_forward_video_packet(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, consumers: int
+) -> None:
+    """Producer.handle_rtp → Consumer.send (rewrite + history + SRTP protect) per consumer."""
+    producer, packet = forwarding_setup(loop, consumers)
+
+    def forward() -> None:
+        packet.sequence_number = (packet.sequence_number + 1) & 0xFFFF
+        drive(producer.handle_rtp(packet, 0))
+
+    bench_in_loop(loop, benchmark, forward)
+    benchmark.extra_info["consumers"] = consumers
+    if benchmark.stats is not None:  # None with --benchmark-disable
+        benchmark.extra_info["per_consumer_us"] = benchmark.stats.stats.median * 1e6 / consumers
+
+
+def test_inbound_srtp_unprotect_and_parse(benchmark: Any) -> None:
+    """What aiortc does before the producer sees a packet: SRTP unprotect + RtpPacket.parse."""
+    tx, rx = srtp_pair()
+    ext = HeaderExtensionsMap()
+    ext.configure(RTCRtpParameters(headerExtensions=EXTENSIONS))
+    plain = [video_packet(seq, False).serialize(ext) for seq in range(1, 20001)]
+    protected = iter([tx.protect(p) for p in plain])
+
+    def inbound() -> None:
+        RtpPacket.parse(rx.unprotect(next(protected)), ext)
+
+    benchmark.pedantic(inbound, rounds=20000, iterations=1)
+
+
+def test_rewrite_only(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """The consumer's header rewrite alone (no SRTP)."""
+    producer, packet = forwarding_setup(loop, 1)
+    rewriter = producer.consumers[0]._rewriter
+    assert rewriter is not None
+    benchmark(rewriter.rewrite, packet, abs_send_time_now(), None)
+
+
+def test_consumer_rtcp_compound(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """A subscriber's RR + REMB compound: parse, then the consumer's handler."""
+    producer, _ = forwarding_setup(loop, 1)
+    consumer = producer.consumers[0]
+    ssrc = consumer._rewriter.ssrc if consumer._rewriter else 0
+    rr = RtcpRrPacket(
+        ssrc=99,
+        reports=[
+            RtcpReceiverInfo(
+                ssrc=ssrc,
+                fraction_lost=0,
+                packets_lost=0,
+                highest_sequence=10,
+                jitter=3,
+                lsr=0,
+                dlsr=0,
+            )
+        ],
+    )
+    remb = RtcpPsfbPacket(
+        fmt=RTCP_PSFB_APP, ssrc=99, media_ssrc=0, fci=pack_remb_fci(1_000_000, [ssrc])
+    )
+    data = bytes(rr) + bytes(remb)
+
+    def handle() -> None:
+        for packet in RtcpPacket.parse(data):
+            drive(consumer.handle_rtcp(packet))
+
+    bench_in_loop(loop, benchmark, handle)
+
+
+# --- TURN -----------------------------------------------------------------------------------
+
+ALLOCATE_HEX = os.path.join(
+    os.path.dirname(__file__), "..", "tests", "data", "turn_aioice_allocate.hex"
+)
+
+
+def test_stun_parse_allocate(benchmark: Any) -> None:
+    """A captured aioice Allocate request (with MESSAGE-INTEGRITY)."""
+    with open(ALLOCATE_HEX) as f:
+        data = bytes.fromhex(f.read().strip())
+    benchmark(stun.parse, data)
+
+
+def test_stun_build_with_integrity_and_fingerprint(benchmark: Any) -> None:
+    message = stun.Message(
+        method=stun.ALLOCATE,
+        cls=stun.SUCCESS,
+        transaction_id=os.urandom(12),
+        attributes={
+            stun.XOR_RELAYED_ADDRESS: ("127.0.0.1", 50000),
+            stun.XOR_MAPPED_ADDRESS: ("127.0.0.1", 40000),
+            stun.LIFETIME: 600,
+            stun.SOFTWARE: "parley",
+        },
+    )
+    key = os.urandom(16)
+    benchmark(message.encode, key, fingerprint=True)
+
+
+def test_stun_send_indication_parse(benchmark: Any) -> None:
+    """A Send indication carrying a 1 kB media packet (the TURN data path without channels)."""
+    data = stun.Message(
+        method=stun.SEND,
+        cls=stun.INDICATION,
+        transaction_id=os.urandom(12),
+        attributes={stun.XOR_PEER_ADDRESS: ("127.0.0.1", 50000), stun.DATA_ATTR: bytes(1060)},
+    ).encode()
+    benchmark(stun.parse, data)
+
+
+def test_channel_data_parse(benchmark: Any) -> None:
+    data = stun.ChannelData(0x4001, bytes(1061)).encode(pad=True)
+    benchmark(stun.ChannelData.parse, data)
+
+
+def test_channel_data_build_padded(benchmark: Any) -> None:
+    message = stun.ChannelData(0x4001, bytes(1061))
+    benchmark(message.encode, True)
+
+
+def test_allocation_lookup_and_permission(benchmark: Any) -> None:
+    """Find the allocation of a client 5-tuple among 1000 and check a peer's channel."""
+    table = AllocationTable()
+    server = ("127.0.0.1", 3478)
+    for i in range(1000):
+        alloc = Allocation(
+            id=table.new_id(),
+            five_tuple=FiveTuple("tcp", ("127.0.0.1", 10000 + i), server),
+            username=f"u{i}",
+            account=f"a{i}",
+            key=b"k" * 16,
+            relay=("127.0.0.1", 50000 + i),
+            advertised=("127.0.0.1", 50000 + i),
+            expires=1e9,
+            rate=0,
+            now=0.0,
+        )
+        alloc.bind_channel(0x4001, ("127.0.0.1", 40000 + i), 1e9)
+        table.add(alloc)
+    ft = FiveTuple("tcp", ("127.0.0.1", 10500), server)
+    peer = ("127.0.0.1", 40500)
+
+    def lookup() -> bool:
+        alloc = table.by_tuple[ft]
+        return alloc.permitted(peer, 100.0) and alloc.admit(1100, 100.0)
+
+    assert lookup()
+    benchmark(lookup)
+
+
+def test_allocation_lookup_by_relay(benchmark: Any) -> None:
+    """Peer → client direction: the allocation of a relayed address, and its channel."""
+    table = AllocationTable()
+    server = ("127.0.0.1", 3478)
+    for i in range(1000):
+        alloc = Allocation(
+            id=table.new_id(),
+            five_tuple=FiveTuple("udp", ("127.0.0.1", 10000 + i), server),
+            username=f"u{i}",
+            account=f"a{i}",
+            key=b"k" * 16,
+            relay=("127.0.0.1", 50000 + i),
+            advertised=("127.0.0.1", 50000 + i),
+            expires=1e9,
+            rate=0,
+            now=0.0,
+        )
+        alloc.bind_channel(0x4001, ("127.0.0.1", 40000 + i), 1e9)
+        table.add(alloc)
+    relay, peer = ("127.0.0.1", 50500), ("127.0.0.1", 40500)
+
+    def lookup() -> Any:
+        return table.by_relay[relay].peer_channels.get(peer)
+
+    assert lookup() is not None
+    benchmark(lookup)
