@@ -201,7 +201,9 @@ def _host_candidates_factory(
     stock = connection.get_component_candidates
 
     async def get_component_candidates(
-        component: int, addresses: list[str] | None = None, timeout: int = 5  # noqa: ASYNC109
+        component: int,
+        addresses: list[str] | None = None,
+        timeout: int = 5,  # noqa: ASYNC109
     ) -> list[Candidate]:
         if port_range is None:
             # aioice binds port 0 on our addresses and still gathers STUN/TURN candidates

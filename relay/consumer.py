@@ -260,8 +260,9 @@ class Consumer:
         except Exception:
             # raising into aiortc's RTCP loop would end it, and the sender's stop() (so the
             # subscriber's close()) would then wait for it forever
-            logger.warning("[%s] consumer %s: sending RTCP failed", self.peer_id, self.id,
-                           exc_info=True)
+            logger.warning(
+                "[%s] consumer %s: sending RTCP failed", self.peer_id, self.id, exc_info=True
+            )
 
     # --- lifecycle ---------------------------------------------------------------------------
 

@@ -186,7 +186,8 @@ class MediaClient:
         return sum(
             count
             for mid, count in self.frames.items()
-            if (t := self.track_owner(mid)) and t["participant_id"] == participant_id
+            if (t := self.track_owner(mid))
+            and t["participant_id"] == participant_id
             and t["kind"] == kind
         )
 

@@ -60,7 +60,9 @@ def make_router(name: str = "session", **config: Any) -> Router:
 
 
 @contextlib.asynccontextmanager
-async def session(*names: str, **config: Any) -> AsyncIterator[tuple[Router, dict[str, RouterParticipant]]]:
+async def session(
+    *names: str, **config: Any
+) -> AsyncIterator[tuple[Router, dict[str, RouterParticipant]]]:
     """A router with one participant per name (joined, not yet publishing); all closed after."""
     router = make_router(**config)
     people: dict[str, RouterParticipant] = {}

@@ -15,10 +15,12 @@ async def test_two_participants_receive_and_decode_each_others_audio_and_video()
         await ann.publish()
         await bob.publish()
         ok = await wait_for(
-            lambda: ann.client.frames_from("bob", "video") >= 20
-            and bob.client.frames_from("ann", "video") >= 20
-            and ann.client.frames_from("bob", "audio") >= 20
-            and bob.client.frames_from("ann", "audio") >= 20,
+            lambda: (
+                ann.client.frames_from("bob", "video") >= 20
+                and bob.client.frames_from("ann", "video") >= 20
+                and ann.client.frames_from("bob", "audio") >= 20
+                and bob.client.frames_from("ann", "audio") >= 20
+            ),
             timeout=15,
         )
         assert ok, (dict(ann.client.frames), dict(bob.client.frames))
@@ -59,8 +61,10 @@ async def test_forwarded_payloads_are_the_publishers_bytes() -> None:
         ann.client.capture_payloads()  # the publish transport exists now
         await bob.publish()
         ok = await wait_for(
-            lambda: bob.client.frames_from("ann", "video") >= 60
-            and bob.client.frames_from("ann", "audio") >= 60,
+            lambda: (
+                bob.client.frames_from("ann", "video") >= 60
+                and bob.client.frames_from("ann", "audio") >= 60
+            ),
             timeout=15,
         )
         assert ok, dict(bob.client.frames)
@@ -111,8 +115,10 @@ async def test_one_broken_subscriber_does_not_stop_the_others() -> None:
         before = p["bob"].client.frames_from("ann", "video")
         started = time.monotonic()
         ok = await wait_for(
-            lambda: p["bob"].client.frames_from("ann", "video") >= before + 30
-            and p["bob"].client.frames_from("ann", "audio") >= 30,
+            lambda: (
+                p["bob"].client.frames_from("ann", "video") >= before + 30
+                and p["bob"].client.frames_from("ann", "audio") >= 30
+            ),
             timeout=10,
         )
         assert ok, (time.monotonic() - started, dict(p["bob"].client.frames))
@@ -127,8 +133,10 @@ async def test_h264_publisher_is_forwarded_and_decoded() -> None:
         await bob.publish()
         assert ann.producer("video").codec.mimeType.lower() == "video/h264"
         ok = await wait_for(
-            lambda: bob.client.frames_from("ann", "video") >= 20
-            and ann.client.frames_from("bob", "video") >= 20,
+            lambda: (
+                bob.client.frames_from("ann", "video") >= 20
+                and ann.client.frames_from("bob", "video") >= 20
+            ),
             timeout=20,
         )
         assert ok, (dict(ann.client.frames), dict(bob.client.frames))
