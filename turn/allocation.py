@@ -55,6 +55,7 @@ class Allocation:
         "tokens_at",
         "handle",
         "client_send",
+        "closed",
     )
 
     def __init__(
@@ -90,6 +91,8 @@ class Allocation:
         self.tokens_at = now
         self.handle: Any = None
         self.client_send: Callable[[bytes], Any] | None = None
+        #: set when the allocation leaves the table (shells may cache references to it)
+        self.closed = False
 
     def __repr__(self) -> str:
         return f"[alloc {self.id} {self.username} {self.five_tuple}]"
@@ -176,6 +179,7 @@ class AllocationTable:
         if self.by_tuple.get(allocation.five_tuple) is not allocation:
             return False
         del self.by_tuple[allocation.five_tuple]
+        allocation.closed = True
         self.by_relay.pop(allocation.relay, None)
         left = self.per_account.get(allocation.account, 1) - 1
         if left:

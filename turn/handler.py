@@ -113,6 +113,8 @@ class TurnHandler:
         self._cache: dict[tuple[FiveTuple, bytes], tuple[float, bytes]] = {}
         self._deadline: float | None = None
         self._rng = random.Random()
+        #: 5-tuples whose relay socket is being bound (between RelayRequest and relay_bound)
+        self._pending: set[FiveTuple] = set()
 
     # ------------------------------------------------------------------ inputs
 
@@ -139,22 +141,49 @@ class TurnHandler:
         self, five_tuple: FiveTuple, data: bytes, now: float
     ) -> tuple[Allocation, Address, bytes] | None:
         """Fast path for ChannelData from a client: (allocation, peer, payload) or None to drop."""
-        alloc = self.allocations.by_tuple.get(five_tuple)
-        if alloc is None or len(data) < 4:
+        if len(data) < 4:
             return None
         length = (data[2] << 8) | data[3]
         if length > len(data) - 4:
             return None
-        channel = alloc.channels.get((data[0] << 8) | data[1])
+        route = self.channel_route(five_tuple, (data[0] << 8) | data[1], length, now)
+        if route is None:
+            return None
+        return route[0], route[1], data[4 : 4 + length]
+
+    def channel_route(
+        self, five_tuple: FiveTuple, number: int, length: int, now: float
+    ) -> tuple[Allocation, Address] | None:
+        """Where ChannelData ``number`` with ``length`` payload bytes goes, or None to drop."""
+        alloc = self.allocations.by_tuple.get(five_tuple)
+        if alloc is None:
+            return None
+        peer = self.channel_peer(alloc, number, length, now)
+        return None if peer is None else (alloc, peer)
+
+    def channel_peer(
+        self, alloc: Allocation, number: int, length: int, now: float
+    ) -> Address | None:
+        """The peer for ChannelData ``number`` on ``alloc`` (counted), or None to drop.
+
+        The shells call this directly with an allocation they cached for the client, so the
+        per-packet path neither hashes a 5-tuple nor copies the payload more than once.
+        """
+        channel = alloc.channels.get(number)
         counters = self.counters
-        if channel is None or channel.expires <= now or not alloc.admit(length, now):
+        if (
+            channel is None
+            or channel.expires <= now
+            or alloc.closed
+            or not alloc.admit(length, now)
+        ):
             counters.dropped_packets += 1
             return None
         counters.traffic_rcvp += 1
         counters.traffic_rcvb += length
         counters.traffic_peer_sentp += 1
         counters.traffic_peer_sentb += length
-        return alloc, channel.peer, data[4 : 4 + length]
+        return channel.peer
 
     def peer_data(self, alloc: Allocation, data: bytes, peer: Address, now: float) -> bytes | None:
         """A datagram from ``peer`` on ``alloc``'s relay socket: bytes for the client, or None."""
@@ -190,6 +219,7 @@ class TurnHandler:
     def relay_bound(self, request: RelayRequest, relay: Address, now: float) -> list[Output]:
         """The shell bound ``relay`` for ``request``: create the allocation and answer success."""
         ft = request.five_tuple
+        self._pending.discard(ft)
         msg = request.message
         alloc = Allocation(
             self.allocations.new_id(),
@@ -220,6 +250,7 @@ class TurnHandler:
 
     def relay_failed(self, request: RelayRequest, now: float) -> list[Output]:
         """No relay port could be bound: 508 Insufficient Capacity."""
+        self._pending.discard(request.five_tuple)
         logger.warning("no relay port free for %s", request.five_tuple)
         data = self._error(request.message, ProtocolError(508), request.auth.key)
         self._remember(request.five_tuple, request.message, data, now)
@@ -366,7 +397,7 @@ class TurnHandler:
         wanted = {None: 4, stun.FAMILY_IPV4: 4, stun.FAMILY_IPV6: 6}.get(family)
         if wanted is None or wanted != self.relay_family:
             raise ProtocolError(440)
-        if len(self.allocations) >= self.config.total_quota:
+        if len(self.allocations) + len(self._pending) >= self.config.total_quota:
             raise ProtocolError(486)
         if self.allocations.count(auth.account) >= self.config.user_quota:
             raise ProtocolError(486)
@@ -375,6 +406,9 @@ class TurnHandler:
         if requested is not None:
             lifetime = max(lifetime, min(requested, self.config.max_lifetime))
         even = bool(msg.get(stun.EVEN_PORT, 0) & 0x80) if stun.EVEN_PORT in msg else False
+        if ft in self._pending:
+            return []  # a retransmission while the relay is being bound: it will get the cache
+        self._pending.add(ft)
         return [RelayRequest(ft, wanted, even, msg, auth, username, lifetime)]
 
     def _refresh(

@@ -2,9 +2,8 @@
 
 The shell only moves bytes: it frames TCP/TLS streams (STUN by its length field, ChannelData padded
 to 4 bytes), reads datagrams, binds relay sockets when the core asks, and drives the core's timer
-with one task. UDP sockets (listener and relays) are read with ``loop.add_reader`` and a bounded
-non-blocking ``recvfrom`` loop and written with ``sock.sendto``; a full socket buffer drops the
-datagram, as UDP would.
+with one task. UDP sockets (listener and relays) are ``create_datagram_endpoint`` protocols (uvloop reads and writes them in C); relay sockets are
+bound synchronously from the configured port range and handed to the loop.
 """
 
 from __future__ import annotations
@@ -36,8 +35,6 @@ from .metrics import register_prometheus, unregister_prometheus
 
 logger = logging.getLogger(__name__)
 
-READ_BATCH = 64  # datagrams read per wake-up, bounded so one socket cannot starve the loop
-RECV_SIZE = 65536
 MAX_WRITE_BUFFER = 1 << 20  # drop relayed data to a TCP client whose buffer exceeds this
 BIND_ATTEMPTS = 200
 TIMER_MAX_SLEEP = 1.0
@@ -47,54 +44,75 @@ def _norm(addr: Any) -> Address:
     return (addr[0], addr[1])
 
 
-class _UdpListener:
+class _UdpListener(asyncio.DatagramProtocol):
     """The UDP listening socket; every datagram is one STUN message or ChannelData."""
 
-    def __init__(self, server: TurnServer, sock: socket.socket) -> None:
+    def __init__(self, server: TurnServer) -> None:
         self.server = server
-        self.sock = sock
-        self.local: Address = _norm(sock.getsockname())
-        self.senders: dict[Address, Callable[[bytes], None]] = {}
+        self.core = server.handler
+        self.transport: asyncio.DatagramTransport | None = None
+        self.local: Address = ("", 0)
+        #: client address -> its allocation, so ChannelData skips building/hashing a 5-tuple
+        self.allocations: dict[Address, Allocation] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        self.local = _norm(transport.get_extra_info("sockname"))
 
     def sender(self, addr: Address) -> Callable[[bytes], None]:
-        sock = self.sock
+        transport = self.transport
+        assert transport is not None
 
         def send(data: bytes) -> None:
-            try:
-                sock.sendto(data, addr)
-            except (BlockingIOError, InterruptedError):
-                self.server.handler.counters.dropped_packets += 1
-            except OSError as exc:
-                logger.debug("udp send to %s failed: %s", addr, exc)
+            transport.sendto(data, addr)
 
         return send
 
-    def readable(self) -> None:
-        sock = self.sock
-        core = self.server.handler
-        local = self.local
-        for _ in range(READ_BATCH):
-            try:
-                data, addr = sock.recvfrom(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if len(addr) > 2:
+            addr = (addr[0], addr[1])
+        if data and (data[0] & 0xC0) == 0x40 and len(data) >= 4:
+            length = (data[2] << 8) | data[3]
+            if length > len(data) - 4:
                 return
-            except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
-                logger.debug("udp listener recv error: %s", exc)
-                continue
-            if len(addr) > 2:
-                addr = (addr[0], addr[1])
-            ft = FiveTuple("udp", addr, local)
-            now = time.time()
-            if data and (data[0] & 0xC0) == 0x40:
-                hit = core.channel_data(ft, data, now)
-                if hit is not None:
-                    alloc, peer, payload = hit
-                    try:
-                        alloc.handle.sendto(payload, peer)
-                    except OSError:
-                        core.counters.dropped_packets += 1
-                continue
-            self.server.dispatch(core.handle(data, ft, now), self.sender(addr))
+            alloc = self.allocations.get(addr)
+            if alloc is None or alloc.closed:
+                alloc = self.core.allocations.by_tuple.get(FiveTuple("udp", addr, self.local))
+                if alloc is None:
+                    self.allocations.pop(addr, None)
+                    return
+                self.allocations[addr] = alloc
+            peer = self.core.channel_peer(alloc, (data[0] << 8) | data[1], length, time.time())
+            if peer is not None:
+                alloc.handle.sendto(data[4 : 4 + length], peer)
+            return
+        ft = FiveTuple("udp", addr, self.local)
+        self.server.dispatch(self.core.handle(data, ft, time.time()), self.sender(addr), None)
+
+    def error_received(self, exc: Exception) -> None:
+        logger.debug("udp listener error: %s", exc)
+
+
+class _RelayProtocol(asyncio.DatagramProtocol):
+    """A relay socket: datagrams from peers go to the allocation's client."""
+
+    def __init__(self, core: TurnHandler) -> None:
+        self.core = core
+        self.allocation: Allocation | None = None
+        self.send: Callable[[bytes], None] | None = None
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        alloc = self.allocation
+        if alloc is None:
+            return
+        if len(addr) > 2:
+            addr = (addr[0], addr[1])
+        out = self.core.peer_data(alloc, data, addr, time.time())
+        if out is not None and self.send is not None:
+            self.send(out)
+
+    def error_received(self, exc: Exception) -> None:  # e.g. ICMP port unreachable from a peer
+        logger.debug("relay socket error: %s", exc)
 
 
 class _StreamConnection(asyncio.Protocol):
@@ -106,6 +124,7 @@ class _StreamConnection(asyncio.Protocol):
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.ft: FiveTuple | None = None
+        self.allocation: Allocation | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, hence the cast
@@ -127,45 +146,48 @@ class _StreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer
-        buf += data
+        if buf:
+            buf += data
+            data = bytes(buf)
+            buf.clear()
         ft = self.ft
         assert ft is not None
         core = self.server.handler
         pos = 0
-        end = len(buf)
+        end = len(data)
         now = time.time()
         while end - pos >= 4:
-            first = buf[pos]
-            length = (buf[pos + 2] << 8) | buf[pos + 3]
+            first = data[pos]
+            length = (data[pos + 2] << 8) | data[pos + 3]
             if (first & 0xC0) == 0x40:  # ChannelData, padded to 4 over streams
                 size = 4 + length + (-length % 4)
                 if end - pos < size:
                     break
-                hit = core.channel_data(ft, bytes(buf[pos : pos + 4 + length]), now)
+                alloc = self.allocation
+                if alloc is None or alloc.closed:
+                    alloc = self.allocation = core.allocations.by_tuple.get(ft)
+                if alloc is not None:
+                    peer = core.channel_peer(alloc, (first << 8) | data[pos + 1], length, now)
+                    if peer is not None:
+                        alloc.handle.sendto(data[pos + 4 : pos + 4 + length], peer)
                 pos += size
-                if hit is not None:
-                    alloc, peer, payload = hit
-                    try:
-                        alloc.handle.sendto(payload, peer)
-                    except OSError:
-                        core.counters.dropped_packets += 1
                 continue
             if first & 0xC0 or length % 4:
                 self._garbage("not STUN or ChannelData")
                 return
-            size = stun.HEADER_LENGTH + length
             if end - pos < 8:
                 break
-            if buf[pos + 4 : pos + 8] != stun.COOKIE_BYTES:
+            if data[pos + 4 : pos + 8] != stun.COOKIE_BYTES:
                 self._garbage("bad magic cookie")
                 return
+            size = stun.HEADER_LENGTH + length
             if end - pos < size:
                 break
-            frame = bytes(buf[pos : pos + size])
+            frame = data[pos : pos + size]
             pos += size
-            self.server.dispatch(core.handle(frame, ft, now), self.send)
-        if pos:
-            del buf[:pos]
+            self.server.dispatch(core.handle(frame, ft, now), self.send, self)
+        if pos < end:
+            buf += data[pos:]
 
     def _garbage(self, why: str) -> None:
         logger.info("closing %s connection from %s: %s", self.kind, self.ft and self.ft.client, why)
@@ -177,7 +199,7 @@ class _StreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._connections.discard(self)
         if self.ft is not None:
-            self.server.dispatch(self.server.handler.connection_lost(self.ft), None)
+            self.server.dispatch(self.server.handler.connection_lost(self.ft), None, None)
         self.transport = None
 
 
@@ -208,6 +230,7 @@ class TurnServer:
         self._timer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rng = random.Random()
+        self._binds: set[asyncio.Task[None]] = set()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -234,8 +257,7 @@ class TurnServer:
         if sock is None or tcp is None:
             raise OSError("could not bind UDP and TCP on the same port")
         self._tcp = tcp
-        self._udp = _UdpListener(self, sock)
-        loop.add_reader(sock, self._udp.readable)
+        _, self._udp = await loop.create_datagram_endpoint(lambda: _UdpListener(self), sock=sock)
         if cfg.tls_enabled:
             assert cfg.tls_cert is not None and cfg.tls_port is not None
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -275,6 +297,10 @@ class TurnServer:
             except asyncio.CancelledError:
                 pass
             self._timer = None
+        for task in list(self._binds):
+            task.cancel()
+        if self._binds:
+            await asyncio.gather(*self._binds, return_exceptions=True)
         for server in (self._tcp, self._tls):
             if server is not None:
                 server.close()
@@ -284,9 +310,8 @@ class TurnServer:
         for alloc in list(self.handler.allocations):
             self.handler.allocations.remove(alloc)
             self._close_relay(alloc)
-        if self._udp is not None and self._loop is not None:
-            self._loop.remove_reader(self._udp.sock)
-            self._udp.sock.close()
+        if self._udp is not None and self._udp.transport is not None:
+            self._udp.transport.close()
             self._udp = None
         for server in (self._tcp, self._tls):
             if server is not None:
@@ -325,29 +350,35 @@ class TurnServer:
 
     # ----------------------------------------------------------------- core outputs
 
-    def dispatch(self, outputs: list[Output], reply: Callable[[bytes], None] | None) -> None:
+    def dispatch(
+        self,
+        outputs: list[Output],
+        reply: Callable[[bytes], None] | None,
+        conn: _StreamConnection | None,
+    ) -> None:
         """Carry out the core's outputs; ``reply`` sends to the client that caused them."""
         for out in outputs:
             if isinstance(out, ToClient):
                 if reply is not None:
                     reply(out.data)
             elif isinstance(out, ToPeer):
-                try:
-                    out.allocation.handle.sendto(out.data, out.peer)
-                except OSError:
-                    self.handler.counters.dropped_packets += 1
+                handle = out.allocation.handle
+                if handle is not None:
+                    handle.sendto(out.data, out.peer)
             elif isinstance(out, RelayRequest):
-                self.dispatch(self._bind_relay(out), reply)
+                assert self._loop is not None
+                task = self._loop.create_task(self._bind_relay(out, reply, conn))
+                self._binds.add(task)
+                task.add_done_callback(self._binds.discard)
             elif isinstance(out, AllocationCreated):
                 out.allocation.client_send = reply
             elif isinstance(out, AllocationClosed):
                 self._close_relay(out.allocation)
 
-    def _bind_relay(self, request: RelayRequest) -> list[Output]:
+    def _open_relay_socket(self, request: RelayRequest) -> socket.socket | None:
         cfg = self.config
         family = socket.AF_INET6 if request.family == 6 else socket.AF_INET
         lo, hi = cfg.relay_port_min, cfg.relay_port_max
-        now = time.time()
         ports: list[int]
         if lo == 0:
             ports = [0]
@@ -365,53 +396,63 @@ class TurnServer:
                 sock.close()
                 continue
             sock.setblocking(False)
-            relay = _norm(sock.getsockname())
-            outputs = self.handler.relay_bound(request, relay, now)
-            for out in outputs:
-                if isinstance(out, AllocationCreated):
-                    alloc = out.allocation
-                    alloc.handle = sock
-                    assert self._loop is not None
-                    self._loop.add_reader(sock, self._relay_readable, alloc)
-            return outputs
-        return self.handler.relay_failed(request, now)
+            return sock
+        return None
 
-    def _relay_readable(self, alloc: Allocation) -> None:
-        sock: socket.socket = alloc.handle
+    async def _bind_relay(
+        self,
+        request: RelayRequest,
+        reply: Callable[[bytes], None] | None,
+        conn: _StreamConnection | None,
+    ) -> None:
         core = self.handler
-        send = alloc.client_send
-        for _ in range(READ_BATCH):
-            try:
-                data, addr = sock.recvfrom(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                logger.debug("%r relay recv error: %s", alloc, exc)
-                continue
-            if len(addr) > 2:
-                addr = (addr[0], addr[1])
-            out = core.peer_data(alloc, data, addr, time.time())
-            if out is not None and send is not None:
-                send(out)
+        sock = self._open_relay_socket(request)
+        if sock is None:
+            self.dispatch(core.relay_failed(request, time.time()), reply, conn)
+            return
+        assert self._loop is not None
+        try:
+            transport, protocol = await self._loop.create_datagram_endpoint(
+                lambda: _RelayProtocol(core), sock=sock
+            )
+        except Exception:
+            logger.exception("cannot set up relay socket")
+            sock.close()
+            self.dispatch(core.relay_failed(request, time.time()), reply, conn)
+            return
+        relay = _norm(transport.get_extra_info("sockname"))
+        outputs = core.relay_bound(request, relay, time.time())
+        for out in outputs:
+            if isinstance(out, AllocationCreated):
+                out.allocation.handle = transport
+                protocol.allocation = out.allocation
+                protocol.send = reply
+        self.dispatch(outputs, reply, conn)
+        if conn is not None and conn.transport is None:  # the client left while we were binding
+            self.dispatch(core.connection_lost(request.five_tuple), None, None)
 
     def _close_relay(self, alloc: Allocation) -> None:
-        sock = alloc.handle
-        if sock is None:
+        if self._udp is not None and alloc.five_tuple.transport == "udp":
+            cached = self._udp.allocations.get(alloc.five_tuple.client)
+            if cached is alloc:
+                del self._udp.allocations[alloc.five_tuple.client]
+        transport = alloc.handle
+        if transport is None:
             return
         alloc.handle = None
-        if self._loop is not None:
-            self._loop.remove_reader(sock)
-        sock.close()
+        transport.close()
 
     async def _run_timer(self) -> None:
         core = self.handler
         while True:
             deadline = core.next_deadline()
             now = time.time()
-            delay = TIMER_MAX_SLEEP if deadline is None else min(TIMER_MAX_SLEEP, deadline - now)
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if deadline is None or deadline > now:
+                delay = TIMER_MAX_SLEEP if deadline is None else deadline - now
+                await asyncio.sleep(min(TIMER_MAX_SLEEP, delay))
+                continue
             try:
-                self.dispatch(core.handle_timer(time.time()), None)
+                self.dispatch(core.handle_timer(now), None, None)
             except Exception:  # never let the timer die
                 logger.exception("TURN timer failed")
+                await asyncio.sleep(TIMER_MAX_SLEEP)

@@ -471,3 +471,37 @@ def test_handler_never_raises_on_garbage(data: bytes) -> None:
     h = make_handler()
     h.handle(data, CLIENT, T0)
     h.handle(b"\x00\x03" + data, CLIENT, T0)
+
+
+def test_allocate_retransmitted_while_relay_is_being_bound_is_not_doubled() -> None:
+    h = make_handler()
+    d = Driver(h)
+    challenge = d.request(stun.ALLOCATE, {stun.REQUESTED_TRANSPORT: 17}, T0, auth=False)
+    tid = os.urandom(12)
+    key = long_term_key("alice", REALM, "s3cret")
+    attrs = {
+        stun.REQUESTED_TRANSPORT: 17,
+        stun.USERNAME: "alice",
+        stun.REALM: REALM,
+        stun.NONCE: challenge.get(stun.NONCE),
+    }
+    data = stun.Message(stun.ALLOCATE, stun.REQUEST, tid, attrs).encode(key)
+    [request] = h.handle(data, CLIENT, T0)
+    assert isinstance(request, RelayRequest)
+    assert h.handle(data, CLIENT, T0 + 0.1) == []  # still binding: dropped, client retransmits
+    outs = h.relay_bound(request, ("127.0.0.1", 50000), T0 + 0.2)
+    reply = [o for o in outs if isinstance(o, ToClient)][0]
+    [again] = h.handle(data, CLIENT, T0 + 0.5)
+    assert isinstance(again, ToClient) and again.data == reply.data
+    assert len(h.allocations) == 1
+
+
+def test_closed_allocation_is_flagged_for_shell_caches() -> None:
+    d = Driver(make_handler())
+    d.allocate()
+    d.request(stun.CHANNEL_BIND, {stun.CHANNEL_NUMBER: 0x4001, stun.XOR_PEER_ADDRESS: PEER}, T0)
+    alloc = _relay(d)
+    assert d.handler.channel_peer(alloc, 0x4001, 3, T0) == PEER
+    d.handler.connection_lost(d.ft)
+    assert alloc.closed
+    assert d.handler.channel_peer(alloc, 0x4001, 3, T0) is None
