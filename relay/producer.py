@@ -79,6 +79,10 @@ class Producer:
         self.packets = 0
         self.octets = 0
         self.keyframe_requests = 0
+        self.nacks_sent = 0
+        """NACK packets sent to the publisher (upstream loss)."""
+        self.retransmissions = 0
+        """RTX packets received from the publisher (unwrapped and forwarded)."""
         self.sender_report: tuple[int, int] | None = None
         """The publisher's last (NTP, RTP) timestamp pair from its sender report."""
 
@@ -136,6 +140,7 @@ class Producer:
             if media_ssrc is None:
                 return
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=media_ssrc)
+            self.retransmissions += 1
         elif self._media_ssrc != ssrc:
             self._media_ssrc = ssrc
 
@@ -152,6 +157,7 @@ class Producer:
             if remb is not None:
                 self._send_remb(remb[0], remb[1])
         if self._nack is not None and self._nack.add(packet):
+            self.nacks_sent += 1
             self._spawn(_aiortc.send_nack(self._receiver, packet.ssrc, sorted(self._nack.missing)))
 
         keyframe = False
