@@ -114,6 +114,7 @@ class MediaClient:
         """``(mid, RtcpSrPacket)`` received on the subscribe connection (see capture_rtcp)."""
         self.sent_payloads: set[bytes] = set()
         self.received_payloads: dict[str, list[bytes]] = defaultdict(list)
+        self.received_timestamps: dict[str, list[tuple[bytes, int]]] = defaultdict(list)
         self._readers: list[asyncio.Task[None]] = []
         self._capture = False
         self._pending_sources: dict[int, str] = {}
@@ -251,6 +252,7 @@ class MediaClient:
                 # retransmissions carry the relay's own RTX header (RFC 4588): not compared
                 if packet.payload_type not in _rtx and packet.payload:
                     self.received_payloads[_mid].append(packet.payload)
+                    self.received_timestamps[_mid].append((packet.payload, packet.timestamp))
                 await _o(packet, arrival_time_ms)
 
             receiver._handle_rtp_packet = handle
