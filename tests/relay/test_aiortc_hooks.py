@@ -95,12 +95,15 @@ async def test_receiver_hook_diverts_packets_and_stops_the_decoder() -> None:
         pass
 
     offerer.addTransceiver(PatternVideoTrack(), direction="sendonly")
-    await offerer.setLocalDescription(await offerer.createOffer())
+    offer = await offerer.createOffer()
+    _aiortc.configure_host_candidates(offerer, ["127.0.0.1"], None)
+    await offerer.setLocalDescription(offer)
     await answerer.setRemoteDescription(
         RTCSessionDescription(sdp=offerer.localDescription.sdp, type="offer")
     )
     receiver = answerer.getTransceivers()[0].receiver
     _aiortc.hook_receiver(receiver, on_rtp, on_rtcp, streams)  # type: ignore[arg-type]
+    _aiortc.configure_host_candidates(answerer, ["127.0.0.1"], None)
     await answerer.setLocalDescription(await answerer.createAnswer())
     await offerer.setRemoteDescription(
         RTCSessionDescription(sdp=answerer.localDescription.sdp, type="answer")
