@@ -341,3 +341,37 @@ async def test_prometheus_registry_exposes_coturn_named_metrics(
     finally:
         await server.close()
     assert registry.get_sample_value("turn_traffic_sentp_total") is None
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+async def test_ipv6_listener_and_ipv6_relay(turn_server: ServerFactory) -> None:
+    loop = asyncio.get_running_loop()
+    transport, peer = await loop.create_datagram_endpoint(EchoPeer, local_addr=("::1", 0))
+    try:
+        async with turn_server(host="::1", relay_address="::1", allowed_peers=("::1/128",)) as srv:
+            async with TurnTestClient(("::1", srv.udp_port), *USER, "tcp") as client:
+                v4 = await client.allocate()
+                assert v4.get(stun.ERROR_CODE).code == 440  # IPv4 relay asked, IPv6 server
+                resp = await client.allocate({stun.REQUESTED_ADDRESS_FAMILY: 2})
+                assert resp.cls == stun.SUCCESS
+                assert resp.get(stun.XOR_RELAYED_ADDRESS)[0] == "::1"
+                assert (await client.channel_bind(0x4000, peer.address)).cls == stun.SUCCESS
+                client.send_channel_data(0x4000, b"v6")
+                data, _ = await asyncio.wait_for(peer.received.get(), 2)
+                assert data == b"v6"
+                assert await client.next_indication() == stun.ChannelData(0x4000, b"v6")
+                refused = await client.create_permission(("::ffff:127.0.0.1", 1))
+                assert refused.get(stun.ERROR_CODE).code == 403
+    finally:
+        transport.close()
