@@ -116,6 +116,8 @@ class Measurement:
     publisher_cpu_pct: float = 0.0
     subscriber_cpu_pct: float = 0.0
     keyframe_requests: int = 0
+    added_ms: dict[str, float] = field(default_factory=dict)
+    """Baseline rows only: this mode's percentiles minus its own direct floor's."""
     setup_s: float = 0.0
     loadavg: list[float] = field(default_factory=list)
     """The machine's 1-minute load average before and after the window (others' work shows)."""
@@ -276,7 +278,7 @@ async def relay_service(log_dir: str, sessions: int) -> AsyncIterator[Service]:
     log.close()
     url = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as http:
+        async with http_session() as http:
             for _ in range(200):
                 if proc.returncode is not None:
                     raise RuntimeError(f"the relay exited with {proc.returncode} (see relay.log)")
@@ -299,6 +301,13 @@ async def relay_service(log_dir: str, sessions: int) -> AsyncIterator[Service]:
 
 
 # --- signaling (the orchestrator speaks parley's WebSocket protocol) ---------------------------
+
+
+def http_session() -> aiohttp.ClientSession:
+    """No connection limit (every participant holds a WebSocket open); bounded handshakes."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=30)
+    )
 
 
 class Participant:
@@ -522,7 +531,7 @@ async def _workers(ctx: RunContext, tag: str) -> AsyncIterator[tuple[WorkerProc,
 async def measure_relay(ctx: RunContext, service: Service, n: int) -> Measurement:
     args = ctx.args
     result = Measurement(mode="relay", sessions=n)
-    async with _workers(ctx, f"relay-{n}") as (pub, sub), aiohttp.ClientSession() as http:
+    async with _workers(ctx, f"relay-{n}") as (pub, sub), http_session() as http:
         participants: list[Participant] = []
         t = time.monotonic()
         try:
@@ -586,7 +595,7 @@ async def measure_direct(
 async def turn_credentials(service: Service, count: int) -> list[dict[str, Any]]:
     """TURN credentials for the direct floor in TURN mode, from real welcome messages."""
     out = []
-    async with aiohttp.ClientSession() as http:
+    async with http_session() as http:
         session = await create_session(http, service, f"bench-turn-{time.time_ns()}")
         for url in (session["agent_url"], session["customer_url"])[:count]:
             token = url.rsplit("/join/", 1)[1]
@@ -675,7 +684,7 @@ def table_rows(points: list[Point], baseline: list[Measurement]) -> list[list[st
         if point.direct is not None:
             rows.append(row(point.direct, {}))
     for m in baseline:
-        rows.append(row(m, {}))
+        rows.append(row(m, m.added_ms))
     return rows
 
 
@@ -815,7 +824,15 @@ async def run(args: argparse.Namespace, display: _Display, log_dir: str) -> dict
     points: list[Point] = []
 
     async def point(n: int) -> Point:
-        p = await measure_point(ctx, n)
+        try:
+            limit = 120 + 3 * n + 2 * (args.warmup + args.duration)
+            p = await asyncio.wait_for(measure_point(ctx, n), limit)
+        except Exception as exc:  # noqa: BLE001 - one failed point must not lose the sweep
+            failed = Measurement(mode="relay", sessions=n, streams=4 * n)
+            failed.notes.append(f"failed: {type(exc).__name__}: {exc} (logs: {log_dir})")
+            failed.loss_pct = 100.0
+            p = Point(sessions=n, relay=failed, direct=None)
+            display.log(f"N={n} failed: {type(exc).__name__}: {exc}")
         points.append(p)
         points.sort(key=lambda x: x.sessions)
         display.log(
@@ -823,6 +840,8 @@ async def run(args: argparse.Namespace, display: _Display, log_dir: str) -> dict
             f"added p50 {_f(p.added_ms.get('p50'))} p99 {_f(p.added_ms.get('p99'))} ms, "
             f"loss {p.relay.loss_pct:.3f} %, relay {_f(p.relay.server_cpu_us_per_packet, 1)} µs/pkt"
         )
+        if args.json:  # after every point, so that an interrupted sweep keeps what it measured
+            write_json(args, points, [], None, log_dir)
         return p
 
     capacity: dict[str, Any] | None = None
@@ -835,7 +854,7 @@ async def run(args: argparse.Namespace, display: _Display, log_dir: str) -> dict
     if args.baseline:
         from .baseline import measure_baseline
 
-        baseline.append(await measure_baseline(ctx, args.baseline))
+        baseline.extend(await measure_baseline(ctx, args.baseline))
     return {
         "points": points,
         "baseline": baseline,
@@ -885,11 +904,7 @@ def main(args: argparse.Namespace) -> int:
         display.stop()
     points: list[Point] = outcome["points"]
     baseline: list[Measurement] = outcome["baseline"]
-    transport = "TURN/TCP relay-only" if args.turn else "UDP host candidates"
-    title = (
-        f"parley bench: {args.video_bitrate / 1e6:g} Mbit/s @ {args.fps} fps video + audio both "
-        f"ways, {transport}, {args.duration:g} s per point"
-    )
+    title = title_of(args)
     print_table(points, baseline, title)
     if outcome["capacity"]:
         c = outcome["capacity"]
@@ -897,20 +912,39 @@ def main(args: argparse.Namespace) -> int:
             f"capacity: largest N with relay-added p99 < {c['p99_bound_ms']} ms and loss < "
             f"{c['loss_bound_pct']} %: {c['largest_passing_sessions']}"
         )
+    write_json(args, points, baseline, outcome["capacity"], log_dir)
+    if args.plot and points:
+        write_plot(args.plot, [p for p in points if p.relay.latency_ms], title)
+    print(f"logs: {log_dir}" + (f"; results: {args.json}" if args.json else ""))
+    return 0
+
+
+def title_of(args: argparse.Namespace) -> str:
+    transport = "TURN/TCP relay-only" if args.turn else "UDP host candidates"
+    return (
+        f"parley bench: {args.video_bitrate / 1e6:g} Mbit/s @ {args.fps} fps video + audio both "
+        f"ways, {transport}, {args.duration:g} s per point"
+    )
+
+
+def write_json(
+    args: argparse.Namespace,
+    points: list[Point],
+    baseline: list[Measurement],
+    capacity: dict[str, Any] | None,
+    log_dir: str,
+) -> None:
+    if not args.json:
+        return
     document = {
-        "title": title,
+        "title": title_of(args),
         "machine": machine_info(),
         "options": {k: v for k, v in vars(args).items() if k not in ("api_key", "func")},
         "points": [asdict(p) for p in points],
         "baseline": [asdict(m) for m in baseline],
-        "capacity": outcome["capacity"],
+        "capacity": capacity,
         "markdown_table": markdown_table(points, baseline),
         "logs": log_dir,
     }
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(document, f, indent=1)
-    if args.plot and points:
-        write_plot(args.plot, points, title)
-    print(f"logs: {log_dir}" + (f"; results: {args.json}" if args.json else ""))
-    return 0
+    with open(args.json, "w") as f:
+        json.dump(document, f, indent=1)

@@ -29,6 +29,7 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from relay import _aiortc
 
+from .clip import ClipPublisher, FrameTap
 from .synthetic import SyntheticPublisher, Tap, Window
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ class Worker:
         self.publishers: dict[str, SyntheticPublisher] = {}
         self.subscribers: dict[str, RTCPeerConnection] = {}
         self.ice: dict[str, dict[str, Any] | None] = {}
+        self.clip_publishers: dict[str, ClipPublisher] = {}
+        self.frame_tap = FrameTap(self.window)
 
     # --- publishing ---------------------------------------------------------------------------
 
@@ -112,6 +115,57 @@ class Worker:
         await pc.setLocalDescription(answer)
         return str(pc.localDescription.sdp)
 
+    # --- real VP8 (the transcoding baseline) ----------------------------------------------------
+
+    async def clip_publish_offer(self, key: str, video_id: int, bitrate: int, fps: int) -> str:
+        pc = make_pc(None)
+        self.clip_publishers[key] = ClipPublisher(pc, video_id, bitrate, fps, self.window)
+        offer = await pc.createOffer()
+        prepare_ice(pc, None)
+        await pc.setLocalDescription(offer)
+        return str(pc.localDescription.sdp)
+
+    async def clip_publish_answer(self, key: str, sdp: str) -> None:
+        publisher = self.clip_publishers[key]
+        await publisher.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        publisher.start()
+
+    async def clip_subscribe_offer(self, key: str) -> str:
+        """A recvonly video offer (the MediaRelay server answers with its re-encoded track)."""
+        pc = self.subscribers[key] = make_pc(None)
+        transceiver = pc.addTransceiver("video", direction="recvonly")
+        self.frame_tap.hook(key, transceiver)
+        offer = await pc.createOffer()
+        prepare_ice(pc, None)
+        await pc.setLocalDescription(offer)
+        return str(pc.localDescription.sdp)
+
+    async def clip_subscribe_answer(self, key: str, sdp: str) -> None:
+        pc = self.subscribers[key]
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    async def clip_answer(self, key: str, sdp: str) -> str:
+        """Answer a clip publisher's offer directly (the floor for the baseline)."""
+        pc = self.subscribers[key] = make_pc(None)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        for transceiver in pc.getTransceivers():
+            self.frame_tap.hook(key, transceiver)
+        answer = await pc.createAnswer()
+        prepare_ice(pc, None)
+        await pc.setLocalDescription(answer)
+        return str(pc.localDescription.sdp)
+
+    async def clip_seen(self) -> list[str]:
+        return sorted(k for k, v in self.frame_tap.packets.items() if v)
+
+    async def clip_report(self) -> dict[str, Any]:
+        return {
+            "sends": {p.stream_id: p.sends for p in self.clip_publishers.values()},
+            "sent_packets": sum(p.sent_packets for p in self.clip_publishers.values()),
+            "arrivals": self.frame_tap.decode(),
+            "window_packets": dict(self.frame_tap.window_packets),
+        }
+
     # --- measuring ----------------------------------------------------------------------------
 
     async def seen(self) -> list[int]:
@@ -134,7 +188,10 @@ class Worker:
     async def close(self) -> None:
         for publisher in self.publishers.values():
             publisher.stop()
+        for clip_publisher in self.clip_publishers.values():
+            clip_publisher.stop()
         pcs = [p.pc for p in self.publishers.values()] + list(self.subscribers.values())
+        pcs += [p.pc for p in self.clip_publishers.values()]
         await asyncio.wait_for(
             asyncio.gather(*(pc.close() for pc in pcs), return_exceptions=True), 10
         )

@@ -1,0 +1,200 @@
+"""The transcoding baseline in a ``parley bench`` run: aiortc ``MediaRelay`` (bench.mediarelay)
+with real VP8 from a pre-encoded clip, and its own direct floor (the same clip straight to the
+subscriber), both measured per frame (see bench/clip.py for the method)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import numpy
+
+from .clip import frame_latencies
+from .load import (
+    Measurement,
+    RunContext,
+    WorkerProc,
+    _bounded,
+    _workers,
+    added,
+    free_port,
+    http_session,
+    percentiles,
+)
+from .procstat import cpu_seconds, rss_bytes
+
+
+@contextlib.asynccontextmanager
+async def mediarelay_server(log_dir: str) -> AsyncIterator[tuple[str, int]]:
+    port = free_port()
+    log = open(os.path.join(log_dir, "mediarelay.log"), "ab")  # noqa: SIM115
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.mediarelay", "--port", str(port), stdout=log, stderr=log
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with http_session() as http:
+            for _ in range(200):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"{url}/healthz") as response:
+                        if response.status == 200:
+                            break
+                await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError("the MediaRelay server did not come up (mediarelay.log)")
+        yield url, proc.pid
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def _post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> str:
+    async with http.post(url, json=body, timeout=aiohttp.ClientTimeout(total=30)) as response:
+        if response.status != 200:
+            raise RuntimeError(f"{url}: {response.status} {await response.text()}")
+        return str((await response.json())["sdp"])
+
+
+async def _measure_frames(
+    ctx: RunContext,
+    result: Measurement,
+    pub: WorkerProc,
+    sub: WorkerProc,
+    pairs: dict[str, int],
+    server_pid: int | None,
+) -> None:
+    """``pairs``: subscriber key -> the video id it receives."""
+    args = ctx.args
+    deadline = time.monotonic() + 20 + result.sessions
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        seen = set(await sub.call("clip_seen"))
+        if set(pairs) <= seen:
+            break
+        ctx.progress(f"{result.mode} N={result.sessions}: {len(seen)}/{len(pairs)} videos flowing")
+        await asyncio.sleep(0.25)
+    result.streams, result.streams_flowing = len(pairs), len(set(pairs) & seen)
+    start = time.monotonic_ns() + int(args.warmup * 1e9)
+    end = start + int(args.duration * 1e9)
+    await asyncio.gather(
+        pub.call("set_window", start=start, end=end), sub.call("set_window", start=start, end=end)
+    )
+    ctx.progress(f"{result.mode} N={result.sessions}: warming up")
+    await asyncio.sleep(max(0.0, (start - time.monotonic_ns()) / 1e9))
+    pids = [pub.pid, sub.pid] + ([server_pid] if server_pid else [])
+    cpu0 = {pid: cpu_seconds(pid) for pid in pids}
+    result.loadavg.append(os.getloadavg()[0])
+    t0 = time.monotonic()
+    ctx.progress(f"{result.mode} N={result.sessions}: measuring {args.duration:g} s")
+    await asyncio.sleep(max(0.0, (end - time.monotonic_ns()) / 1e9))
+    cpu = {pid: cpu_seconds(pid) - cpu0[pid] for pid in pids}
+    elapsed = time.monotonic() - t0
+    result.loadavg.append(os.getloadavg()[0])
+    rss = rss_bytes(server_pid) if server_pid else 0
+    await asyncio.sleep(1.0)
+    ctx.progress(f"{result.mode} N={result.sessions}: decoding received frames")
+    pub_report, sub_report = await asyncio.gather(
+        pub.call("clip_report", timeout=120), sub.call("clip_report", timeout=120)
+    )
+    latencies: list[int] = []
+    lost = sent = 0
+    for key, video_id in pairs.items():
+        sends = pub_report["sends"].get(video_id, [])
+        lat, missing = frame_latencies(sends, sub_report["arrivals"].get(key, []), (start, end))
+        latencies += lat
+        lost += missing
+        sent += sum(1 for _, s in sends if start <= s <= end)
+    result.latency_ms = percentiles(numpy.array(latencies, dtype=numpy.int64))
+    result.latency_by_kind_ms = {"video frames": result.latency_ms}
+    result.sent = sent
+    result.delivered = len(latencies)
+    packets = sum(sub_report["window_packets"].values())
+    result.delivered_pps = packets / args.duration
+    result.loss_pct = 100.0 * lost / sent if sent else 100.0
+    result.publisher_cpu_pct = 100.0 * cpu[pub.pid] / elapsed
+    result.subscriber_cpu_pct = 100.0 * cpu[sub.pid] / elapsed
+    result.notes.append("video only, latency and loss per frame (see docs/benchmarks.md)")
+    if server_pid:
+        result.server_cpu_pct = 100.0 * cpu[server_pid] / elapsed
+        result.server_rss_mb = rss / 2**20
+        if packets:
+            result.server_cpu_us_per_packet = 1e6 * cpu[server_pid] / packets
+
+
+async def measure_mediarelay(ctx: RunContext, n: int) -> Measurement:
+    args = ctx.args
+    result = Measurement(mode="mediarelay", sessions=n)
+    async with (
+        mediarelay_server(ctx.log_dir) as (url, pid),
+        _workers(ctx, f"mediarelay-{n}") as (pub, sub),
+        http_session() as http,
+    ):
+        t = time.monotonic()
+        ctx.progress(f"mediarelay N={n}: connecting")
+
+        async def publish(k: int) -> None:
+            offer = await pub.call(
+                "clip_publish_offer",
+                key=f"p{k}",
+                video_id=k,
+                bitrate=args.video_bitrate,
+                fps=args.fps,
+                timeout=60,
+            )
+            answer = await _post(http, f"{url}/publish", {"key": f"p{k}", "sdp": offer})
+            await pub.call("clip_publish_answer", key=f"p{k}", sdp=answer)
+
+        async def subscribe(k: int) -> None:
+            offer = await sub.call("clip_subscribe_offer", key=f"s{k}")
+            answer = await _post(http, f"{url}/subscribe", {"source": f"p{k ^ 1}", "sdp": offer})
+            await sub.call("clip_subscribe_answer", key=f"s{k}", sdp=answer)
+
+        await _bounded(4, [publish(k) for k in range(2 * n)])
+        await _bounded(4, [subscribe(k) for k in range(2 * n)])
+        result.setup_s = time.monotonic() - t
+        await _measure_frames(ctx, result, pub, sub, {f"s{k}": k ^ 1 for k in range(2 * n)}, pid)
+    return result
+
+
+async def measure_direct_vp8(ctx: RunContext, n: int) -> Measurement:
+    args = ctx.args
+    result = Measurement(mode="direct-vp8", sessions=n)
+    async with _workers(ctx, f"direct-vp8-{n}") as (pub, sub):
+        t = time.monotonic()
+
+        async def pair(k: int) -> None:
+            offer = await pub.call(
+                "clip_publish_offer",
+                key=f"p{k}",
+                video_id=k,
+                bitrate=args.video_bitrate,
+                fps=args.fps,
+                timeout=60,
+            )
+            answer = await sub.call("clip_answer", key=f"s{k ^ 1}", sdp=offer)
+            await pub.call("clip_publish_answer", key=f"p{k}", sdp=answer)
+
+        await _bounded(4, [pair(k) for k in range(2 * n)])
+        result.setup_s = time.monotonic() - t
+        await _measure_frames(ctx, result, pub, sub, {f"s{k}": k ^ 1 for k in range(2 * n)}, None)
+    return result
+
+
+async def measure_baseline(ctx: RunContext, n: int) -> list[Measurement]:
+    """MediaRelay, then its direct floor, with ``n`` sessions (2n videos)."""
+    transcoded = await measure_mediarelay(ctx, n)
+    floor = await measure_direct_vp8(ctx, n)
+    transcoded.added_ms = added(transcoded.latency_ms, floor.latency_ms)
+    return [transcoded, floor]
