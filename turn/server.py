@@ -37,7 +37,18 @@ logger = logging.getLogger(__name__)
 
 MAX_WRITE_BUFFER = 1 << 20  # drop relayed data to a TCP client whose buffer exceeds this
 BIND_ATTEMPTS = 200
+LISTENER_BUFFER = 4 << 20  # many clients share the UDP listener: absorb bursts (capped by rmem_max)
+RELAY_BUFFER = 1 << 20
 TIMER_MAX_SLEEP = 1.0
+
+
+def _set_buffers(sock: socket.socket, size: int) -> None:
+    """Ask for larger UDP buffers; the kernel caps them at net.core.[rw]mem_max."""
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+        except OSError:
+            logger.debug("cannot set socket buffer option %d", option)
 
 
 def _norm(addr: Any) -> Address:
@@ -243,6 +254,7 @@ class TurnServer:
         for _ in range(20 if cfg.port == 0 else 1):
             sock = socket.socket(family, socket.SOCK_DGRAM)
             sock.setblocking(False)
+            _set_buffers(sock, LISTENER_BUFFER)
             sock.bind((cfg.host, cfg.port))
             port = sock.getsockname()[1]
             try:
@@ -396,6 +408,7 @@ class TurnServer:
                 sock.close()
                 continue
             sock.setblocking(False)
+            _set_buffers(sock, RELAY_BUFFER)
             return sock
         return None
 
