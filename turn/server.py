@@ -39,6 +39,9 @@ MAX_WRITE_BUFFER = 1 << 20  # drop relayed data to a TCP client whose buffer exc
 BIND_ATTEMPTS = 200
 LISTENER_BUFFER = 4 << 20  # many clients share the UDP listener: absorb bursts (capped by rmem_max)
 RELAY_BUFFER = 1 << 20
+ALLOCATE_TIMEOUT = (
+    60.0  # close TCP/TLS connections that have no allocation after this (coturn: 60 s)
+)
 TIMER_MAX_SLEEP = 1.0
 
 
@@ -136,6 +139,7 @@ class _StreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.ft: FiveTuple | None = None
         self.allocation: Allocation | None = None
+        self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, hence the cast
@@ -144,7 +148,14 @@ class _StreamConnection(asyncio.Protocol):
         local = _norm(transport.get_extra_info("sockname"))
         self.ft = FiveTuple(self.kind, peer, local)
         self.server._connections.add(self)
+        self._idle = asyncio.get_running_loop().call_later(ALLOCATE_TIMEOUT, self._check_idle)
         logger.debug("%s connection from %s", self.kind, peer)
+
+    def _check_idle(self) -> None:
+        if self.ft is not None and self.ft not in self.server.handler.allocations.by_tuple:
+            logger.debug("closing %s connection from %s: no allocation", self.kind, self.ft.client)
+            if self.transport is not None:
+                self.transport.abort()
 
     def send(self, data: bytes) -> None:
         transport = self.transport
@@ -208,6 +219,8 @@ class _StreamConnection(asyncio.Protocol):
             self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
         self.server._connections.discard(self)
         if self.ft is not None:
             self.server.dispatch(self.server.handler.connection_lost(self.ft), None, None)

@@ -375,3 +375,22 @@ async def test_ipv6_listener_and_ipv6_relay(turn_server: ServerFactory) -> None:
                 assert refused.get(stun.ERROR_CODE).code == 403
     finally:
         transport.close()
+
+
+async def test_tcp_connection_without_allocation_is_closed_after_timeout(
+    turn_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import turn.server
+
+    monkeypatch.setattr(turn.server, "ALLOCATE_TIMEOUT", 0.3)
+    async with turn_server() as server:
+        addr = ("127.0.0.1", server.tcp_port)
+        async with (
+            TurnTestClient(addr, transport="tcp") as idle,
+            TurnTestClient(addr, *USER, "tcp") as busy,
+        ):
+            assert (await busy.allocate()).cls == stun.SUCCESS
+            await asyncio.wait_for(idle.closed.wait(), 3)
+            await asyncio.sleep(0.2)
+            assert not busy.closed.is_set()
+            assert (await busy.request(stun.REFRESH, {stun.LIFETIME: 600})).cls == stun.SUCCESS
