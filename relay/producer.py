@@ -126,6 +126,14 @@ class Producer:
         """Called by aiortc's transport for every decrypted packet of this track."""
         if self.closed:
             return
+        try:
+            await self._forward(packet, arrival_time_ms)
+        except Exception:
+            # never raise into aiortc's receive loop: it would close the publisher's
+            # transport. A bug here costs one packet, not the call.
+            logger.warning("[%s] dropped a packet of %s", self.peer_id, self.id, exc_info=True)
+
+    async def _forward(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         ssrc = packet.ssrc
         stream = self._streams.get(ssrc)
         if stream is None:

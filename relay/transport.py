@@ -256,10 +256,12 @@ class SubscribeTransport:
         except TimeoutError:
             logger.warning("[%s] no answer to the subscribe offer in time", self.peer_id)
             self._on_failed()
-        except Exception:
-            if not self.closed:
-                logger.exception("[%s] subscribe negotiation failed", self.peer_id)
-                self._on_failed()
+        except Exception as exc:
+            if self.closed or self.pc.connectionState == "closed":
+                return
+            logger.warning("[%s] subscribe negotiation failed: %r", self.peer_id, exc)
+            logger.debug("subscribe negotiation failure", exc_info=True)
+            self._on_failed()
 
     async def _negotiate_once(self) -> None:
         offer = await self.pc.createOffer()
