@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 import numpy
 
-from .procstat import cpu_seconds, rss_bytes
+from .procstat import cpu_seconds, cpu_times, rss_bytes
 
 HEADER = struct.Struct("!I")
 PERCENTILES = (50, 95, 99)
@@ -113,6 +113,8 @@ class Measurement:
     """The relay process (all threads), 100 = one core; in direct TURN mode: the TURN server."""
     server_cpu_us_per_packet: float | None = None
     server_rss_mb: float | None = None
+    server_system_cpu_pct: float | None = None
+    """The kernel's share of the server CPU % (system time: sendto/recvfrom, loopback delivery)."""
     publisher_cpu_pct: float = 0.0
     subscriber_cpu_pct: float = 0.0
     keyframe_requests: int = 0
@@ -475,11 +477,13 @@ async def _measure(
     await asyncio.sleep(max(0.0, (start - time.monotonic_ns()) / 1e9))
     pids = [pub.pid, sub.pid] + ([server_pid] if server_pid else [])
     cpu0 = {pid: cpu_seconds(pid) for pid in pids}
+    system0 = cpu_times(server_pid)[1] if server_pid else 0.0
     result.loadavg.append(os.getloadavg()[0])
     t0 = time.monotonic()
     ctx.progress(f"{result.mode} N={result.sessions}: measuring {args.duration:g} s")
     await asyncio.sleep(max(0.0, (end - time.monotonic_ns()) / 1e9))
     cpu = {pid: cpu_seconds(pid) - cpu0[pid] for pid in pids}
+    system = cpu_times(server_pid)[1] - system0 if server_pid else 0.0
     elapsed = time.monotonic() - t0
     result.loadavg.append(os.getloadavg()[0])
     rss = rss_bytes(server_pid) if server_pid else 0
@@ -502,6 +506,7 @@ async def _measure(
     result.keyframe_requests = int(pub_report["keyframe_requests"])
     if server_pid:
         result.server_cpu_pct = 100.0 * cpu[server_pid] / elapsed
+        result.server_system_cpu_pct = 100.0 * system / elapsed
         result.server_rss_mb = rss / 2**20
         if delivered:
             result.server_cpu_us_per_packet = 1e6 * cpu[server_pid] / delivered
