@@ -256,7 +256,7 @@ async def test_stream_framing_coalesced_and_split_messages(turn_server: ServerFa
                 await asyncio.sleep(0)
             await asyncio.sleep(0.05)
             writer.write(msgs[4][7:])
-            got = []
+            got: list[stun.Message] = []
             buf = b""
             while len(got) < 5:
                 buf += await asyncio.wait_for(reader.read(4096), 2)
