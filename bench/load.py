@@ -775,10 +775,27 @@ def write_plot(path: str, points: list[Point], title: str) -> None:
     plt.close(fig)
 
 
+def _git(*args: str) -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(
+            ["git", *args],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def machine_info() -> dict[str, Any]:
     import aiortc
 
     return {
+        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "relay_uncommitted_changes": bool(_git("status", "--porcelain", "relay", "signaling")),
         "python": platform.python_version(),
         "aiortc": aiortc.__version__,
         "cpus": os.cpu_count(),
