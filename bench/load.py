@@ -215,6 +215,7 @@ class WorkerProc:
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(RuntimeError(f"{self.name} exited (see its log)"))
+                    future.exception()  # awaiting callers still get it; no 'never retrieved'
 
     async def call(self, method: str, timeout: float = 30, **kwargs: Any) -> Any:  # noqa: ASYNC109
         assert self.proc is not None and self.proc.stdin is not None
