@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +188,36 @@ async def test_relay_only_clients_through_a_real_coturn_with_the_same_secret(
         finally:
             await agent.close()
             await customer.close()
+
+
+async def test_relay_only_clients_through_embedded_turn_over_tls(
+    service_factory: ServiceFactory,
+    tls_files: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cert, key = tls_files
+    # aioice verifies the TURN server's certificate with the default context: trust ours
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    service = await service_factory(
+        ice_transport_policy="relay",
+        turn=TurnSettings(
+            port=0, tls_port=0, secret="turn-test-secret", tls_cert=str(cert), tls_key=str(key)
+        ),
+    )
+    session = await service.create_session()
+    probe = WsParticipant(service.base_url, session["agent_url"], "probe")
+    welcome = await probe.join(media=False)
+    await probe.close()
+    urls = welcome["ice_servers"][0]["urls"]
+    tls_url = next(u for u in urls if u.startswith("turns:"))
+    assert tls_url.endswith("?transport=tcp")
+    agent, customer = await call(
+        service.base_url, session["agent_url"], session["customer_url"], turn_urls=[tls_url]
+    )
+    try:
+        await assert_two_way_media(agent, customer)
+        assert selected_local_candidate_type(agent) == {"relay"}
+        assert selected_local_candidate_type(customer) == {"relay"}
+    finally:
+        await agent.close()
+        await customer.close()
