@@ -89,6 +89,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default="bench-results.json", help="write results here ('' = no)")
     p.add_argument("--plot", default="bench-results.png", help="write the plot here ('' = no)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument(
+        "--replot",
+        default="",
+        metavar="JSON",
+        help="only redraw --plot and reprint the table from an earlier --json file",
+    )
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -748,7 +754,7 @@ def write_plot(path: str, points: list[Point], title: str) -> None:
             )
     ax1.set_xlabel("sessions (N)")
     ax1.set_ylabel("one-way latency, ms")
-    ax1.set_yscale("symlog", linthresh=1.0)
+    ax1.set_yscale("symlog", linthresh=0.1)  # relay-added may be negative
     ax1.grid(True, alpha=0.3)
     ax1.legend(fontsize=7)
     ax1.set_title("latency per packet")
@@ -911,7 +917,36 @@ async def find_capacity(args: argparse.Namespace, point: Callable[[int], Any]) -
     }
 
 
+def load_results(path: str) -> tuple[str, list[Point], list[Measurement]]:
+    with open(path) as f:
+        document = json.load(f)
+
+    def measurement(data: dict[str, Any] | None) -> Measurement | None:
+        return None if data is None else Measurement(**data)
+
+    points = []
+    for p in document["points"]:
+        relay = measurement(p["relay"])
+        assert relay is not None
+        points.append(
+            Point(
+                sessions=p["sessions"],
+                relay=relay,
+                direct=measurement(p["direct"]),
+                added_ms=p["added_ms"],
+            )
+        )
+    baseline = [Measurement(**m) for m in document["baseline"]]
+    return document["title"], points, baseline
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.replot:
+        title, points, baseline = load_results(args.replot)
+        print_table(points, baseline, title)
+        if args.plot:
+            write_plot(args.plot, [p for p in points if p.relay.latency_ms], title)
+        return 0
     if args.sweep:
         args.sessions = [1, 5, 10, 20, 40, 80]
     if args.url and not args.api_key:
