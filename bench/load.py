@@ -111,6 +111,8 @@ class Measurement:
     latency_ms: dict[str, float] = field(default_factory=dict)
     """p50/p95/p99/max of one-way latency, all packets."""
     latency_by_kind_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    timeline_max_ms: list[float] = field(default_factory=list)
+    """Worst latency of the packets sent in each 100 ms of the window (stalls vs. queueing)."""
     sent: int = 0
     delivered: int = 0
     delivered_pps: float = 0.0
@@ -155,6 +157,18 @@ def percentiles(values_ns: numpy.ndarray) -> dict[str, float]:
     out = {f"p{p}": float(numpy.percentile(ms, p)) for p in PERCENTILES}
     out["max"] = float(ms.max())
     return out
+
+
+def timeline(
+    sent: numpy.ndarray, latency: numpy.ndarray, start: int, end: int, step: int = 100_000_000
+) -> list[float]:
+    """Max latency (ms) per ``step`` ns of send time over ``[start, end]``."""
+    buckets = max(1, (end - start) // step)
+    out = numpy.zeros(buckets)
+    if sent.size:
+        index = numpy.clip((sent - start) // step, 0, buckets - 1)
+        numpy.maximum.at(out, index, latency / 1e6)
+    return [round(float(x), 2) for x in out]
 
 
 def added(relay: dict[str, float], direct: dict[str, float]) -> dict[str, float]:
@@ -504,6 +518,12 @@ async def _measure(
     everything = numpy.concatenate(list(lat.values()))
     result.latency_ms = percentiles(everything)
     result.latency_by_kind_ms = {k: percentiles(v) for k, v in lat.items()}
+    result.timeline_max_ms = timeline(
+        numpy.frombuffer(sub_report["sent_at"], dtype=numpy.int64),
+        numpy.frombuffer(sub_report["all_latency"], dtype=numpy.int64),
+        start,
+        end,
+    )
     result.sent = sent
     result.delivered = delivered
     result.delivered_pps = delivered / args.duration

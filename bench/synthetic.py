@@ -283,6 +283,9 @@ class Tap:
     def __init__(self, window: Window) -> None:
         self.window = window
         self.latency: dict[str, array[int]] = {"audio": array("q"), "video": array("q")}
+        self.sent_at = array("q")
+        """Send stamps of the packets in ``latency`` (both kinds, in arrival order)."""
+        self.all_latency = array("q")
         self.counts: dict[int, int] = {}
         self.seen: set[int] = set()
         self.other = 0
@@ -307,6 +310,8 @@ class Tap:
         window = self.window
         if window.start <= sent <= window.end:
             self.latency["video" if stream_id & 1 else "audio"].append(now - sent)
+            self.sent_at.append(sent)
+            self.all_latency.append(now - sent)
             self.counts[stream_id] = self.counts.get(stream_id, 0) + 1
         elif stream_id not in self.seen:
             self.seen.add(stream_id)
@@ -315,5 +320,7 @@ class Tap:
         return {
             "latency": {k: v.tobytes() for k, v in self.latency.items()},
             "counts": dict(self.counts),
+            "sent_at": self.sent_at.tobytes(),
+            "all_latency": self.all_latency.tobytes(),
             "other": self.other,
         }
