@@ -65,7 +65,6 @@ class Worker:
         self.tap = Tap(self.window)
         self.publishers: dict[str, SyntheticPublisher] = {}
         self.subscribers: dict[str, RTCPeerConnection] = {}
-        self.ice: dict[str, dict[str, Any] | None] = {}
         self.clip_publishers: dict[str, ClipPublisher] = {}
         self.frame_tap = FrameTap(self.window)
 
