@@ -531,6 +531,11 @@ async def _measure(
     result.publisher_cpu_pct = 100.0 * cpu[pub.pid] / elapsed
     result.subscriber_cpu_pct = 100.0 * cpu[sub.pid] / elapsed
     result.keyframe_requests = int(pub_report["keyframe_requests"])
+    if pub_report["send_errors"]:
+        result.notes.append(
+            f"{pub_report['send_errors']} packets refused by closed publisher connections "
+            "(counted as lost)"
+        )
     if server_pid:
         result.server_cpu_pct = 100.0 * cpu[server_pid] / elapsed
         result.server_system_cpu_pct = 100.0 * system / elapsed

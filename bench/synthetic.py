@@ -155,6 +155,9 @@ class _Stream:
         self.rtp_seq = (self.rtp_seq + 1) & 0xFFFF
         if marker:
             self.rtp_ts = (self.rtp_ts + clock_step) & 0xFFFFFFFF
+        # counted before sending: a packet a dead connection refuses is lost, not unsent
+        if self.window.start <= now <= self.window.end:
+            self.counts[self.stream_id] = self.counts.get(self.stream_id, 0) + 1
         try:
             await _aiortc.dtls_send_rtp(
                 self.transceiver.sender.transport, packet.serialize(self._map)
@@ -163,8 +166,6 @@ class _Stream:
             self.errors += 1
             return
         self.sent += 1
-        if self.window.start <= now <= self.window.end:
-            self.counts[self.stream_id] = self.counts.get(self.stream_id, 0) + 1
 
 
 class SyntheticPublisher:
