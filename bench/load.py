@@ -965,13 +965,17 @@ def load_results(path: str) -> tuple[str, list[Point], list[Measurement]]:
     return document["title"], points, baseline
 
 
+def replot(args: argparse.Namespace) -> int:
+    title, points, baseline = load_results(args.replot)
+    print_table(points, baseline, title)
+    if args.plot:
+        write_plot(args.plot, [p for p in points if p.relay.latency_ms], title)
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     if args.replot:
-        title, points, baseline = load_results(args.replot)
-        print_table(points, baseline, title)
-        if args.plot:
-            write_plot(args.plot, [p for p in points if p.relay.latency_ms], title)
-        return 0
+        return replot(args)
     if args.sweep:
         args.sessions = [1, 5, 10, 20, 40, 80]
     if args.url and not args.api_key:
