@@ -90,6 +90,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", default="bench-results.png", help="write the plot here ('' = no)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument(
+        "--relay-log-level", default="WARNING", help="log level of the relay we start (relay.log)"
+    )
+    p.add_argument(
         "--replot",
         default="",
         metavar="JSON",
@@ -273,7 +276,9 @@ class Service:
 
 
 @contextlib.asynccontextmanager
-async def relay_service(log_dir: str, sessions: int) -> AsyncIterator[Service]:
+async def relay_service(
+    log_dir: str, sessions: int, log_level: str = "WARNING"
+) -> AsyncIterator[Service]:
     """``python -m signaling serve`` on loopback with the embedded TURN server."""
     port, turn_port = free_port(), free_port()
     api_key = secrets.token_urlsafe(16)
@@ -294,7 +299,7 @@ async def relay_service(log_dir: str, sessions: int) -> AsyncIterator[Service]:
         "--max-participants",
         "2",
         "--log-level",
-        "WARNING",
+        log_level,
         stdout=log,
         stderr=log,
     )
@@ -534,7 +539,7 @@ async def _measure(
     if pub_report["send_errors"]:
         result.notes.append(
             f"{pub_report['send_errors']} packets refused by closed publisher connections "
-            "(counted as lost)"
+            f"(counted as lost); last state of each publisher: {pub_report['publisher_states']}"
         )
     if server_pid:
         result.server_cpu_pct = 100.0 * cpu[server_pid] / elapsed
@@ -653,7 +658,9 @@ async def measure_point(ctx: RunContext, n: int) -> Point:
         if args.url:
             service = Service(url=args.url.rstrip("/"), api_key=args.api_key, pid=None)
         else:
-            service = await stack.enter_async_context(relay_service(ctx.log_dir, n))
+            service = await stack.enter_async_context(
+                relay_service(ctx.log_dir, n, args.relay_log_level)
+            )
         relay = await measure_relay(ctx, service, n)
         direct = None
         if not args.no_direct:

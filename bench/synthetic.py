@@ -194,7 +194,14 @@ class SyntheticPublisher:
         self.video = _Stream(video, video_id, window, counts)
         self.keyframes = 0
         self.keyframe_requests = 0
+        self.states: list[str] = []
+        """Connection and ICE state changes, e.g. "ice:failed" (why a connection died)."""
         self._tasks: list[asyncio.Task[None]] = []
+        pc.on("connectionstatechange", lambda: self.states.append(f"pc:{pc.connectionState}"))
+        pc.on(
+            "iceconnectionstatechange",
+            lambda: self.states.append(f"ice:{pc.iceConnectionState}"),
+        )
 
     def sources(self) -> dict[str, str]:
         return {

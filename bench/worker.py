@@ -58,6 +58,13 @@ def prepare_ice(pc: RTCPeerConnection, ice: dict[str, Any] | None) -> None:
         _aiortc.configure_host_candidates(pc, ["127.0.0.1"], None)
 
 
+def _count(values: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for value in values:
+        out[value] = out.get(value, 0) + 1
+    return out
+
+
 class Worker:
     def __init__(self) -> None:
         self.window = Window()
@@ -181,6 +188,7 @@ class Worker:
             "send_errors": sum(p.audio.errors + p.video.errors for p in publishers),
             "keyframes": sum(p.keyframes for p in publishers),
             "keyframe_requests": sum(p.keyframe_requests for p in publishers),
+            "publisher_states": _count(p.states[-1] if p.states else "none" for p in publishers),
             **self.tap.report(),
         }
 
