@@ -28,12 +28,15 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import pylibsrtp
 from aioice import Candidate
 from aioice.candidate import candidate_foundation, candidate_priority
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
 from aiortc.rtp import AnyRtcpPacket, RtpPacket
+
+from .rtp import parse_rtp
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,9 @@ RtcpSender = Callable[[list[AnyRtcpPacket]], Awaitable[None]]
 _RECEIVER_STREAMS = "_RTCRtpReceiver__remote_streams"
 _RECEIVER_STOP_DECODER = "_RTCRtpReceiver__stop_decoder"
 _PC_ICE_TRANSPORTS = "_RTCPeerConnection__iceTransports"
+_PC_DTLS_TRANSPORTS = "_RTCPeerConnection__dtlsTransports"
+ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 
 
 class HookError(RuntimeError):
@@ -83,8 +89,10 @@ def hook_receiver(
     on_rtp: RtpHandler,
     on_rtcp: RtcpHandler,
     streams: dict[int, Any],
+    on_fast_rtp: Callable[[Any], None] | None = None,
 ) -> None:
-    """Divert ``receiver``'s decrypted RTP to ``on_rtp`` and its RTCP (sender reports, BYE) to
+    """Divert ``receiver``'s decrypted RTP to ``on_rtp`` (aiortc's path) and ``on_fast_rtp``
+    (the fast path, see :func:`install_fast_receive`), its RTCP (sender reports, BYE) to
     ``on_rtcp`` as well as the stock handler; its receiver reports are built from ``streams``;
     its decoder thread is stopped as soon as it starts."""
     stock_rtcp = receiver._handle_rtcp_packet
@@ -101,6 +109,8 @@ def hook_receiver(
     receiver._handle_rtp_packet = on_rtp  # type: ignore[method-assign,assignment]
     receiver._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign,assignment]
     receiver.receive = receive  # type: ignore[method-assign,assignment]
+    if on_fast_rtp is not None:
+        receiver._parley_forward = on_fast_rtp  # type: ignore[attr-defined]
     setattr(receiver, _RECEIVER_STREAMS, streams)
 
 
@@ -173,6 +183,116 @@ def dtls_is_connected(dtls: RTCDtlsTransport) -> bool:
 
 async def dtls_send_rtp(dtls: RTCDtlsTransport, data: bytes) -> None:
     await dtls._send_rtp(data)
+
+
+# --- the fast path -------------------------------------------------------------------------------
+#
+# aiortc hands every datagram from aioice's socket callback to an asyncio.Queue, wakes the DTLS
+# transport's task, unprotects, parses every header extension and awaits the receiver; sending
+# goes down five coroutine layers to ``transport.sendto``. For forwarded media the relay does
+# the same work synchronously, in the socket callback: RTP only, once DTLS is up; RTCP, STUN
+# and DTLS still take aiortc's path.
+
+
+class FastReceive:
+    """Per ICE connection: SRTP-unprotect, parse and route RTP straight to the receiver's
+    ``_parley_forward(packet)``."""
+
+    __slots__ = ("dtls", "abs_send_time_id", "audio_level_id", "unprotect_errors")
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self.dtls = dtls
+        self.abs_send_time_id = 0
+        self.audio_level_id = 0
+        self.unprotect_errors = 0
+
+    def receive(self, data: bytes) -> None:
+        dtls = self.dtls
+        try:
+            plain = dtls._rx_srtp.unprotect(data)
+        except pylibsrtp.Error:
+            self.unprotect_errors += 1
+            return
+        try:
+            packet = parse_rtp(plain, self.abs_send_time_id, self.audio_level_id)
+        except ValueError:
+            return
+        receiver = dtls._rtp_router.route_rtp(packet)  # type: ignore[arg-type]
+        if receiver is not None:
+            forward = getattr(receiver, "_parley_forward", None)
+            if forward is not None:
+                forward(packet)
+
+
+def install_fast_receive(pc: RTCPeerConnection) -> None:
+    """Divert ``pc``'s incoming RTP to the fast path (call after setLocalDescription, when the
+    sockets exist; again after each negotiation, to pick up new header extension ids)."""
+    ids: dict[str, int] = {}
+    for transceiver in pc.getTransceivers():
+        for ext in transceiver._headerExtensions:
+            ids[ext.uri] = ext.id
+    for dtls in getattr(pc, _PC_DTLS_TRANSPORTS):
+        connection = dtls.transport._connection
+        fast: FastReceive | None = getattr(connection, "_parley_fast", None)
+        if fast is None:
+            fast = FastReceive(dtls)
+            connection._parley_fast = fast
+        fast.abs_send_time_id = ids.get(ABS_SEND_TIME_URI, 0)
+        fast.audio_level_id = ids.get(AUDIO_LEVEL_URI, 0)
+        for protocol in connection._protocols:
+            if getattr(protocol, "_parley_fast", None) is None:
+                protocol._parley_fast = fast
+                protocol.datagram_received = _fast_datagram_received(
+                    fast, protocol.datagram_received
+                )
+
+
+def _fast_datagram_received(
+    fast: FastReceive, stock: Callable[[bytes, Any], None]
+) -> Callable[[bytes, Any], None]:
+    def datagram_received(data: bytes, addr: Any) -> None:
+        # RTP (not RTCP: RFC 5761 §4 payload types 192-223) once SRTP keys exist
+        if (
+            len(data) > 12
+            and 127 < data[0] < 192
+            and not 191 < data[1] < 224
+            and fast.dtls._rx_srtp is not None
+        ):
+            fast.receive(data)
+        else:
+            stock(data, addr)
+
+    return datagram_received
+
+
+def fast_sender(dtls: RTCDtlsTransport) -> Callable[[bytes], None]:
+    """A synchronous ``send(data)`` for serialised RTP/RTCP on ``dtls``: SRTP protect and
+    ``sendto`` on the nominated pair's socket. Raises ``ConnectionError`` when not connected."""
+    from aioice.ice import StunProtocol
+
+    def send(data: bytes) -> None:
+        srtp = dtls._tx_srtp
+        if srtp is None or dtls._state != State.CONNECTED:
+            raise ConnectionError("not connected")
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            raise ConnectionError("no nominated candidate pair")
+        out = srtp.protect_rtcp(data) if 191 < data[1] < 224 else srtp.protect(data)
+        protocol = pair.protocol
+        if type(protocol) is StunProtocol:
+            transport = protocol.transport
+            if transport.is_closing():
+                raise ConnectionError("socket closed")
+            transport.sendto(out, pair.remote_addr)
+        else:  # a TURN-relayed local candidate: let aioice frame it
+            task = asyncio.ensure_future(protocol.send_data(out, pair.remote_addr))
+            _pending.add(task)
+            task.add_done_callback(_pending.discard)
+
+    return send
+
+
+_pending: set[asyncio.Future[None]] = set()
 
 
 # --- ICE host candidates ---------------------------------------------------------------------

@@ -29,12 +29,11 @@ from aiortc.rtp import (
     RtcpSdesPacket,
     RtcpSenderInfo,
     RtcpSrPacket,
-    RtpPacket,
     unpack_remb_fci,
 )
 
 from . import _aiortc
-from .rtp import RtpRewriter, wrap_rtx
+from .rtp import RtpIn, RtpRewriter, wrap_rtx
 
 if TYPE_CHECKING:
     from aiortc.rtcdtlstransport import RTCDtlsTransport
@@ -93,6 +92,7 @@ class Consumer:
         self.fraction_lost = 0
         self._rewriter: RtpRewriter | None = None
         self._dtls: RTCDtlsTransport = transceiver.sender.transport
+        self._send = _aiortc.fast_sender(self._dtls)
         self._ready = False
         self._synced = False
         self._gated = producer.needs_keyframes
@@ -147,9 +147,9 @@ class Consumer:
 
     # --- the packet path -------------------------------------------------------------------
 
-    async def send(
+    def send(
         self,
-        packet: RtpPacket,
+        packet: RtpIn,
         abs_send_time: int,
         audio_level: tuple[bool, int] | None,
         keyframe: bool,
@@ -184,7 +184,7 @@ class Consumer:
         self.packets += 1
         self.octets += len(packet.payload)
         try:
-            await _aiortc.dtls_send_rtp(self._dtls, data)
+            self._send(data)
         except ConnectionError:
             pass
 
@@ -206,6 +206,7 @@ class Consumer:
                 return
             if self._rewriter is not None and self._rewriter.ssrc in ssrcs:
                 self.remb = bitrate
+                self.producer.update_remb()
         elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)) and self._rewriter is not None:
             for report in packet.reports:
                 if report.ssrc == self._rewriter.ssrc:
@@ -226,7 +227,7 @@ class Consumer:
             self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
         self.retransmitted += 1
         try:
-            await _aiortc.dtls_send_rtp(self._dtls, data)
+            self._send(data)
         except ConnectionError:
             pass
 
@@ -254,7 +255,7 @@ class Consumer:
         if not out:
             return
         try:
-            await _aiortc.dtls_send_rtp(self._dtls, b"".join(bytes(p) for p in out))
+            self._send(b"".join(bytes(p) for p in out))
         except ConnectionError:
             pass
         except Exception:

@@ -1,8 +1,9 @@
 """A Producer is one track a participant sends to the relay (mediasoup's Producer).
 
-It receives the publisher's decrypted RTP packets straight from aiortc's transport (no jitter
-buffer, no decoder), keeps the upstream leg healthy (receiver reports, NACKs and REMB go back to
-the publisher) and fans each packet out to its consumers.
+It receives the publisher's decrypted RTP packets straight from the socket (the fast path in
+``_aiortc``: no queue, no jitter buffer, no decoder), keeps the upstream leg healthy (receiver
+reports and NACKs go back to the publisher, and REMB carrying the lowest estimate of its
+subscribers) and fans each packet out to its consumers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiortc import RTCRtpReceiver
-from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import (
@@ -24,12 +24,11 @@ from aiortc.rtp import (
     RtcpSrPacket,
     RtpPacket,
     pack_remb_fci,
-    unwrap_rtx,
 )
 
 from . import _aiortc
 from .config import MediaConfig
-from .rtp import KeyframeDetector, keyframe_detector
+from .rtp import KeyframeDetector, RtpIn, keyframe_detector, unwrap_rtx_in
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -100,7 +99,9 @@ class Producer:
         self._media_ssrc: int | None = ssrcs[0] if ssrcs else None
         self._streams: dict[int, StreamStatistics] = {}
         self._nack = NackGenerator() if kind == "video" else None
-        self._remb = RemoteBitrateEstimator() if kind == "video" else None
+        self._last_remb: int | None = None
+        self._last_remb_at = -1e9
+        self.remb_sent = 0
         self._is_keyframe: KeyframeDetector | None = (
             keyframe_detector(primary.mimeType) if kind == "video" else None
         )
@@ -108,7 +109,9 @@ class Producer:
         self._last_keyframe_request = -1e9
         self._keyframe_pending = False
         self._tasks: set[asyncio.Future[None]] = set()
-        _aiortc.hook_receiver(receiver, self.handle_rtp, self.handle_rtcp, self._streams)
+        _aiortc.hook_receiver(
+            receiver, self.handle_rtp, self.handle_rtcp, self._streams, self.forward
+        )
         if ssrcs or rtx_ssrcs:
             _aiortc.register_ssrcs(receiver, [*ssrcs, *rtx_ssrcs])
 
@@ -123,22 +126,26 @@ class Producer:
     # --- the packet path -------------------------------------------------------------------
 
     async def handle_rtp(self, packet: RtpPacket, arrival_time_ms: int) -> None:
-        """Called by aiortc's transport for every decrypted packet of this track."""
+        """aiortc's path: packets it parsed itself (before the fast path is installed)."""
+        self.forward(RtpIn.from_aiortc(packet))
+
+    def forward(self, packet: RtpIn) -> None:
+        """Every decrypted packet of this track, from the fast path or aiortc's path."""
         if self.closed:
             return
         try:
-            await self._forward(packet, arrival_time_ms)
+            self._forward(packet)
         except Exception:
             # never raise into aiortc's receive loop: it would close the publisher's
             # transport. A bug here costs one packet, not the call.
             logger.warning("[%s] dropped a packet of %s", self.peer_id, self.id, exc_info=True)
 
-    async def _forward(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+    def _forward(self, packet: RtpIn) -> None:
         ssrc = packet.ssrc
         stream = self._streams.get(ssrc)
         if stream is None:
             stream = self._streams[ssrc] = StreamStatistics(self.codec.clockRate)
-        stream.add(packet)
+        stream.add(packet)  # type: ignore[arg-type]
 
         if packet.payload_type != self.payload_type:
             apt = self._rtx_apt.get(packet.payload_type)
@@ -147,7 +154,7 @@ class Producer:
             media_ssrc = self._rtx_ssrcs.get(ssrc, self._media_ssrc)
             if media_ssrc is None:
                 return
-            packet = unwrap_rtx(packet, payload_type=apt, ssrc=media_ssrc)
+            packet = unwrap_rtx_in(packet, payload_type=apt, ssrc=media_ssrc)
             self.retransmissions += 1
         elif self._media_ssrc != ssrc:
             self._media_ssrc = ssrc
@@ -155,16 +162,7 @@ class Producer:
         self.packets += 1
         self.octets += len(packet.payload)
 
-        if self._remb is not None and packet.extensions.abs_send_time is not None:
-            remb = self._remb.add(
-                abs_send_time=packet.extensions.abs_send_time,
-                arrival_time_ms=arrival_time_ms,
-                payload_size=len(packet.payload) + packet.padding_size,
-                ssrc=packet.ssrc,
-            )
-            if remb is not None:
-                self._send_remb(remb[0], remb[1])
-        if self._nack is not None and self._nack.add(packet):
+        if self._nack is not None and self._nack.add(packet):  # type: ignore[arg-type]
             self.nacks_sent += 1
             self._spawn(_aiortc.send_nack(self._receiver, packet.ssrc, sorted(self._nack.missing)))
 
@@ -179,10 +177,10 @@ class Producer:
             # a request that arrived within the debounce interval is sent when it ends
             self.request_keyframe()
         abs_send_time = abs_send_time_now()
-        audio_level = packet.extensions.audio_level
+        audio_level = packet.audio_level
         for consumer in self.consumers:
             try:
-                await consumer.send(packet, abs_send_time, audio_level, keyframe)
+                consumer.send(packet, abs_send_time, audio_level, keyframe)
             except Exception:
                 # one broken subscriber must not stop the others (nor, by raising into
                 # aiortc's receive loop, close the publisher's transport)
@@ -224,16 +222,27 @@ class Producer:
         self.keyframe_requests += 1
         self._spawn(_aiortc.send_pli(self._receiver, self._media_ssrc))
 
-    def _send_remb(self, bitrate: int, ssrcs: list[int]) -> None:
-        """Tell the publisher the lowest of our estimate and its subscribers' estimates."""
+    def update_remb(self) -> None:
+        """Tell the publisher the lowest bitrate its subscribers estimate (REMB, sent when it
+        drops by more than 3 % or at most once a second otherwise)."""
+        lowest = None
         for consumer in self.consumers:
-            if consumer.remb is not None and consumer.remb < bitrate:
-                bitrate = consumer.remb
+            if consumer.remb is not None and (lowest is None or consumer.remb < lowest):
+                lowest = consumer.remb
         rtcp_ssrc = _aiortc.receiver_rtcp_ssrc(self._receiver)
-        if rtcp_ssrc is None:
+        if lowest is None or rtcp_ssrc is None or self._media_ssrc is None or self.closed:
             return
+        now = asyncio.get_running_loop().time()
+        last = self._last_remb
+        if last is not None and lowest >= last * 0.97 and now - self._last_remb_at < 1.0:
+            return
+        self._last_remb, self._last_remb_at = lowest, now
+        self.remb_sent += 1
         packet = RtcpPsfbPacket(
-            fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs)
+            fmt=RTCP_PSFB_APP,
+            ssrc=rtcp_ssrc,
+            media_ssrc=0,
+            fci=pack_remb_fci(lowest, [self._media_ssrc]),
         )
         self._spawn(_aiortc.send_receiver_rtcp(self._receiver, packet))
 

@@ -8,7 +8,7 @@ sequence number, timestamp) and the header extensions the consumer negotiated ar
 from __future__ import annotations
 
 import struct
-from typing import Protocol
+from typing import Any, Protocol
 
 RTP_HEADER = struct.Struct("!BBHII")
 ONE_BYTE_PROFILE = b"\xbe\xde"
@@ -22,7 +22,7 @@ class RtpLike(Protocol):
     marker: int
     sequence_number: int
     timestamp: int
-    csrc: list[int]
+    csrc: list[int] | tuple[int, ...]
     payload: bytes
     padding_size: int
 
@@ -218,3 +218,163 @@ def keyframe_detector(mime_type: str) -> KeyframeDetector | None:
 
 class KeyframeDetector(Protocol):
     def __call__(self, payload: bytes) -> bool: ...
+
+
+class RtpIn:
+    """A received RTP packet, parsed only as far as forwarding needs (RFC 3550 §5.1, RFC 8285).
+
+    Duck-compatible with what aiortc's ``StreamStatistics``, ``NackGenerator`` and ``RtpRouter``
+    read from its own ``RtpPacket`` (``ssrc``, ``payload_type``, ``sequence_number``,
+    ``timestamp``).
+    """
+
+    __slots__ = (
+        "payload_type",
+        "marker",
+        "sequence_number",
+        "timestamp",
+        "ssrc",
+        "csrc",
+        "payload",
+        "padding_size",
+        "abs_send_time",
+        "audio_level",
+    )
+
+    def __init__(
+        self,
+        *,
+        payload_type: int,
+        marker: int,
+        sequence_number: int,
+        timestamp: int,
+        ssrc: int,
+        payload: bytes,
+        csrc: list[int] | tuple[int, ...] = (),
+        padding_size: int = 0,
+        abs_send_time: int | None = None,
+        audio_level: tuple[bool, int] | None = None,
+    ) -> None:
+        self.payload_type = payload_type
+        self.marker = marker
+        self.sequence_number = sequence_number
+        self.timestamp = timestamp
+        self.ssrc = ssrc
+        self.csrc = csrc
+        self.payload = payload
+        self.padding_size = padding_size
+        self.abs_send_time = abs_send_time
+        self.audio_level = audio_level
+
+    @classmethod
+    def from_aiortc(cls, packet: Any) -> RtpIn:
+        """From aiortc's ``RtpPacket`` (the slow path, when aiortc parsed it first)."""
+        ext = packet.extensions
+        return cls(
+            payload_type=packet.payload_type,
+            marker=packet.marker,
+            sequence_number=packet.sequence_number,
+            timestamp=packet.timestamp,
+            ssrc=packet.ssrc,
+            csrc=packet.csrc,
+            payload=packet.payload,
+            padding_size=packet.padding_size,
+            abs_send_time=ext.abs_send_time,
+            audio_level=ext.audio_level,
+        )
+
+
+def parse_rtp(data: bytes, abs_send_time_id: int, audio_level_id: int) -> RtpIn:
+    """Parse a decrypted RTP packet; only the abs-send-time and audio-level extensions (one-byte
+    or two-byte form) are read. Raises ``ValueError`` on a malformed packet."""
+    length = len(data)
+    if length < 12:
+        raise ValueError("RTP packet is shorter than its fixed header")
+    first, second, seq, ts, ssrc = RTP_HEADER.unpack_from(data)
+    if first >> 6 != 2:
+        raise ValueError("RTP packet has a bad version")
+    pos = 12
+    cc = first & 0x0F
+    csrc: tuple[int, ...] = ()
+    if cc:
+        if length < pos + 4 * cc:
+            raise ValueError("RTP CSRC list is truncated")
+        csrc = struct.unpack_from(f"!{cc}I", data, pos)
+        pos += 4 * cc
+    abs_send_time = None
+    audio_level = None
+    if first & 0x10:
+        if length < pos + 4:
+            raise ValueError("RTP header extension is truncated")
+        profile = (data[pos] << 8) | data[pos + 1]
+        end = pos + 4 + 4 * ((data[pos + 2] << 8) | data[pos + 3])
+        if length < end:
+            raise ValueError("RTP header extension is truncated")
+        pos += 4
+        if profile == 0xBEDE:
+            while pos < end:
+                byte = data[pos]
+                if byte == 0:
+                    pos += 1
+                    continue
+                x_id = byte >> 4
+                x_len = (byte & 0x0F) + 1
+                if x_id == 15 or pos + 1 + x_len > end:
+                    break
+                if x_id == abs_send_time_id and x_len == 3:
+                    abs_send_time = (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
+                elif x_id == audio_level_id:
+                    level = data[pos + 1]
+                    audio_level = (bool(level & 0x80), level & 0x7F)
+                pos += 1 + x_len
+        elif profile & 0xFFF0 == 0x1000:
+            while pos + 1 < end:
+                x_id = data[pos]
+                if x_id == 0:
+                    pos += 1
+                    continue
+                x_len = data[pos + 1]
+                if pos + 2 + x_len > end:
+                    break
+                if x_id == abs_send_time_id and x_len == 3:
+                    abs_send_time = (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
+                elif x_id == audio_level_id and x_len >= 1:
+                    level = data[pos + 2]
+                    audio_level = (bool(level & 0x80), level & 0x7F)
+                pos += 2 + x_len
+        pos = end
+    padding = 0
+    if first & 0x20:
+        padding = data[-1]
+        if padding == 0 or pos + padding > length:
+            raise ValueError("RTP padding is malformed")
+    return RtpIn(
+        payload_type=second & 0x7F,
+        marker=second >> 7,
+        sequence_number=seq,
+        timestamp=ts,
+        ssrc=ssrc,
+        csrc=csrc,
+        payload=data[pos : length - padding],
+        padding_size=padding,
+        abs_send_time=abs_send_time,
+        audio_level=audio_level,
+    )
+
+
+def unwrap_rtx_in(packet: RtpIn, *, payload_type: int, ssrc: int) -> RtpIn:
+    """The original packet inside an RTX retransmission (RFC 4588 §4)."""
+    payload = packet.payload
+    if len(payload) < 2:
+        raise ValueError("RTX payload is too short")
+    return RtpIn(
+        payload_type=payload_type,
+        marker=packet.marker,
+        sequence_number=(payload[0] << 8) | payload[1],
+        timestamp=packet.timestamp,
+        ssrc=ssrc,
+        csrc=packet.csrc,
+        payload=payload[2:],
+        abs_send_time=packet.abs_send_time,
+        audio_level=packet.audio_level,
+    )

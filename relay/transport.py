@@ -122,6 +122,7 @@ class PublishTransport:
             )
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
+            _aiortc.install_fast_receive(self.pc)
             return str(self.pc.localDescription.sdp)
 
     def _sync_producers(

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from relay import _aiortc
+from relay.rtp import RtpIn
 from tests.media_client import PatternVideoTrack, peer_connection, wait_for
 
 
@@ -81,15 +83,21 @@ async def test_private_attributes_exist_on_real_negotiated_objects() -> None:
         await answerer.close()
 
 
-async def test_receiver_hook_diverts_packets_and_stops_the_decoder() -> None:
-    """hook_receiver's handlers get decrypted packets; the stock decoder thread is stopped."""
+@pytest.mark.parametrize("fast", [False, True])
+async def test_receiver_hook_diverts_packets_and_stops_the_decoder(fast: bool) -> None:
+    """hook_receiver's handlers get decrypted packets, through aiortc's path or (once
+    install_fast_receive ran) the fast path; the stock decoder thread is stopped."""
     offerer = peer_connection()
     answerer = peer_connection()
     got: list[int] = []
+    got_fast: list[RtpIn] = []
     streams: dict[int, object] = {}
 
     async def on_rtp(packet: object, arrival_time_ms: int) -> None:
         got.append(arrival_time_ms)
+
+    def on_fast_rtp(packet: RtpIn) -> None:
+        got_fast.append(packet)
 
     async def on_rtcp(packet: object) -> None:
         pass
@@ -102,14 +110,23 @@ async def test_receiver_hook_diverts_packets_and_stops_the_decoder() -> None:
         RTCSessionDescription(sdp=offerer.localDescription.sdp, type="offer")
     )
     receiver = answerer.getTransceivers()[0].receiver
-    _aiortc.hook_receiver(receiver, on_rtp, on_rtcp, streams)  # type: ignore[arg-type]
+    _aiortc.hook_receiver(receiver, on_rtp, on_rtcp, streams, on_fast_rtp)  # type: ignore[arg-type]
     _aiortc.configure_host_candidates(answerer, ["127.0.0.1"], None)
     await answerer.setLocalDescription(await answerer.createAnswer())
+    if fast:
+        _aiortc.install_fast_receive(answerer)
     await offerer.setRemoteDescription(
         RTCSessionDescription(sdp=answerer.localDescription.sdp, type="answer")
     )
     try:
-        assert await wait_for(lambda: len(got) > 10, timeout=10)
+        if fast:
+            assert await wait_for(lambda: len(got_fast) > 10, timeout=10)
+            assert got == []  # no RTP took aiortc's path
+            first = got_fast[0]
+            assert first.payload_type == 97 and first.payload and first.abs_send_time is not None
+        else:
+            assert await wait_for(lambda: len(got) > 10, timeout=10)
+            assert got_fast == []
         await asyncio.sleep(0)
         assert receiver._RTCRtpReceiver__decoder_thread is None
         assert receiver._RTCRtpReceiver__remote_streams is streams

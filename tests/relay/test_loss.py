@@ -42,21 +42,20 @@ async def test_loss_towards_the_subscriber_is_repaired_from_the_consumers_histor
         await ann.publish()
         assert await wait_for(lambda: bob.client.frames_from("ann", "video") >= 10, timeout=15)
         consumer = bob.consumer_of(ann.producer("video"))
-        dtls = consumer._dtls
         ssrc = consumer._rewriter.ssrc.to_bytes(4, "big")  # type: ignore[union-attr]
-        stock_send = dtls._send_rtp
+        stock_send = consumer._send
         rng = random.Random(7)
         dropped = 0
 
-        async def lossy_send(data: bytes) -> None:
+        def lossy_send(data: bytes) -> None:
             nonlocal dropped
             # drop original video packets only; retransmissions (on the RTX SSRC) get through
             if not is_rtcp(data) and data[8:12] == ssrc and rng.random() < LOSS:
                 dropped += 1
                 return
-            await stock_send(data)
+            stock_send(data)
 
-        dtls._send_rtp = lossy_send  # type: ignore[method-assign]
+        consumer._send = lossy_send  # the consumer's SRTP-protect-and-send
         frames, gaps = await watch(bob, "ann")
         assert dropped >= 3, dropped
         assert consumer.nacked >= dropped // 2, (consumer.nacked, dropped)
@@ -76,14 +75,14 @@ async def test_loss_from_the_publisher_is_nacked_upstream_and_retransmitted() ->
         rng = random.Random(11)
         dropped = 0
 
-        async def lossy_input(packet: Any, arrival_time_ms: int) -> None:
+        def lossy_input(packet: Any) -> None:
             nonlocal dropped
             if packet.payload_type == producer.payload_type and rng.random() < LOSS:
                 dropped += 1
                 return
-            await producer.handle_rtp(packet, arrival_time_ms)
+            producer.forward(packet)
 
-        receiver._handle_rtp_packet = lossy_input
+        receiver._parley_forward = lossy_input  # where the fast path delivers
         nacks_before = producer.nacks_sent
         frames, gaps = await watch(bob, "ann")
         assert dropped >= 3, dropped

@@ -18,11 +18,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.rtp import (
+    RtpIn,
     RtpRewriter,
     header_length,
     is_h264_keyframe,
     is_vp8_keyframe,
     keyframe_detector,
+    parse_rtp,
+    unwrap_rtx_in,
     wrap_rtx,
 )
 
@@ -301,3 +304,80 @@ def test_keyframe_detection_on_real_encoder_output(mime: str, parameters: dict[s
     assert detect(forced[0])
     # only the first packet of a VP8 keyframe starts it; H264 may carry SPS/PPS first
     assert keyframe_detector("audio/opus") is None
+
+
+# --- parse_rtp: the fast path's parser agrees with aiortc's -------------------------------------
+
+
+@given(
+    seq=st.integers(0, 0xFFFF),
+    ts=st.integers(0, 0xFFFFFFFF),
+    marker=st.integers(0, 1),
+    payload=st.binary(max_size=300),
+    csrc=st.lists(st.integers(0, 0xFFFFFFFF), max_size=3),
+    padding=st.integers(0, 40),
+    abs_send_time=st.one_of(st.none(), st.integers(0, 0xFFFFFF)),
+    level=st.one_of(st.none(), st.tuples(st.booleans(), st.integers(0, 127))),
+    mid=st.one_of(st.none(), st.text("abc0123", min_size=1, max_size=3)),
+)
+def test_parse_rtp_agrees_with_aiortc(
+    seq: int,
+    ts: int,
+    marker: int,
+    payload: bytes,
+    csrc: list[int],
+    padding: int,
+    abs_send_time: int | None,
+    level: tuple[bool, int] | None,
+    mid: str | None,
+) -> None:
+    original = packet(seq=seq, ts=ts, marker=marker, payload=payload, csrc=csrc, padding=padding)
+    original.extensions.abs_send_time = abs_send_time
+    original.extensions.audio_level = level
+    original.extensions.mid = mid
+    data = original.serialize(extension_map())
+    ours = parse_rtp(data, ABS, LEVEL)
+    theirs = RtpPacket.parse(data, extension_map())
+    assert (ours.payload_type, ours.marker, ours.sequence_number, ours.timestamp, ours.ssrc) == (
+        theirs.payload_type,
+        theirs.marker,
+        theirs.sequence_number,
+        theirs.timestamp,
+        theirs.ssrc,
+    )
+    assert list(ours.csrc) == theirs.csrc
+    assert ours.payload == theirs.payload
+    assert ours.padding_size == theirs.padding_size
+    assert ours.abs_send_time == theirs.extensions.abs_send_time
+    assert ours.audio_level == theirs.extensions.audio_level
+
+
+@given(st.binary(max_size=80))
+def test_parse_rtp_raises_value_error_only(data: bytes) -> None:
+    try:
+        parse_rtp(b"\x80" + data, ABS, LEVEL)
+    except ValueError:
+        pass
+
+
+def test_parse_rtp_rejects_bad_version_and_padding() -> None:
+    with pytest.raises(ValueError):
+        parse_rtp(bytes(12), ABS, LEVEL)  # version 0
+    with pytest.raises(ValueError):
+        parse_rtp(bytes([0xA0]) + bytes(11) + b"\x00\x05", ABS, LEVEL)  # padding > payload
+
+
+def test_unwrap_rtx_in_matches_aiortc() -> None:
+    rtx = packet(seq=7, payload=b"\x12\x34hello")
+    rtx.payload_type = 121
+    ours = unwrap_rtx_in(RtpIn.from_aiortc(rtx), payload_type=96, ssrc=0x01020304)
+    theirs = unwrap_rtx(rtx, payload_type=96, ssrc=0x01020304)
+    assert (ours.sequence_number, ours.payload, ours.payload_type, ours.ssrc) == (
+        theirs.sequence_number,
+        theirs.payload,
+        theirs.payload_type,
+        theirs.ssrc,
+    )
+    assert ours.sequence_number == 0x1234
+    with pytest.raises(ValueError):
+        unwrap_rtx_in(RtpIn.from_aiortc(packet(payload=b"\x01")), payload_type=96, ssrc=1)
