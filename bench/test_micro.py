@@ -77,12 +77,32 @@ def srtp_pair() -> tuple[Session, Session]:
     )
 
 
+class NullSocket:
+    """Where the consumer's ``sendto`` goes: counted, not sent (the kernel is not measured)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def sendto(self, data: bytes, addr: Any) -> None:
+        self.sent += 1
+
+
 class FakeDtls:
-    """The subscriber's transport: SRTP protect, then nothing (no socket)."""
+    """The subscriber's transport as the relay's fast sender sees it: SRTP protect, then the
+    nominated pair's socket (a NullSocket)."""
 
     def __init__(self) -> None:
         self._state = State.CONNECTED
         self.session = srtp_pair()[0]
+        self._tx_srtp = self.session
+        self.socket = NullSocket()
+        pair = SimpleNamespace(
+            protocol=SimpleNamespace(transport=self.socket), remote_addr=("127.0.0.1", 9)
+        )
+        self.transport = SimpleNamespace(_connection=SimpleNamespace(_nominated={1: pair}))
         self.sent = 0
 
     async def _send_rtp(self, data: bytes) -> None:

@@ -267,8 +267,8 @@ def _fast_datagram_received(
 
 def fast_sender(dtls: RTCDtlsTransport) -> Callable[[bytes], None]:
     """A synchronous ``send(data)`` for serialised RTP/RTCP on ``dtls``: SRTP protect and
-    ``sendto`` on the nominated pair's socket. Raises ``ConnectionError`` when not connected."""
-    from aioice.ice import StunProtocol
+    ``sendto`` on the nominated pair's socket (aioice's TURN transport frames it itself).
+    Raises ``ConnectionError`` when not connected."""
 
     def send(data: bytes) -> None:
         srtp = dtls._tx_srtp
@@ -278,21 +278,13 @@ def fast_sender(dtls: RTCDtlsTransport) -> Callable[[bytes], None]:
         if pair is None:
             raise ConnectionError("no nominated candidate pair")
         out = srtp.protect_rtcp(data) if 191 < data[1] < 224 else srtp.protect(data)
-        protocol = pair.protocol
-        if type(protocol) is StunProtocol:
-            transport = protocol.transport
-            if transport.is_closing():
-                raise ConnectionError("socket closed")
-            transport.sendto(out, pair.remote_addr)
-        else:  # a TURN-relayed local candidate: let aioice frame it
-            task = asyncio.ensure_future(protocol.send_data(out, pair.remote_addr))
-            _pending.add(task)
-            task.add_done_callback(_pending.discard)
+        transport = pair.protocol.transport
+        closing = getattr(transport, "is_closing", None)  # aioice's TURN transport has none
+        if closing is not None and closing():
+            raise ConnectionError("socket closed")
+        transport.sendto(out, pair.remote_addr)
 
     return send
-
-
-_pending: set[asyncio.Future[None]] = set()
 
 
 # --- ICE host candidates ---------------------------------------------------------------------
