@@ -294,8 +294,7 @@ async def relay_service(
         str(port),
         "--turn-port",
         str(turn_port),
-        "--api-key",
-        api_key,
+        f"--api-key={api_key}",  # a generated key may start with "-"
         "--max-participants",
         "2",
         "--log-level",
