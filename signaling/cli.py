@@ -144,7 +144,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[ServiceConfig, list[str]
     notes = []
     api_key = args.api_key
     if not api_key:
-        api_key = secrets.token_urlsafe(24)
+        api_key = "pk_" + secrets.token_urlsafe(24)  # never starts with "-"
         notes.append(f"generated API key: {api_key}")
     turn_secret = args.turn_secret or secrets.token_urlsafe(24)
     token_secret = (args.token_secret or secrets.token_urlsafe(32)).encode()
