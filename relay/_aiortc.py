@@ -269,20 +269,23 @@ def fast_sender(dtls: RTCDtlsTransport) -> Callable[[bytes], None]:
     """A synchronous ``send(data)`` for serialised RTP/RTCP on ``dtls``: SRTP protect and
     ``sendto`` on the nominated pair's socket (aioice's TURN transport frames it itself).
     Raises ``ConnectionError`` when not connected."""
+    cache: list[Any] = [None, None, None]  # the nominated pair, its transport, remote address
 
     def send(data: bytes) -> None:
         srtp = dtls._tx_srtp
         if srtp is None or dtls._state != State.CONNECTED:
             raise ConnectionError("not connected")
         pair = dtls.transport._connection._nominated.get(1)
-        if pair is None:
-            raise ConnectionError("no nominated candidate pair")
+        if pair is not cache[0]:
+            if pair is None:
+                raise ConnectionError("no nominated candidate pair")
+            cache[:] = [pair, pair.protocol.transport, pair.remote_addr]
+        transport = cache[1]
         out = srtp.protect_rtcp(data) if 191 < data[1] < 224 else srtp.protect(data)
-        transport = pair.protocol.transport
         closing = getattr(transport, "is_closing", None)  # aioice's TURN transport has none
         if closing is not None and closing():
             raise ConnectionError("socket closed")
-        transport.sendto(out, pair.remote_addr)
+        transport.sendto(out, cache[2])
 
     return send
 
