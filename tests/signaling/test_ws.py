@@ -52,7 +52,11 @@ async def test_bad_expired_and_forged_tokens_are_refused_and_socket_stays_usable
         assert error["code"] == "invalid_token"
 
         expired, _ = tokens.mint(
-            SECRET, session_id=session["session_id"], role="agent", name="", now=time.time() - 7200,
+            SECRET,
+            session_id=session["session_id"],
+            role="agent",
+            name="",
+            now=time.time() - 7200,
             ttl=60,
         )
         await p.send({"type": "join", "token": expired, "name": "x"})
@@ -60,8 +64,13 @@ async def test_bad_expired_and_forged_tokens_are_refused_and_socket_stays_usable
         assert error["code"] == "token_expired"
 
         forged = jwt.encode(
-            {"sid": session["session_id"], "pid": "p_x", "role": "agent", "aud": "parley-join",
-             "exp": int(time.time()) + 600},
+            {
+                "sid": session["session_id"],
+                "pid": "p_x",
+                "role": "agent",
+                "aud": "parley-join",
+                "exp": int(time.time()) + 600,
+            },
             b"some-other-key-0123456789abcdef!",
             algorithm="HS256",
         )
@@ -90,16 +99,18 @@ async def test_malformed_messages_get_error_codes(service: Service) -> None:
         await p.wait_message(lambda m: len(p.errors()) >= 3)
         await p.send({"type": "offer", "pc": "publish", "sdp": "this is not sdp"})
         await p.wait_message(lambda m: len(p.errors()) >= 4)
-        no_media = (
-            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
-        )
+        no_media = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
         await p.send({"type": "offer", "pc": "publish", "sdp": no_media})
         await p.wait_message(lambda m: len(p.errors()) >= 5)
         await p.send({"type": "answer", "pc": "subscribe", "sdp": no_media})
         await p.wait_message(lambda m: len(p.errors()) >= 6)
         codes = [e["code"] for e in p.errors()]
         assert codes == [
-            "invalid_json", "not_joined", "unknown_message_type", "invalid_sdp", "no_media",
+            "invalid_json",
+            "not_joined",
+            "unknown_message_type",
+            "invalid_sdp",
+            "no_media",
             "negotiation_error",
         ]
         # still joined and usable: the customer sees the agent
@@ -160,8 +171,10 @@ async def test_leave_and_rejoin_with_the_same_token(service: Service) -> None:
         back = await joined(service, session["customer_url"], "Carl")
         assert back.id == customer.id
         await agent.wait_message(
-            lambda m: m["type"] == "participant_joined" and len(
-                [x for x in agent.messages if x["type"] == "participant_joined"]) == 2
+            lambda m: (
+                m["type"] == "participant_joined"
+                and len([x for x in agent.messages if x["type"] == "participant_joined"]) == 2
+            )
         )
         await back.close()
     finally:
@@ -239,3 +252,30 @@ async def test_one_bad_client_does_not_disturb_another_session(service: Service)
     finally:
         await agent.close()
         await vandal.close()
+
+
+def test_ice_servers_carry_fixed_credentials_of_an_external_turn_service() -> None:
+    from signaling.app import ice_servers_factory
+    from signaling.config import TurnSettings
+    from tests.signaling.conftest import make_config
+
+    config = make_config(
+        turn=TurnSettings(
+            external_urls=("turns:turn.example.net:443?transport=tcp",),
+            external_username="xirsys-user",
+            external_credential="xirsys-pass",
+        )
+    )
+    servers = ice_servers_factory(config, list(config.turn.external_urls))("p_1")
+    assert servers == [
+        {
+            "urls": ["turns:turn.example.net:443?transport=tcp"],
+            "username": "xirsys-user",
+            "credential": "xirsys-pass",
+        }
+    ]
+    # with only a shared secret: REST credentials that name the participant and expire
+    config = make_config(turn=TurnSettings(external_urls=("turn:coturn:3478",), secret="s3cret"))
+    [server] = ice_servers_factory(config, ["turn:coturn:3478"], clock=lambda: 1000.0)("p_2")
+    assert server["username"] == f"{1000 + config.turn.credential_ttl}:p_2"
+    assert server["credential"]
