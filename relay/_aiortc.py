@@ -48,6 +48,8 @@ _RECEIVER_STREAMS = "_RTCRtpReceiver__remote_streams"
 _RECEIVER_STOP_DECODER = "_RTCRtpReceiver__stop_decoder"
 _PC_ICE_TRANSPORTS = "_RTCPeerConnection__iceTransports"
 _PC_DTLS_TRANSPORTS = "_RTCPeerConnection__dtlsTransports"
+UDP_BUFFER = 1 << 20
+"""Socket buffers of the media sockets we bind: bursts wait in the kernel, overload drops there."""
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 
@@ -333,6 +335,10 @@ def _host_candidates_factory(
             except OSError as exc:
                 logger.warning("could not bind a media port on %s: %s", address, exc)
                 continue
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER)
             host, port = transport.get_extra_info("sockname")[:2]
             protocol.local_candidate = Candidate(
                 foundation=candidate_foundation("host", "udp", host),
