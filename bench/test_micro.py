@@ -306,14 +306,16 @@ def test_channel_data_build_padded(benchmark: Any) -> None:
     benchmark(message.encode, True)
 
 
-def test_allocation_lookup_and_permission(benchmark: Any) -> None:
-    """Find the allocation of a client 5-tuple among 1000 and check a peer's channel."""
+SERVER = ("127.0.0.1", 3478)
+
+
+def allocation_table(transport: str) -> AllocationTable:
+    """1000 allocations, each with a channel bound to its own peer."""
     table = AllocationTable()
-    server = ("127.0.0.1", 3478)
     for i in range(1000):
         alloc = Allocation(
             id=table.new_id(),
-            five_tuple=FiveTuple("tcp", ("127.0.0.1", 10000 + i), server),
+            five_tuple=FiveTuple(transport, ("127.0.0.1", 10000 + i), SERVER),
             username=f"u{i}",
             account=f"a{i}",
             key=b"k" * 16,
@@ -325,7 +327,13 @@ def test_allocation_lookup_and_permission(benchmark: Any) -> None:
         )
         alloc.bind_channel(0x4001, ("127.0.0.1", 40000 + i), 1e9)
         table.add(alloc)
-    ft = FiveTuple("tcp", ("127.0.0.1", 10500), server)
+    return table
+
+
+def test_allocation_lookup_and_permission(benchmark: Any) -> None:
+    """Find the allocation of a client 5-tuple among 1000 and check a peer's channel."""
+    table = allocation_table("tcp")
+    ft = FiveTuple("tcp", ("127.0.0.1", 10500), SERVER)
     peer = ("127.0.0.1", 40500)
 
     def lookup() -> bool:
@@ -338,23 +346,7 @@ def test_allocation_lookup_and_permission(benchmark: Any) -> None:
 
 def test_allocation_lookup_by_relay(benchmark: Any) -> None:
     """Peer → client direction: the allocation of a relayed address, and its channel."""
-    table = AllocationTable()
-    server = ("127.0.0.1", 3478)
-    for i in range(1000):
-        alloc = Allocation(
-            id=table.new_id(),
-            five_tuple=FiveTuple("udp", ("127.0.0.1", 10000 + i), server),
-            username=f"u{i}",
-            account=f"a{i}",
-            key=b"k" * 16,
-            relay=("127.0.0.1", 50000 + i),
-            advertised=("127.0.0.1", 50000 + i),
-            expires=1e9,
-            rate=0,
-            now=0.0,
-        )
-        alloc.bind_channel(0x4001, ("127.0.0.1", 40000 + i), 1e9)
-        table.add(alloc)
+    table = allocation_table("udp")
     relay, peer = ("127.0.0.1", 50500), ("127.0.0.1", 40500)
 
     def lookup() -> Any:
