@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 export PYTHONUNBUFFERED=1
 .venv/bin/ruff check relay signaling turn bench tests
+.venv/bin/mypy
 
 run_pytest() {
     if [ "${PARLEY_NO_NETNS:-}" = 1 ]; then

@@ -108,7 +108,8 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
     metrics.register(manager, app)
     yield
     task.cancel()
-    for ws in list(app[SOCKETS]):
+    sockets = app[SOCKETS]
+    for ws in list(sockets):
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
     await manager.close()
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
+from turn.server import TurnServer
+
 from .config import ServiceConfig
 from .sessions import SessionManager
 
+IceServersFactory = Callable[[str], list[dict[str, Any]]]
+"""participant id -> the ``ice_servers`` of its welcome message (fresh credentials)."""
+
 CONFIG = web.AppKey("config", ServiceConfig)
 SESSIONS = web.AppKey("sessions", SessionManager)
-SOCKETS = web.AppKey("sockets", weakref.WeakSet)
-TURN_SERVER = web.AppKey("turn_server", object)
-ICE_SERVERS = web.AppKey("ice_servers", Any)
-"""Callable[[participant_id], list[dict]]: the ``ice_servers`` of a welcome message."""
+SOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("sockets")
+TURN_SERVER = web.AppKey("turn_server", TurnServer)
+ICE_SERVERS: web.AppKey[IceServersFactory] = web.AppKey("ice_servers")

@@ -62,7 +62,7 @@ class RelayCollector:
             yield GaugeMetricFamily(name, doc, value=value)
         server = self.app.get(TURN_SERVER)
         if server is not None:
-            for key, value in server.stats().items():  # type: ignore[attr-defined]
+            for key, value in server.stats().items():
                 yield CounterMetricFamily(key, f"embedded TURN server: {key}", value=value)
 
 
