@@ -23,7 +23,6 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
-from aiortc.contrib.media import MediaBlackhole  # noqa: F401  (kept for manual debugging)
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from av import VideoFrame
