@@ -154,10 +154,9 @@ class Session:
 
         participant.peer = self.router.add_peer(participant.id, send_offer, failed)
         logger.info(
-            "[%s/%s] %s joined as %s%s",
+            "[%s/%s] joined as %s%s",
             self.id,
             participant.id,
-            participant.role,
             participant.role,
             " (again)" if rejoined else "",
         )
