@@ -25,9 +25,9 @@ from .load import (
     added,
     free_port,
     http_session,
+    measure_window,
     percentiles,
 )
-from .procstat import cpu_seconds, rss_bytes
 
 
 @contextlib.asynccontextmanager
@@ -86,23 +86,8 @@ async def _measure_frames(
         ctx.progress(f"{result.mode} N={result.sessions}: {len(seen)}/{len(pairs)} videos flowing")
         await asyncio.sleep(0.25)
     result.streams, result.streams_flowing = len(pairs), len(set(pairs) & seen)
-    start = time.monotonic_ns() + int(args.warmup * 1e9)
-    end = start + int(args.duration * 1e9)
-    await asyncio.gather(
-        pub.call("set_window", start=start, end=end), sub.call("set_window", start=start, end=end)
-    )
-    ctx.progress(f"{result.mode} N={result.sessions}: warming up")
-    await asyncio.sleep(max(0.0, (start - time.monotonic_ns()) / 1e9))
-    pids = [pub.pid, sub.pid] + ([server_pid] if server_pid else [])
-    cpu0 = {pid: cpu_seconds(pid) for pid in pids}
-    result.loadavg.append(os.getloadavg()[0])
-    t0 = time.monotonic()
-    ctx.progress(f"{result.mode} N={result.sessions}: measuring {args.duration:g} s")
-    await asyncio.sleep(max(0.0, (end - time.monotonic_ns()) / 1e9))
-    cpu = {pid: cpu_seconds(pid) - cpu0[pid] for pid in pids}
-    elapsed = time.monotonic() - t0
-    result.loadavg.append(os.getloadavg()[0])
-    rss = rss_bytes(server_pid) if server_pid else 0
+    window = await measure_window(ctx, result, pub, sub, server_pid)
+    start, end, cpu, elapsed = window.start, window.end, window.cpu, window.elapsed
     await asyncio.sleep(1.0)
     ctx.progress(f"{result.mode} N={result.sessions}: decoding received frames")
     pub_report, sub_report = await asyncio.gather(
@@ -128,7 +113,7 @@ async def _measure_frames(
     result.notes.append("video only, latency and loss per frame (see docs/benchmarks.md)")
     if server_pid:
         result.server_cpu_pct = 100.0 * cpu[server_pid] / elapsed
-        result.server_rss_mb = rss / 2**20
+        result.server_rss_mb = window.server_rss / 2**20
         if packets:
             result.server_cpu_us_per_packet = 1e6 * cpu[server_pid] / packets
 

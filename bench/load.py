@@ -469,6 +469,52 @@ class RunContext:
     progress: Progress
 
 
+@dataclass
+class Window:
+    """One measurement window: its bounds (monotonic ns) and what the processes spent in it."""
+
+    start: int
+    end: int
+    cpu: dict[int, float]
+    """CPU seconds per pid over the window."""
+    elapsed: float
+    server_system: float
+    """The server's system (kernel) CPU seconds over the window."""
+    server_rss: int
+
+
+async def measure_window(
+    ctx: RunContext,
+    result: Measurement,
+    pub: WorkerProc,
+    sub: WorkerProc,
+    server_pid: int | None,
+) -> Window:
+    """Tell both workers the window, wait out the warm-up and the window, and read the CPU
+    time every process spent in it (and the server's RSS at its end)."""
+    args = ctx.args
+    start = time.monotonic_ns() + int(args.warmup * 1e9)
+    end = start + int(args.duration * 1e9)
+    await asyncio.gather(
+        pub.call("set_window", start=start, end=end), sub.call("set_window", start=start, end=end)
+    )
+    ctx.progress(f"{result.mode} N={result.sessions}: warming up {args.warmup:g} s")
+    await asyncio.sleep(max(0.0, (start - time.monotonic_ns()) / 1e9))
+    pids = [pub.pid, sub.pid] + ([server_pid] if server_pid else [])
+    cpu0 = {pid: cpu_seconds(pid) for pid in pids}
+    system0 = cpu_times(server_pid)[1] if server_pid else 0.0
+    result.loadavg.append(os.getloadavg()[0])
+    t0 = time.monotonic()
+    ctx.progress(f"{result.mode} N={result.sessions}: measuring {args.duration:g} s")
+    await asyncio.sleep(max(0.0, (end - time.monotonic_ns()) / 1e9))
+    cpu = {pid: cpu_seconds(pid) - cpu0[pid] for pid in pids}
+    system = cpu_times(server_pid)[1] - system0 if server_pid else 0.0
+    elapsed = time.monotonic() - t0
+    result.loadavg.append(os.getloadavg()[0])
+    rss = rss_bytes(server_pid) if server_pid else 0
+    return Window(start, end, cpu, elapsed, system, rss)
+
+
 async def _measure(
     ctx: RunContext,
     result: Measurement,
@@ -493,25 +539,8 @@ async def _measure(
     result.streams_flowing = len(expected & seen)
     if result.streams_flowing < result.streams:
         result.notes.append(f"only {result.streams_flowing}/{result.streams} streams flowed")
-    start = time.monotonic_ns() + int(args.warmup * 1e9)
-    end = start + int(args.duration * 1e9)
-    await asyncio.gather(
-        pub.call("set_window", start=start, end=end), sub.call("set_window", start=start, end=end)
-    )
-    ctx.progress(f"{result.mode} N={result.sessions}: warming up {args.warmup:g} s")
-    await asyncio.sleep(max(0.0, (start - time.monotonic_ns()) / 1e9))
-    pids = [pub.pid, sub.pid] + ([server_pid] if server_pid else [])
-    cpu0 = {pid: cpu_seconds(pid) for pid in pids}
-    system0 = cpu_times(server_pid)[1] if server_pid else 0.0
-    result.loadavg.append(os.getloadavg()[0])
-    t0 = time.monotonic()
-    ctx.progress(f"{result.mode} N={result.sessions}: measuring {args.duration:g} s")
-    await asyncio.sleep(max(0.0, (end - time.monotonic_ns()) / 1e9))
-    cpu = {pid: cpu_seconds(pid) - cpu0[pid] for pid in pids}
-    system = cpu_times(server_pid)[1] - system0 if server_pid else 0.0
-    elapsed = time.monotonic() - t0
-    result.loadavg.append(os.getloadavg()[0])
-    rss = rss_bytes(server_pid) if server_pid else 0
+    window = await measure_window(ctx, result, pub, sub, server_pid)
+    start, end, cpu, elapsed = window.start, window.end, window.cpu, window.elapsed
     await asyncio.sleep(0.5)  # packets stamped just before the end are still in flight
     pub_report, sub_report = await asyncio.gather(
         pub.call("report", timeout=60), sub.call("report", timeout=60)
@@ -542,8 +571,8 @@ async def _measure(
         )
     if server_pid:
         result.server_cpu_pct = 100.0 * cpu[server_pid] / elapsed
-        result.server_system_cpu_pct = 100.0 * system / elapsed
-        result.server_rss_mb = rss / 2**20
+        result.server_system_cpu_pct = 100.0 * window.server_system / elapsed
+        result.server_rss_mb = window.server_rss / 2**20
         if delivered:
             result.server_cpu_us_per_packet = 1e6 * cpu[server_pid] / delivered
 
