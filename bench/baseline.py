@@ -35,7 +35,7 @@ async def mediarelay_server(log_dir: str) -> AsyncIterator[tuple[str, int]]:
     port = free_port()
     log = open(os.path.join(log_dir, "mediarelay.log"), "ab")  # noqa: SIM115
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.mediarelay", "--port", str(port), stdout=log, stderr=log
+        sys.executable, "-m", "parley.bench.mediarelay", "--port", str(port), stdout=log, stderr=log
     )
     log.close()
     url = f"http://127.0.0.1:{port}"

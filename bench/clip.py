@@ -34,9 +34,9 @@ from aiortc.rtp import (
 )
 from av import VideoFrame
 
-from relay import _aiortc
-from relay.consumer import SilentTrack
-from relay.producer import abs_send_time_now
+from parley.relay import _aiortc
+from parley.relay.consumer import SilentTrack
+from parley.relay.producer import abs_send_time_now
 
 from .synthetic import Window
 

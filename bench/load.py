@@ -2,7 +2,7 @@
 
 For each N it drives N sessions of two participants, each sending synthetic pre-encoded audio
 (50 pps) and video (default 1 Mbit/s at 30 fps) and receiving the other's, first through the
-relay (``python -m signaling serve`` started as a subprocess, or ``--url``) and then directly
+relay (``python -m parley.signaling serve`` started as a subprocess, or ``--url``) and then directly
 peer to peer (the floor). Publishers and subscribers run in two worker processes
 (``bench.worker``). One-way latency is taken per packet on arrival at the subscriber against the
 send time stamped in the payload (same CLOCK_MONOTONIC). Relay-added latency is the through-relay
@@ -209,7 +209,7 @@ class WorkerProc:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "bench.worker",
+                "parley.bench.worker",
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
@@ -279,7 +279,7 @@ class Service:
 async def relay_service(
     log_dir: str, sessions: int, log_level: str = "WARNING"
 ) -> AsyncIterator[Service]:
-    """``python -m signaling serve`` on loopback with the embedded TURN server."""
+    """``python -m parley.signaling serve`` on loopback with the embedded TURN server."""
     port, turn_port = free_port(), free_port()
     api_key = secrets.token_urlsafe(16)
     log = open(os.path.join(log_dir, "relay.log"), "ab")  # noqa: SIM115

@@ -3,7 +3,7 @@ decoded once and re-encoded by every subscriber's ``RTCRtpSender``), as aiortc's
 
 HTTP on loopback: ``POST /publish {"key", "sdp"}`` and ``POST /subscribe {"source", "sdp"}``
 (the subscriber's recvonly offer) answer with ``{"sdp"}``. Run as
-``python -m bench.mediarelay --port P``; ``parley bench --baseline N`` starts it.
+``python -m parley.bench.mediarelay --port P``; ``parley bench --baseline N`` starts it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from aiortc import (
 )
 from aiortc.contrib.media import MediaRelay
 
-from relay import _aiortc
+from parley.relay import _aiortc
 
 PCS = web.AppKey("pcs", set)
 TRACKS = web.AppKey("tracks", dict)

@@ -37,9 +37,9 @@ from aiortc.rtp import (
     RtpPacket,
 )
 
-from relay import _aiortc
-from relay.consumer import SilentTrack
-from relay.producer import abs_send_time_now
+from parley.relay import _aiortc
+from parley.relay.consumer import SilentTrack
+from parley.relay.producer import abs_send_time_now
 
 MAGIC = b"\xbe\x4c"
 STAMP = struct.Struct("!2sIIQ")

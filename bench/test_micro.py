@@ -35,11 +35,11 @@ from aiortc.rtp import (
 )
 from pylibsrtp import Policy, Session
 
-from relay.config import MediaConfig
-from relay.consumer import Consumer
-from relay.producer import Producer, abs_send_time_now
-from turn import stun
-from turn.allocation import Allocation, AllocationTable, FiveTuple
+from parley.relay.config import MediaConfig
+from parley.relay.consumer import Consumer
+from parley.relay.producer import Producer, abs_send_time_now
+from parley.turn import stun
+from parley.turn.allocation import Allocation, AllocationTable, FiveTuple
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 EXTENSIONS = [

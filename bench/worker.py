@@ -5,7 +5,7 @@ the orchestrator (``bench.load``) over its stdin/stdout: length-prefixed pickled
 Publishers and subscribers live in separate worker processes, so a send burst never delays a
 receive timestamp, and each role's CPU is read from /proc on its own.
 
-Run as ``python -m bench.worker``; it exits when stdin closes.
+Run as ``python -m parley.bench.worker``; it exits when stdin closes.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from aiortc import (
 )
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
-from relay import _aiortc
+from parley.relay import _aiortc
 
 from .clip import ClipPublisher, FrameTap
 from .synthetic import SyntheticPublisher, Tap, Window

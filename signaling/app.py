@@ -13,8 +13,8 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
-from relay import _aiortc
-from turn.credentials import rest_credentials
+from parley.relay import _aiortc
+from parley.turn.credentials import rest_credentials
 
 from . import api, metrics
 from .config import ServiceConfig
@@ -119,8 +119,8 @@ async def _turn_server(app: web.Application) -> AsyncIterator[None]:
     if not config.turn.embedded:
         yield
         return
-    from turn.config import TurnConfig
-    from turn.server import TurnServer
+    from parley.turn.config import TurnConfig
+    from parley.turn.server import TurnServer
 
     low, high = config.turn.relay_ports or (0, 0)
     relay_address = config.media.addresses[0]

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
-from relay.config import MediaConfig
+from parley.relay.config import MediaConfig
 
 from .config import ServiceConfig, TurnSettings
 
@@ -259,13 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser = commands.add_parser("serve", help="run the relay, signaling and TURN server")
     add_serve_arguments(serve_parser)
     turn_parser = commands.add_parser("turn", help="run the TURN server alone")
-    from turn import cli as turn_cli
+    from parley.turn import cli as turn_cli
 
     turn_cli.add_arguments(turn_parser)
     turn_parser.add_argument("--log-level", default="INFO")
     bench_parser = commands.add_parser("bench", help="forwarding-latency and capacity benchmark")
     try:
-        from bench import load as bench_load
+        from parley.bench import load as bench_load
 
         bench_load.add_arguments(bench_parser)
     except ImportError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from relay.config import MediaConfig
+from parley.relay.config import MediaConfig
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from turn.server import TurnServer
+from parley.turn.server import TurnServer
 
 from .config import ServiceConfig
 from .sessions import SessionManager

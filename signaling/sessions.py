@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from relay import MediaConfig, Peer, RelayError, Router
+from parley.relay import MediaConfig, Peer, RelayError, Router
 
 from . import tokens
 from .errors import Forbidden, SessionEnded, SessionFull, SessionNotFound, SignalingError

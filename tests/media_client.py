@@ -27,7 +27,7 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from av import VideoFrame
 
-from relay import _aiortc
+from parley.relay import _aiortc
 
 VIDEO_CLOCK = 90000
 

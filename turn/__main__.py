@@ -1,4 +1,4 @@
-"""``python -m turn``: the standalone TURN server (flags in :mod:`turn.cli`)."""
+"""``python -m parley.turn``: the standalone TURN server (flags in :mod:`turn.cli`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m turn", description="parley TURN server")
+    parser = argparse.ArgumentParser(prog="python -m parley.turn", description="parley TURN server")
     add_arguments(parser)
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Command-line wiring for the standalone TURN server (``parley turn`` / ``python -m turn``)."""
+"""Command-line wiring for the standalone TURN server (``parley turn`` / ``python -m parley.turn``)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ def test_bench_measures_one_session_through_the_relay_and_directly(tmp_path: Pat
         [
             sys.executable,
             "-m",
-            "signaling",
+            "parley.signaling",
             "bench",
             "-n",
             "1",

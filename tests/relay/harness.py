@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from relay import Consumer, MediaConfig, Peer, Producer, Router
+from parley.relay import Consumer, MediaConfig, Peer, Producer, Router
 from tests.media_client import MediaClient
 
 

@@ -9,8 +9,8 @@ import pytest
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
-from relay import _aiortc
-from relay.rtp import RtpIn
+from parley.relay import _aiortc
+from parley.relay.rtp import RtpIn
 from tests.media_client import PatternVideoTrack, peer_connection, wait_for
 
 

@@ -17,7 +17,7 @@ from av import VideoFrame
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.rtp import (
+from parley.relay.rtp import (
     RtpIn,
     RtpRewriter,
     header_length,

@@ -70,7 +70,7 @@ def free_port() -> int:
 
 
 class ParleyServer:
-    """`python -m signaling serve` as a subprocess, plus a tiny sync client for its HTTP API."""
+    """`python -m parley.signaling serve` as a subprocess, plus a tiny sync client for its HTTP API."""
 
     def __init__(self, *extra: str) -> None:
         self.port = free_port()
@@ -85,7 +85,7 @@ class ParleyServer:
         cmd = [
             sys.executable,
             "-m",
-            "signaling",
+            "parley.signaling",
             "serve",
             "--host",
             "127.0.0.1",

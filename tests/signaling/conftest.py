@@ -8,9 +8,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from relay.config import MediaConfig
-from signaling.app import create_app
-from signaling.config import ServiceConfig, TurnSettings
+from parley.relay.config import MediaConfig
+from parley.signaling.app import create_app
+from parley.signaling.config import ServiceConfig, TurnSettings
 
 API_KEY = "test-api-key"
 

@@ -27,7 +27,7 @@ async def test_parley_serve_with_embedded_defaults_serves_a_two_party_call() -> 
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "signaling",
+        "parley.signaling",
         "serve",
         "--port",
         str(port),

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from signaling.config import TurnSettings
-from signaling.keys import TURN_SERVER
+from parley.signaling.config import TurnSettings
+from parley.signaling.keys import TURN_SERVER
 from tests.media_client import wait_for
 from tests.signaling.conftest import ServiceFactory
 from tests.signaling.ws_client import WsParticipant

@@ -6,7 +6,7 @@ import time
 
 import jwt
 
-from signaling import tokens
+from parley.signaling import tokens
 from tests.signaling.conftest import Service
 from tests.signaling.ws_client import WsParticipant
 
@@ -255,8 +255,8 @@ async def test_one_bad_client_does_not_disturb_another_session(service: Service)
 
 
 def test_ice_servers_carry_fixed_credentials_of_an_external_turn_service() -> None:
-    from signaling.app import ice_servers_factory
-    from signaling.config import TurnSettings
+    from parley.signaling.app import ice_servers_factory
+    from parley.signaling.config import TurnSettings
     from tests.signaling.conftest import make_config
 
     config = make_config(

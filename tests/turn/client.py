@@ -8,8 +8,8 @@ import os
 import ssl
 from typing import Any
 
-from turn import stun
-from turn.credentials import long_term_key
+from parley.turn import stun
+from parley.turn.credentials import long_term_key
 
 
 class _Udp(asyncio.DatagramProtocol):

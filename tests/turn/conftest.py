@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from turn.config import TurnConfig
-from turn.server import TurnServer
+from parley.turn.config import TurnConfig
+from parley.turn.server import TurnServer
 
 SECRET = "test-shared-secret"
 USER = ("alice", "s3cret")

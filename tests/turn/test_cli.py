@@ -1,4 +1,4 @@
-"""CLI flags -> TurnConfig, config validation, and `python -m turn` as a real process."""
+"""CLI flags -> TurnConfig, config validation, and `python -m parley.turn` as a real process."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from parley.turn import stun
+from parley.turn.cli import add_arguments, config_from_args
+from parley.turn.config import TurnConfig
+from parley.turn.errors import ConfigError
 from tests.turn.client import TurnTestClient
-from turn import stun
-from turn.cli import add_arguments, config_from_args
-from turn.config import TurnConfig
-from turn.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -80,7 +80,7 @@ async def test_python_m_turn_serves_and_stops_on_sigterm() -> None:
         port = s.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "turn", "--turn-port", str(port), "--turn-user", "alice:s3cret",
+        sys.executable, "-m", "parley.turn", "--turn-port", str(port), "--turn-user", "alice:s3cret",
         "--turn-relay-ports", "0-0", "--log-level", "INFO",
         cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

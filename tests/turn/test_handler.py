@@ -9,12 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.turn.conftest import SECRET, make_config
-from tests.turn.test_policy import REFUSED
-from turn import stun
-from turn.allocation import FiveTuple
-from turn.credentials import long_term_key, rest_credentials
-from turn.handler import (
+from parley.turn import stun
+from parley.turn.allocation import FiveTuple
+from parley.turn.credentials import long_term_key, rest_credentials
+from parley.turn.handler import (
     AllocationClosed,
     AllocationCreated,
     Output,
@@ -23,6 +21,8 @@ from turn.handler import (
     ToPeer,
     TurnHandler,
 )
+from tests.turn.conftest import SECRET, make_config
+from tests.turn.test_policy import REFUSED
 
 CLIENT = FiveTuple("udp", ("192.0.2.10", 40000), ("127.0.0.1", 3478))
 REALM = "parley.test"

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from turn.policy import PeerPolicy, embedded_ipv4
+from parley.turn.policy import PeerPolicy, embedded_ipv4
 
 #: one address of each refused class, in several encodings (coturn-secure-config's probe + §2.3)
 REFUSED = [

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from aioice.turn import create_turn_endpoint
 
+from parley.turn import stun
+from parley.turn.credentials import rest_credentials
+from parley.turn.server import TurnServer
 from tests.turn.client import TurnTestClient
 from tests.turn.conftest import SECRET, USER, EchoPeer
-from turn import stun
-from turn.credentials import rest_credentials
-from turn.server import TurnServer
 
 pytestmark = pytest.mark.timeout(30)
 ServerFactory = Callable[..., AbstractAsyncContextManager[TurnServer]]
@@ -380,9 +380,9 @@ async def test_ipv6_listener_and_ipv6_relay(turn_server: ServerFactory) -> None:
 async def test_tcp_connection_without_allocation_is_closed_after_timeout(
     turn_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import turn.server
+    import parley.turn.server
 
-    monkeypatch.setattr(turn.server, "ALLOCATE_TIMEOUT", 0.3)
+    monkeypatch.setattr(parley.turn.server, "ALLOCATE_TIMEOUT", 0.3)
     async with turn_server() as server:
         addr = ("127.0.0.1", server.tcp_port)
         async with (

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from turn import stun
-from turn.credentials import long_term_key
-from turn.errors import StunError
+from parley.turn import stun
+from parley.turn.credentials import long_term_key
+from parley.turn.errors import StunError
 
 DATA = Path(__file__).parent.parent / "data"
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from parley.turn.credentials import rest_credentials
+from parley.turn.server import TurnServer
 from tests.turn.conftest import SECRET
-from turn.credentials import rest_credentials
-from turn.server import TurnServer
 
 UCLIENT = shutil.which("turnutils_uclient")
 PEER = shutil.which("turnutils_peer")
