@@ -186,11 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             resolved = resolve_serve_options(args)
+            config, notes = config_from_args(resolved.namespace())  # checks every value
             if args.print_config:
                 print(options.render(resolved))
                 return 0
             _logging(resolved.values["log_level"])
-            config, notes = config_from_args(resolved.namespace())
             _run(serve(config, notes))
         elif args.command == "turn":
             from parley.turn import cli as turn_cli
