@@ -262,3 +262,14 @@ def test_the_resolved_options_build_the_service_config(tmp_path: Path) -> None:
     assert service.ice_transport_policy == "relay"
     assert service.max_participants == 6
     assert service.base_url == "https://support.example.com"
+
+
+def test_the_sample_files_in_the_docs_are_valid_configurations(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    sample_file = options.read_file(str(repo / "docs" / "parley.toml"))
+    assert sample_file["media_ports"] == (40000, 40999)
+    readme = (repo / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    readme_sample = tmp_path / "readme-parley.toml"
+    readme_sample.write_text(block)
+    assert options.read_file(str(readme_sample))["turn_tls_port"] == 443
