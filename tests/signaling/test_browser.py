@@ -7,7 +7,6 @@ asyncio_mode=auto, and the sync API refuses to run inside a running loop).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -128,8 +127,8 @@ def test_two_pages_see_and_hear_each_other_through_the_relay(
     sync_api.expect(button(customer, "End session")).to_be_hidden()
     sync_api.expect(agent.locator("#status")).to_have_attribute("data-state", "connected")
 
-    # let a beep light up the speaking ring, then take the picture
-    agent.wait_for_timeout(1200)
+    # a beep of the fake microphone lights up the speaking ring: then take the picture
+    sync_api.expect(tile).to_have_attribute("data-speaking", "true", timeout=15000)
     ARTIFACTS.mkdir(exist_ok=True)
     agent.screenshot(path=str(ARTIFACTS / "two-party-call.png"))
 
@@ -264,9 +263,14 @@ def test_agent_ending_the_session_ends_it_for_everyone(
         sync_api.expect(page.get_by_role("heading", name="The session has ended")).to_be_visible()
         assert page.evaluate("() => window.heldTracks.every(t => t.readyState === 'ended')")
     assert server.api("GET", f"/api/v1/sessions/{session['session_id']}")["state"] == "ended"
-    # ended pages stay ended: no reconnect loop
-    time.sleep(1.5)
-    assert customer.evaluate("() => window.parley.state") == "ended"
+    # ended pages stay ended: no reconnect is scheduled, and coming back online starts none
+    attempts = customer.evaluate("() => window.parley.attempts")
+    customer.wait_for_function("() => window.parley.ws.readyState === WebSocket.CLOSED")
+    customer.evaluate("() => window.dispatchEvent(new Event('online'))")
+    assert customer.evaluate("() => [window.parley.state, window.parley.attempts]") == [
+        "ended",
+        attempts,
+    ]
 
 
 def test_deleting_the_session_through_the_api_ends_the_call(
