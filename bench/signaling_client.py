@@ -103,7 +103,7 @@ class SignalingClient:
     async def wait_message(
         self,
         predicate: Callable[[dict[str, Any]], bool],
-        timeout: float = 10,  # noqa: ASYNC109
+        timeout: float = 20,  # noqa: ASYNC109
         after: int = 0,
     ) -> dict[str, Any]:
         """The first message from index ``after`` on that ``predicate`` accepts (waiting for

@@ -218,7 +218,7 @@ def media_stats(page: Any) -> dict[str, Any]:
     return dict(page.evaluate(STATS_JS))
 
 
-def wait_for_state(page: Any, state: str, timeout: float = 20) -> None:
+def wait_for_state(page: Any, state: str, timeout: float = 30) -> None:
     page.wait_for_function(
         "s => window.parley && window.parley.state === s", arg=state, timeout=timeout * 1000
     )

@@ -20,7 +20,7 @@ class WsParticipant(SignalingClient):
         self.media_options = media
         self.client: MediaClient | None = None
 
-    async def join(self, *, media: bool = True, timeout: float = 10) -> dict[str, Any]:  # noqa: ASYNC109
+    async def join(self, *, media: bool = True, timeout: float = 20) -> dict[str, Any]:  # noqa: ASYNC109
         welcome = await super().join(timeout=timeout)
         if welcome["type"] == "welcome" and media:
             self.client = self._make_client(welcome)
@@ -51,7 +51,7 @@ class WsParticipant(SignalingClient):
             **options,
         )
 
-    async def publish(self, timeout: float = 10) -> None:  # noqa: ASYNC109
+    async def publish(self, timeout: float = 20) -> None:  # noqa: ASYNC109
         assert self.client is not None
         sdp, sources = await self.client.publish_offer()
         answer = await self.send_publish_offer(sdp, sources, timeout)
