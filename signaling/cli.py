@@ -33,40 +33,30 @@ def resolve_serve_options(
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[ServiceConfig, list[str]]:
-    """The service config, and notes for the banner about generated secrets."""
+    """The service config from resolved options, and notes for the banner about generated
+    secrets. Options with a ``field`` go where it says; the others are composed here."""
+    values = vars(args)
+    by_section: dict[str, dict[str, Any]] = {"": {}, "turn": {}, "media": {}}
+    for path, value in options.fields(values).items():
+        section, _, name = path.rpartition(".")
+        by_section[section][name] = value
     notes = []
     api_key = args.api_key
     if not api_key:
         api_key = "pk_" + secrets.token_urlsafe(24)  # never starts with "-"
         notes.append(f"generated API key: {api_key}")
-    turn_secret = args.turn_secret or secrets.token_urlsafe(24)
-    token_secret = (args.token_secret or secrets.token_urlsafe(32)).encode()
     turn = TurnSettings(
+        **by_section["turn"],
         enabled=args.turn_port != 0,
-        port=args.turn_port,
-        tls_port=args.turn_tls_port,
         listen_host=args.turn_listen or args.host,
-        public_host=args.turn_public_host,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        secret=turn_secret,
+        secret=args.turn_secret or secrets.token_urlsafe(24),
         transports=tuple(t.strip() for t in args.turn_transports.split(",") if t.strip()),
-        external_urls=tuple(args.turn_external_url),
-        external_username=args.turn_external_username,
-        external_credential=args.turn_external_credential,
-        relay_ports=args.turn_relay_ports,
     )
-    media = MediaConfig(addresses=tuple(args.media_address), port_range=args.media_ports)
     config = ServiceConfig(
-        host=args.host,
-        port=args.port,
-        public_url=args.public_url,
+        **by_section[""],
         api_key=api_key,
-        token_secret=token_secret,
-        token_ttl=args.token_ttl,
-        max_participants=args.max_participants,
-        ice_transport_policy=args.ice_transport_policy,
-        media=media,
+        token_secret=(args.token_secret or secrets.token_urlsafe(32)).encode(),
+        media=MediaConfig(**by_section["media"]),
         turn=turn,
     )
     return config, notes

@@ -1,10 +1,12 @@
 """The options of ``parley serve``, defined once: each row of :data:`SERVE_OPTIONS` is a command
-line flag, an environment variable and a key of the TOML file given with ``--config``.
+line flag, an environment variable, a key of the TOML file given with ``--config``, and (its
+``field``) a field of the service config.
 
 Precedence: command line > environment > file > default. An empty environment variable counts as
 unset. :func:`resolve` turns the three sources into one :class:`Resolved` (the values, and where
 each came from); ``signaling.cli`` composes the service config from it. Adding an option is one
-:class:`Option` row here (and reading ``values["<key>"]`` where the service config is built).
+:class:`Option` row here, with ``field`` naming the service config field it fills (a field you
+add to ``ServiceConfig`` or one of its sections).
 """
 
 from __future__ import annotations
@@ -40,6 +42,22 @@ def _integer(text: str) -> int:
         return int(text)
     except ValueError:
         raise ValueError(f"expected an integer, got {text!r}") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+
+
+def _boolean(text: str) -> bool:
+    word = text.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
 
 
 def _address(text: str) -> str:
@@ -83,13 +101,18 @@ class Kind:
     def from_toml(self, value: Any) -> Any:
         if isinstance(value, str):
             return self.parse(value)
-        if isinstance(value, self.toml_types) and not isinstance(value, bool):
+        if isinstance(value, self.toml_types) and (
+            not isinstance(value, bool) or bool in self.toml_types
+        ):
             return self.native(value)
         raise ValueError(f"expected {self.name}, got {value!r}")
 
 
 TEXT = Kind("a string", _text)
 INTEGER = Kind("an integer", _integer, (int,))
+NUMBER = Kind("a number", _number, (int, float), float)
+BOOLEAN = Kind("true or false", _boolean, (bool,))
+"""A switch: ``--x`` / ``--no-x`` on the command line, true/false/1/0/yes/no elsewhere."""
 ADDRESS = Kind("an IP address", _address)
 PORT_RANGE = Kind('a port range "LOW-HIGH" or [LOW, HIGH]', _port_range, (list,), _port_pair)
 
@@ -114,6 +137,11 @@ class Option:
     many: bool = False
     """Repeatable flag; a TOML array; comma-separated in the environment."""
     choices: tuple[str, ...] = ()
+    field: str = ""
+    """Where the value goes in the service config (``signaling.config.ServiceConfig``): a field
+    name (``port``) or ``section.field`` (``turn.port``, ``media.addresses``); lists become
+    tuples. Empty: ``signaling.cli.config_from_args`` composes it (generated or derived values),
+    or it is not part of the service config (``log_level``)."""
 
     @property
     def key(self) -> str:
@@ -141,48 +169,71 @@ class Option:
 
 
 SERVE_OPTIONS: tuple[Option, ...] = (
-    Option("--host", "HTTP listen address", default="127.0.0.1"),
-    Option("--port", "HTTP port", INTEGER, default=8080),
-    Option("--public-url", "base of the join URLs (default http://HOST:PORT)", default=""),
+    Option("--host", "HTTP listen address", default="127.0.0.1", field="host"),
+    Option("--port", "HTTP port", INTEGER, default=8080, field="port"),
+    Option(
+        "--public-url",
+        "base of the join URLs (default http://HOST:PORT)",
+        default="",
+        field="public_url",
+    ),
+    # generated when unset: composed in signaling.cli.config_from_args
     Option("--api-key", "API key for the HTTP API (generated if unset)", default="", secret=True),
     Option("--token-secret", "key signing join tokens (random if unset)", default="", secret=True),
-    Option("--token-ttl", "seconds a join URL is valid", INTEGER, default=4 * 3600),
-    Option("--max-participants", "per session", INTEGER, default=4),
+    Option("--token-ttl", "seconds a join URL is valid", INTEGER, 4 * 3600, field="token_ttl"),
+    Option("--max-participants", "per session", INTEGER, 4, field="max_participants"),
     Option(
         "--media-address",
         "IP address the relay's ICE host candidates bind and announce (repeatable)",
         ADDRESS,
         default=["127.0.0.1"],
         many=True,
+        field="media.addresses",
     ),
     Option(
-        "--media-ports", "UDP port range for media, e.g. 40000-40999 (default: any)", PORT_RANGE
+        "--media-ports",
+        "UDP port range for media, e.g. 40000-40999 (default: any)",
+        PORT_RANGE,
+        field="media.port_range",
     ),
-    Option("--turn-port", "embedded TURN server port, UDP and TCP (0 disables it)", INTEGER, 3478),
+    Option(
+        "--turn-port",
+        "embedded TURN server port, UDP and TCP (0 disables it)",
+        INTEGER,
+        3478,
+        field="turn.port",
+    ),
     Option(
         "--turn-tls-port",
         "embedded TURN server TLS port (with --tls-cert/--tls-key; 443 in production)",
         INTEGER,
         5349,
+        field="turn.tls_port",
     ),
+    # default: --host (composed in signaling.cli.config_from_args)
     Option(
         "--turn-listen", "address the embedded TURN server listens on (default: --host)", ADDRESS
     ),
     Option(
-        "--turn-public-host", "host name in turn: URLs (default: host of --public-url)", default=""
+        "--turn-public-host",
+        "host name in turn: URLs (default: host of --public-url)",
+        default="",
+        field="turn.public_host",
     ),
     Option(
         "--turn-relay-ports",
         "UDP port range of TURN relayed addresses (default 49152-65535)",
         PORT_RANGE,
+        field="turn.relay_ports",
     ),
+    # a comma-separated list (composed in signaling.cli.config_from_args)
     Option(
         "--turn-transports",
         "which turn: URLs to hand out: udp,tcp (default) or tcp",
         default="udp,tcp",
     ),
-    Option("--tls-cert", "PEM certificate for TURN TLS"),
-    Option("--tls-key", "PEM key for TURN TLS"),
+    Option("--tls-cert", "PEM certificate for TURN TLS", field="turn.tls_cert"),
+    Option("--tls-key", "PEM key for TURN TLS", field="turn.tls_key"),
     Option(
         "--turn-secret", "TURN REST API shared secret (generated if unset)", default="", secret=True
     ),
@@ -191,28 +242,43 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "use this external TURN URL (e.g. coturn) instead of the embedded server (repeatable)",
         many=True,
         default=[],
+        field="turn.external_urls",
     ),
     Option(
         "--turn-external-username",
         "fixed username for an external TURN service (instead of --turn-secret)",
         env="PARLEY_TURN_USERNAME",
+        field="turn.external_username",
     ),
     Option(
         "--turn-external-credential",
         "fixed credential for an external TURN service",
         env="PARLEY_TURN_CREDENTIAL",
         secret=True,
+        field="turn.external_credential",
     ),
     Option(
         "--ice-transport-policy",
         "'relay' makes clients use TURN only",
         default="all",
         choices=("all", "relay"),
+        field="ice_transport_policy",
     ),
-    Option("--log-level", "log level", default="INFO"),
+    Option("--log-level", "log level", default="INFO"),  # for logging, not the service config
 )
-"""Every ``parley serve`` option. One row per option: nothing else needs to change to get the
-flag, the ``PARLEY_*`` variable, the file key, precedence, and ``--print-config``."""
+"""Every ``parley serve`` option. One row per option gives the flag, the ``PARLEY_*`` variable,
+the file key, precedence, ``--print-config``, and (with ``field``) its place in the service
+config; the tests in tests/signaling/test_config.py cover every row."""
+
+
+def fields(values: Mapping[str, Any], options: Sequence[Option] = SERVE_OPTIONS) -> dict[str, Any]:
+    """The values of the options that have a ``field``, by field path (lists as tuples)."""
+    out = {}
+    for option in options:
+        if option.field:
+            value = values[option.key]
+            out[option.field] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 # --- argparse ----------------------------------------------------------------------------------
@@ -236,13 +302,23 @@ def add_arguments(
     ``--config`` and ``--print-config``."""
     for option in options:
         default = "" if option.default in (None, "", []) else f"; default {option.default}"
+        text = f"{option.help} (env {option.env_var}{default})"
+        if option.kind is BOOLEAN:
+            parser.add_argument(
+                option.flag,
+                dest=option.key,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=text,
+            )
+            continue
         parser.add_argument(
             option.flag,
             dest=option.key,
             type=_argparse_type(option),
             action="append" if option.many else "store",
             default=None,
-            help=f"{option.help} (env {option.env_var}{default})",
+            help=text,
         )
     parser.add_argument(
         "--config",
@@ -333,8 +409,10 @@ def _toml_value(value: Any) -> str:
         return f'"{value[0]}-{value[1]}"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
     return json.dumps(str(value))  # a TOML basic string is a JSON string
 
 

@@ -273,3 +273,57 @@ def test_the_sample_files_in_the_docs_are_valid_configurations(tmp_path: Path) -
     readme_sample = tmp_path / "readme-parley.toml"
     readme_sample.write_text(block)
     assert options.read_file(str(readme_sample))["turn_tls_port"] == 443
+
+
+@pytest.mark.parametrize("option", [o for o in SERVE_OPTIONS if o.field], ids=lambda o: o.field)
+def test_each_option_with_a_field_lands_in_the_service_config(option: Option) -> None:
+    text, value = sample(option, 1)
+    if option.key == "turn_port":
+        text, value = "3479", 3479
+    if option.key == "turn_external_url":
+        text, value = "turn:turn.example.com:3478", ["turn:turn.example.com:3478"]
+    if option.key == "public_url":
+        text = value = "https://support.example.com"
+    if option.key == "max_participants":
+        text, value = "5", 5
+    if option.key in ("tls_cert", "tls_key"):  # they go together
+        argv = ["--tls-cert", "cert.pem", "--tls-key", "key.pem"]
+        text = value = f"{option.key.split('_')[1]}.pem"
+    else:
+        argv = [option.flag, text]
+    resolved = options.resolve(parse([*argv, "--api-key", "k"]), {})
+    service, _ = cli.config_from_args(resolved.namespace())
+    target: Any = service
+    for name in option.field.split("."):
+        target = getattr(target, name)
+    assert target == (tuple(value) if isinstance(value, list) else value)
+
+
+def test_switches_and_numbers_for_options_added_later(tmp_path: Path) -> None:
+    table = (
+        Option("--recording", "record sessions", options.BOOLEAN, default=False),
+        Option("--grace", "seconds", options.NUMBER, default=1.5),
+    )
+
+    def values(argv: list[str], env: dict[str, str], body: str = "") -> dict[str, Any]:
+        parser = argparse.ArgumentParser()
+        options.add_arguments(parser, table)
+        if body:
+            (tmp_path / "p.toml").write_text(body)
+            argv = [*argv, "--config", str(tmp_path / "p.toml")]
+        return dict(options.resolve(parser.parse_args(argv), env, table).values)
+
+    assert values([], {}) == {"recording": False, "grace": 1.5}
+    assert values(["--recording", "--grace", "2"], {}) == {"recording": True, "grace": 2.0}
+    assert values(["--no-recording"], {"PARLEY_RECORDING": "yes"})["recording"] is False
+    assert values([], {"PARLEY_RECORDING": "off", "PARLEY_GRACE": "0.25"}) == {
+        "recording": False,
+        "grace": 0.25,
+    }
+    assert values([], {}, "recording = true\ngrace = 3\n") == {"recording": True, "grace": 3}
+    with pytest.raises(ConfigError, match="PARLEY_RECORDING: expected true or false, got 'maybe'"):
+        values([], {"PARLEY_RECORDING": "maybe"})
+    with pytest.raises(ConfigError, match="recording: expected true or false, got 1"):
+        values([], {}, "recording = 1\n")
+    rendered = options.render(options.Resolved({"recording": True, "grace": 0.5}, {}), table)
+    assert "recording = true  # default" in rendered and "grace = 0.5  # default" in rendered
