@@ -143,6 +143,16 @@ class Option:
     tuples. Empty: ``signaling.cli.config_from_args`` composes it (generated or derived values),
     or it is not part of the service config (``log_level``)."""
 
+    def __post_init__(self) -> None:
+        if not self.flag.startswith("--") or self.flag != self.flag.lower():
+            raise ValueError(f"option flags are --lower-case: {self.flag!r}")
+        if self.many != isinstance(self.default, list) and self.default is not None:
+            raise ValueError(f"{self.flag}: a repeatable option has a list default, others not")
+        if self.choices and self.default not in self.choices:
+            raise ValueError(f"{self.flag}: the default is not one of the choices")
+        if self.many and self.kind is BOOLEAN:
+            raise ValueError(f"{self.flag}: a switch cannot be repeated")
+
     @property
     def key(self) -> str:
         return self.flag.removeprefix("--").replace("-", "_")

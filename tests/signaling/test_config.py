@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -327,3 +328,19 @@ def test_switches_and_numbers_for_options_added_later(tmp_path: Path) -> None:
         values([], {}, "recording = 1\n")
     rendered = options.render(options.Resolved({"recording": True, "grace": 0.5}, {}), table)
     assert "recording = true  # default" in rendered and "grace = 0.5  # default" in rendered
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (lambda: Option("-x", "short"), "option flags are --lower-case"),
+        (lambda: Option("--Port", "caps"), "option flags are --lower-case"),
+        (lambda: Option("--x", "list", default=["a"]), "a repeatable option has a list default"),
+        (lambda: Option("--x", "pick", default="c", choices=("a", "b")), "not one of the choices"),
+    ],
+)
+def test_a_malformed_row_is_refused_when_the_table_is_built(
+    row: Callable[[], Option], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        row()
