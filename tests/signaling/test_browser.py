@@ -66,8 +66,10 @@ Opener = Callable[..., Any]
 
 @pytest.fixture
 def open_page(browser: Any) -> Iterator[Opener]:
-    """open_page(url, viewport=..., init_script=...) -> a page in its own context."""
+    """open_page(url, viewport=..., init_script=...) -> a page in its own context. An uncaught
+    script error in any page fails the test."""
     contexts: list[Any] = []
+    script_errors: list[str] = []
 
     def open_(url: str, *, viewport: dict[str, int] | None = None, init_script: str = "") -> Any:
         ctx = browser.new_context(
@@ -78,6 +80,7 @@ def open_page(browser: Any) -> Iterator[Opener]:
         if init_script:
             ctx.add_init_script(init_script)
         page = ctx.new_page()
+        page.on("pageerror", lambda error: script_errors.append(f"{url}: {error}"))
         page.set_default_timeout(20_000)
         page.goto(url)
         return page
@@ -85,6 +88,7 @@ def open_page(browser: Any) -> Iterator[Opener]:
     yield open_
     for ctx in contexts:
         ctx.close()
+    assert script_errors == [], "uncaught script errors in the pages"
 
 
 def join(open_page: Opener, url: str, name: str, **kw: Any) -> Any:
