@@ -16,18 +16,10 @@ import aiohttp
 import numpy
 
 from .clip import frame_latencies
-from .load import (
-    Measurement,
-    RunContext,
-    WorkerProc,
-    _bounded,
-    _workers,
-    added,
-    free_port,
-    http_session,
-    measure_window,
-    percentiles,
-)
+from .measure import RunContext, measure_window
+from .results import Measurement, added, percentiles
+from .service import free_port, http_session, stop_process, wait_healthy
+from .workers import WorkerProc, bounded, worker_pair
 
 
 @contextlib.asynccontextmanager
@@ -40,24 +32,10 @@ async def mediarelay_server(log_dir: str) -> AsyncIterator[tuple[str, int]]:
     log.close()
     url = f"http://127.0.0.1:{port}"
     try:
-        async with http_session() as http:
-            for _ in range(200):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"{url}/healthz") as response:
-                        if response.status == 200:
-                            break
-                await asyncio.sleep(0.05)
-            else:
-                raise RuntimeError("the MediaRelay server did not come up (mediarelay.log)")
+        await wait_healthy(url, proc, "the MediaRelay server (see mediarelay.log)")
         yield url, proc.pid
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc)
 
 
 async def _post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> str:
@@ -123,7 +101,7 @@ async def measure_mediarelay(ctx: RunContext, n: int) -> Measurement:
     result = Measurement(mode="mediarelay", sessions=n)
     async with (
         mediarelay_server(ctx.log_dir) as (url, pid),
-        _workers(ctx, f"mediarelay-{n}") as (pub, sub),
+        worker_pair(ctx.log_dir, f"mediarelay-{n}") as (pub, sub),
         http_session() as http,
     ):
         t = time.monotonic()
@@ -146,8 +124,8 @@ async def measure_mediarelay(ctx: RunContext, n: int) -> Measurement:
             answer = await _post(http, f"{url}/subscribe", {"source": f"p{k ^ 1}", "sdp": offer})
             await sub.call("clip_subscribe_answer", key=f"s{k}", sdp=answer)
 
-        await _bounded(4, [publish(k) for k in range(2 * n)])
-        await _bounded(4, [subscribe(k) for k in range(2 * n)])
+        await bounded(4, [publish(k) for k in range(2 * n)])
+        await bounded(4, [subscribe(k) for k in range(2 * n)])
         result.setup_s = time.monotonic() - t
         await _measure_frames(ctx, result, pub, sub, {f"s{k}": k ^ 1 for k in range(2 * n)}, pid)
     return result
@@ -156,7 +134,7 @@ async def measure_mediarelay(ctx: RunContext, n: int) -> Measurement:
 async def measure_direct_vp8(ctx: RunContext, n: int) -> Measurement:
     args = ctx.args
     result = Measurement(mode="direct-vp8", sessions=n)
-    async with _workers(ctx, f"direct-vp8-{n}") as (pub, sub):
+    async with worker_pair(ctx.log_dir, f"direct-vp8-{n}") as (pub, sub):
         t = time.monotonic()
 
         async def pair(k: int) -> None:
@@ -171,7 +149,7 @@ async def measure_direct_vp8(ctx: RunContext, n: int) -> Measurement:
             answer = await sub.call("clip_answer", key=f"s{k ^ 1}", sdp=offer)
             await pub.call("clip_publish_answer", key=f"p{k}", sdp=answer)
 
-        await _bounded(4, [pair(k) for k in range(2 * n)])
+        await bounded(4, [pair(k) for k in range(2 * n)])
         result.setup_s = time.monotonic() - t
         await _measure_frames(ctx, result, pub, sub, {f"s{k}": k ^ 1 for k in range(2 * n)}, None)
     return result

@@ -1,5 +1,5 @@
 """A load-client process: holds the synthetic publishers or the subscribers of one run and obeys
-the orchestrator (``bench.load``) over its stdin/stdout: length-prefixed pickled
+the orchestrator (``bench.workers``) over its stdin/stdout: length-prefixed pickled
 ``(id, method, kwargs)`` requests, ``(id, ok, result)`` replies.
 
 Publishers and subscribers live in separate worker processes, so a send burst never delays a

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
-import os
 import secrets
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp.abc import AbstractAccessLogger
@@ -17,165 +16,47 @@ from aiohttp.web import BaseRequest, StreamResponse
 
 from parley.relay.config import MediaConfig
 
+from . import options
 from .config import ServiceConfig, TurnSettings
 
 
-def _port_range(text: str) -> tuple[int, int]:
-    low, sep, high = text.partition("-")
-    try:
-        pair = (int(low), int(high if sep else low))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected LOW-HIGH, got {text!r}") from exc
-    return pair
-
-
-def _address(text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from exc
-
-
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    env = os.environ.get
-    p.add_argument("--host", default=env("PARLEY_HOST", "127.0.0.1"), help="HTTP listen address")
-    p.add_argument("--port", type=int, default=int(env("PARLEY_PORT", "8080")), help="HTTP port")
-    p.add_argument(
-        "--public-url",
-        default=env("PARLEY_PUBLIC_URL", ""),
-        help="base of the join URLs (default http://HOST:PORT)",
-    )
-    p.add_argument(
-        "--api-key",
-        default=env("PARLEY_API_KEY", ""),
-        help="API key for the HTTP API (env PARLEY_API_KEY; generated if unset)",
-    )
-    p.add_argument(
-        "--token-secret",
-        default=env("PARLEY_TOKEN_SECRET", ""),
-        help="key signing join tokens (env PARLEY_TOKEN_SECRET; random if unset)",
-    )
-    p.add_argument("--token-ttl", type=int, default=4 * 3600, help="seconds a join URL is valid")
-    p.add_argument("--max-participants", type=int, default=4, help="per session (default 4)")
-    p.add_argument(
-        "--media-address",
-        action="append",
-        type=_address,
-        default=None,
-        help="IP address the relay's ICE host candidates bind and announce "
-        "(repeatable; default 127.0.0.1)",
-    )
-    p.add_argument(
-        "--media-ports",
-        type=_port_range,
-        default=None,
-        help="UDP port range for media, e.g. 40000-40999 (default: any)",
-    )
-    p.add_argument(
-        "--turn-port",
-        type=int,
-        default=int(env("PARLEY_TURN_PORT", "3478")),
-        help="embedded TURN server port, UDP and TCP (0 disables it)",
-    )
-    p.add_argument(
-        "--turn-tls-port",
-        type=int,
-        default=5349,
-        help="embedded TURN server TLS port (with --tls-cert/--tls-key; 443 in production)",
-    )
-    p.add_argument(
-        "--turn-listen",
-        type=_address,
-        default=None,
-        help="address the embedded TURN server listens on (default: --host)",
-    )
-    p.add_argument(
-        "--turn-public-host",
-        default="",
-        help="host name in turn: URLs (default: host of --public-url)",
-    )
-    p.add_argument(
-        "--turn-relay-ports",
-        type=_port_range,
-        default=None,
-        help="UDP port range of TURN relayed addresses (default 49152-65535)",
-    )
-    p.add_argument(
-        "--turn-transports",
-        default="udp,tcp",
-        help="which turn: URLs to hand out: udp,tcp (default) or tcp",
-    )
-    p.add_argument(
-        "--tls-cert", default=env("PARLEY_TLS_CERT"), help="PEM certificate for TURN TLS"
-    )
-    p.add_argument("--tls-key", default=env("PARLEY_TLS_KEY"), help="PEM key for TURN TLS")
-    p.add_argument(
-        "--turn-secret",
-        default=env("PARLEY_TURN_SECRET", ""),
-        help="TURN REST API shared secret (env PARLEY_TURN_SECRET; generated if unset)",
-    )
-    p.add_argument(
-        "--turn-external-url",
-        action="append",
-        default=[],
-        help="use this external TURN URL (e.g. coturn) instead of the embedded server (repeatable)",
-    )
-    p.add_argument(
-        "--turn-external-username",
-        default=env("PARLEY_TURN_USERNAME"),
-        help="fixed username for an external TURN service (instead of --turn-secret)",
-    )
-    p.add_argument(
-        "--turn-external-credential",
-        default=env("PARLEY_TURN_CREDENTIAL"),
-        help="fixed credential for an external TURN service",
-    )
-    p.add_argument(
-        "--ice-transport-policy",
-        choices=["all", "relay"],
-        default=env("PARLEY_ICE_TRANSPORT_POLICY", "all"),
-        help="'relay' makes clients use TURN only",
-    )
-    p.add_argument("--log-level", default=env("PARLEY_LOG_LEVEL", "INFO"))
+    """The ``parley serve`` flags, from the one option table (signaling.options)."""
+    options.add_arguments(p)
+
+
+def resolve_serve_options(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> options.Resolved:
+    """Flags > ``PARLEY_*`` environment > ``--config`` file > defaults."""
+    return options.resolve(args, environ)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[ServiceConfig, list[str]]:
-    """The service config, and notes for the banner about generated secrets."""
+    """The service config from resolved options, and notes for the banner about generated
+    secrets. Options with a ``field`` go where it says; the others are composed here."""
+    values = vars(args)
+    by_section: dict[str, dict[str, Any]] = {"": {}, "turn": {}, "media": {}}
+    for path, value in options.fields(values).items():
+        section, _, name = path.rpartition(".")
+        by_section[section][name] = value
     notes = []
     api_key = args.api_key
     if not api_key:
         api_key = "pk_" + secrets.token_urlsafe(24)  # never starts with "-"
         notes.append(f"generated API key: {api_key}")
-    turn_secret = args.turn_secret or secrets.token_urlsafe(24)
-    token_secret = (args.token_secret or secrets.token_urlsafe(32)).encode()
     turn = TurnSettings(
+        **by_section["turn"],
         enabled=args.turn_port != 0,
-        port=args.turn_port,
-        tls_port=args.turn_tls_port,
         listen_host=args.turn_listen or args.host,
-        public_host=args.turn_public_host,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        secret=turn_secret,
+        secret=args.turn_secret or secrets.token_urlsafe(24),
         transports=tuple(t.strip() for t in args.turn_transports.split(",") if t.strip()),
-        external_urls=tuple(args.turn_external_url),
-        external_username=args.turn_external_username,
-        external_credential=args.turn_external_credential,
-        relay_ports=args.turn_relay_ports,
-    )
-    media = MediaConfig(
-        addresses=tuple(args.media_address or ["127.0.0.1"]), port_range=args.media_ports
     )
     config = ServiceConfig(
-        host=args.host,
-        port=args.port,
-        public_url=args.public_url,
+        **by_section[""],
         api_key=api_key,
-        token_secret=token_secret,
-        token_ttl=args.token_ttl,
-        max_participants=args.max_participants,
-        ice_transport_policy=args.ice_transport_policy,
-        media=media,
+        token_secret=(args.token_secret or secrets.token_urlsafe(32)).encode(),
+        media=MediaConfig(**by_section["media"]),
         turn=turn,
     )
     return config, notes
@@ -253,7 +134,14 @@ def _run(coro: Any) -> None:
         asyncio.run(coro)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _command(argv: list[str]) -> str:
+    """The sub-command named on the command line (the first word that is not an option)."""
+    return next((word for word in argv if not word.startswith("-")), "")
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The ``parley`` parser. The benchmark's flags are added only for ``parley bench``, so
+    that ``parley serve`` never imports the bench (nor numpy)."""
     parser = argparse.ArgumentParser(prog="parley", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run the relay, signaling and TURN server")
@@ -264,28 +152,46 @@ def main(argv: list[str] | None = None) -> int:
     turn_cli.add_arguments(turn_parser)
     turn_parser.add_argument("--log-level", default="INFO")
     bench_parser = commands.add_parser("bench", help="forwarding-latency and capacity benchmark")
-    try:
-        from parley.bench import load as bench_load
-
-        bench_load.add_arguments(bench_parser)
-    except ImportError:
-        bench_load = None  # type: ignore[assignment]
+    if _command(argv) == "bench":
+        try:
+            from parley.bench import options as bench_options
+        except ImportError:
+            parser.error("the benchmark tool is not installed (pip install 'parley-sfu[bench]')")
+        bench_options.add_arguments(bench_parser)
     bench_parser.add_argument("--log-level", default="WARNING")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _logging(level: str) -> None:
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        level=getattr(logging, str(level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
     try:
         if args.command == "serve":
-            config, notes = config_from_args(args)
+            resolved = resolve_serve_options(args)
+            config, notes = config_from_args(resolved.namespace())  # checks every value
+            if args.print_config:
+                print(options.render(resolved))
+                return 0
+            _logging(resolved.values["log_level"])
             _run(serve(config, notes))
         elif args.command == "turn":
+            from parley.turn import cli as turn_cli
+
+            _logging(args.log_level)
             _run(turn_cli.run(turn_cli.config_from_args(args)))
         elif args.command == "bench":
-            if bench_load is None:
-                parser.error("the benchmark tool is not installed")
-            return int(bench_load.main(args) or 0)
+            from parley.bench import main as bench_main
+
+            _logging(args.log_level)
+            return int(bench_main.main(args) or 0)
     except ValueError as exc:
         print(f"parley: {exc}", file=sys.stderr)
         return 2

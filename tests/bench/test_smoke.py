@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(240)
 def test_bench_measures_one_session_through_the_relay_and_directly(tmp_path: Path) -> None:
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     proc = subprocess.run(
@@ -36,7 +36,7 @@ def test_bench_measures_one_session_through_the_relay_and_directly(tmp_path: Pat
         ],
         capture_output=True,
         text=True,
-        timeout=55,
+        timeout=230,  # generous: the machine may be loaded; the bench bounds its own waits
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "relay" in proc.stdout and "direct" in proc.stdout

@@ -218,52 +218,70 @@ def media_stats(page: Any) -> dict[str, Any]:
     return dict(page.evaluate(STATS_JS))
 
 
-def wait_for_state(page: Any, state: str, timeout: float = 20) -> None:
+def wait_for_state(page: Any, state: str, timeout: float = 30) -> None:
     page.wait_for_function(
         "s => window.parley && window.parley.state === s", arg=state, timeout=timeout * 1000
     )
 
 
+def _flowing_problems(
+    expect: dict[str, tuple[str, ...]], before: dict[str, Any], after: dict[str, Any]
+) -> list[str]:
+    """What is not flowing yet: each expected track must exist on the same mid in both samples,
+    with video ``framesDecoded`` and audio ``packetsReceived`` and ``totalAudioEnergy`` grown."""
+    missing = []
+    for pid, sources in expect.items():
+        for source in sources:
+            key = f"{pid}/{source}"
+            a, b = before.get(key), after.get(key)
+            if not a or not b or a["mid"] != b["mid"]:
+                missing.append(f"{key}: no track")
+            elif b["kind"] == "video" and not b["framesDecoded"] > a["framesDecoded"] > 0:
+                missing.append(f"{key}: frames {a['framesDecoded']}->{b['framesDecoded']}")
+            elif b["kind"] == "audio" and not (
+                b["packetsReceived"] > a["packetsReceived"] > 0
+                and b["totalAudioEnergy"] > a["totalAudioEnergy"]
+            ):
+                missing.append(
+                    f"{key}: packets {a['packetsReceived']}->{b['packetsReceived']}, "
+                    f"energy {a['totalAudioEnergy']:.4f}->{b['totalAudioEnergy']:.4f}"
+                )
+    return missing
+
+
 def wait_for_media(
     page: Any,
     expect: dict[str, tuple[str, ...]],
-    timeout: float = 25,
-    window: float = 1.0,
+    timeout: float = 30,
+    poll: float = 0.2,
 ) -> dict[str, Any]:
-    """Wait until, for each participant id in `expect`, every listed source is flowing:
-    video `framesDecoded` and audio `packetsReceived` and `totalAudioEnergy` increase over
-    `window` seconds. Returns the last sample; raises AssertionError with it on timeout."""
+    """Wait until, for each participant id in ``expect``, every listed source is flowing: its
+    counters (video ``framesDecoded``; audio ``packetsReceived`` and ``totalAudioEnergy``) have
+    grown since a first sample that already had the track. Counters are polled; nothing is
+    timed. Returns the last sample; raises AssertionError with it on timeout."""
     deadline = time.monotonic() + timeout
+    first: dict[str, Any] = {}
     last: dict[str, Any] = {}
-    missing: list[str] = []
-    for _ in range(int(timeout / window) + 2):
-        before = media_stats(page)["media"]
-        time.sleep(window)
+    missing: list[str] = ["no sample"]
+    for _ in range(int(timeout / poll) + 2):
         sample = media_stats(page)
-        after = sample["media"]
-        last = {"before": before, "after": sample}
-        missing = []
-        for pid, sources in expect.items():
-            for source in sources:
-                key = f"{pid}/{source}"
-                a, b = before.get(key), after.get(key)
-                if not a or not b or a["mid"] != b["mid"]:
-                    missing.append(f"{key}: no track")
-                elif b["kind"] == "video" and not b["framesDecoded"] > a["framesDecoded"] > 0:
-                    missing.append(f"{key}: frames {a['framesDecoded']}->{b['framesDecoded']}")
-                elif b["kind"] == "audio" and not (
-                    b["packetsReceived"] > a["packetsReceived"] > 0
-                    and b["totalAudioEnergy"] > a["totalAudioEnergy"]
-                ):
-                    missing.append(
-                        f"{key}: packets {a['packetsReceived']}->{b['packetsReceived']}, "
-                        f"energy {a['totalAudioEnergy']:.4f}->{b['totalAudioEnergy']:.4f}"
-                    )
+        media = sample["media"]
+        for key, stats in media.items():
+            seen = first.get(key)
+            if seen is None or seen["mid"] != stats["mid"] or not _started(seen):
+                first[key] = stats  # a track that (re)appeared: count from here
+        last = {"first": first, "after": sample}
+        missing = _flowing_problems(expect, first, media)
         if not missing:
             return sample
         if time.monotonic() > deadline:
             break
+        page.wait_for_timeout(poll * 1000)  # lets the page run; not an assertion
     raise AssertionError(f"media not flowing: {missing}; last stats: {json.dumps(last)[:3000]}")
+
+
+def _started(stats: dict[str, Any]) -> bool:
+    return bool(stats["framesDecoded"] if stats["kind"] == "video" else stats["packetsReceived"])
 
 
 def participant_id(page: Any) -> str:

@@ -55,8 +55,8 @@ def main() -> int:
             wait_for_state(page, "connected")
             pages.append(page)
         agent, customer = pages
-        wait_for_media(agent, {participant_id(customer): ("camera", "microphone")}, timeout=20)
-        wait_for_media(customer, {participant_id(agent): ("camera", "microphone")}, timeout=20)
+        wait_for_media(agent, {participant_id(customer): ("camera", "microphone")}, timeout=30)
+        wait_for_media(customer, {participant_id(agent): ("camera", "microphone")}, timeout=30)
         print("MEDIA OK")
         print(json.dumps(agent.evaluate(PAIRS_JS)))
         browser.close()

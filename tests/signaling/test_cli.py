@@ -42,7 +42,7 @@ async def test_parley_serve_with_embedded_defaults_serves_a_two_party_call() -> 
     try:
         assert proc.stdout is not None
         api_key = None
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(60):
             while api_key is None or b"create a session" not in output:
                 line = await proc.stdout.readline()
                 assert line, output.decode()

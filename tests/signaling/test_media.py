@@ -51,7 +51,7 @@ async def assert_two_way_media(agent: WsParticipant, customer: WsParticipant) ->
             and a.frames_from(customer.id, "audio") >= 15
             and c.frames_from(agent.id, "audio") >= 15
         ),
-        timeout=20,
+        timeout=60,
     )
     assert ok, (dict(a.frames), dict(c.frames), a.offered_tracks, c.offered_tracks)
 
@@ -149,13 +149,17 @@ async def coturn(secret: str) -> AsyncIterator[int]:
             stderr=subprocess.DEVNULL,
         )
         try:
-            for _ in range(100):
+            for _ in range(400):  # until coturn accepts TCP connections, at most ~20 s
                 with (
                     contextlib.suppress(OSError),
                     socket.create_connection(("127.0.0.1", port), 0.2),
                 ):
                     break
+                if proc.poll() is not None:
+                    raise RuntimeError(f"coturn exited with {proc.returncode}")
                 await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError("coturn did not accept connections in 20 s")
             yield port
         finally:
             proc.terminate()

@@ -1,0 +1,55 @@
+// parley join page: constants, and what the page's URL says. Nothing here changes at run time.
+
+export const GATHER_TIMEOUT_MS = 4000; // the relay is non-trickle: wait this long for candidates at most
+export const ANSWER_TIMEOUT_MS = 15000;
+export const WELCOME_TIMEOUT_MS = 15000;
+export const PC_DISCONNECTED_GRACE_MS = 4000; // "disconnected" this long means the path is gone
+export const STATS_INTERVAL_MS = 500;
+export const SPEAKING_LEVEL = 0.02; // inbound-rtp audioLevel (0..1) above which a tile shows "speaking"
+export const SILENT_AFTER_MS = 1500; // no audio packets this long: the remote mic is off
+export const FROZEN_AFTER_MS = 2000; // no decoded frames this long: the remote camera is off
+export const RETRY_DELAYS_MS = Object.freeze([500, 1000, 2000, 4000, 8000]);
+// WebSocket close codes from the server (signaling/sessions.py); 4001 (media failed) reconnects
+export const CLOSE_REPLACED = 4000;
+export const CLOSE_SESSION_ENDED = 4002;
+export const CLOSE_TEST_DROP = 4099;
+
+export const STATE_LABELS = Object.freeze({
+  idle: "Not connected",
+  connecting: "Connecting…",
+  connected: "Connected",
+  reconnecting: "Reconnecting…",
+  ended: "Session ended",
+  left: "You left",
+  failed: "Could not join",
+});
+
+/** The join token in the page's path (/join/<token>). */
+export function tokenFromLocation(loc) {
+  return decodeURIComponent(loc.pathname.replace(/^.*\/join\//, "").replace(/\/+$/, ""));
+}
+
+/** Best effort, for the lobby text only: the relay verifies the token, we never do. */
+export function decodeTokenHint(token) {
+  try {
+    const part = token.split(".")[1];
+    const json = atob(part.replace(/-/g, "+").replace(/_/g, "/"));
+    return JSON.parse(json);
+  } catch {
+    return {};
+  }
+}
+
+export function wsUrl(loc) {
+  return `${loc.protocol === "https:" ? "wss" : "ws"}://${loc.host}/api/v1/ws`;
+}
+
+export function endedText(reason) {
+  const known = {
+    ended_by_agent: "The agent ended the session.",
+    ended: "The session was ended.",
+    deleted: "The session was ended.",
+    expired: "The session has expired.",
+  };
+  return known[reason] || (reason ? `Reason: ${String(reason).replace(/_/g, " ")}.` : "Thank you for joining.");
+}

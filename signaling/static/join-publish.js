@@ -1,0 +1,145 @@
+// parley join page: publishing. The page offers on its publish connection (non-trickle), one
+// transceiver per source (microphone, camera, screen); mute and camera-off replace the track
+// with null (no RTP at all, which the others read as muted / camera off).
+
+import { ANSWER_TIMEOUT_MS, GATHER_TIMEOUT_MS } from "./join-config.js";
+import { getTrack, mediaErrorText } from "./join-media.js";
+import { waitForGathering } from "./join-signaling.js";
+
+export function createPublisher(app) {
+  const st = app.state;
+  const local = st.local;
+  const live = () => (st.call && !st.call.closed ? st.call : null);
+  const publisher = {
+    addSender(attempt, source, track, kind) {
+      const t = attempt.publish.addTransceiver(track || kind, {
+        direction: "sendonly",
+        streams: [attempt.stream],
+      });
+      attempt.senders[source] = t;
+      return t;
+    },
+
+    /** Queue one offer/answer round on the publish connection (rounds never overlap). */
+    renegotiate(attempt) {
+      const run = () => publisher.publishOnce(attempt);
+      attempt.publishChain = attempt.publishChain.then(run, run).catch((err) => {
+        if (attempt.closed) return;
+        console.warn("parley: publish negotiation failed:", err);
+        if (/timed out/.test(String(err))) app.signaling.lostConnection(attempt, `publish: ${err}`);
+        else app.ui.banner(`Could not update what you send: ${err.message || err}`);
+      });
+      return attempt.publishChain;
+    },
+
+    async publishOnce(attempt) {
+      if (attempt.closed) return;
+      const pc = attempt.publish;
+      const offer = await pc.createOffer();
+      await pc.setLocalDescription(offer);
+      await waitForGathering(pc, GATHER_TIMEOUT_MS);
+      if (attempt.closed) return;
+      const sources = {};
+      for (const [source, t] of Object.entries(attempt.senders)) {
+        if (t.mid !== null && t.direction !== "inactive" && !t.stopped) sources[t.mid] = source;
+      }
+      const answer = new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error("publish answer timed out")), ANSWER_TIMEOUT_MS);
+        attempt.answerWaiter = {
+          resolve: (m) => (clearTimeout(timer), resolve(m)),
+          reject: (e) => (clearTimeout(timer), reject(e)),
+        };
+      });
+      app.signaling.send(attempt, { type: "offer", pc: "publish", sdp: pc.localDescription.sdp, sources });
+      try {
+        const msg = await answer;
+        if (attempt.closed) return;
+        await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
+      } finally {
+        attempt.answerWaiter = null;
+      }
+    },
+
+    async toggleMute() {
+      if (!local.mic) return;
+      local.micMuted = !local.micMuted;
+      local.mic.enabled = !local.micMuted;
+      // replaceTrack(null) stops RTP altogether, which the other side reads as "muted"
+      const t = st.call && st.call.senders.microphone;
+      if (t && !st.call.closed) await t.sender.replaceTrack(local.micMuted ? null : local.mic);
+      app.media.render();
+    },
+
+    async toggleCamera() {
+      const t = live() ? st.call.senders.camera : null;
+      if (!local.cameraOff) {
+        local.cameraOff = true;
+        if (t) await t.sender.replaceTrack(null);
+        app.media.stopTrack("camera"); // turn the camera light off too
+        app.media.render();
+        return;
+      }
+      try {
+        local.camera = await getTrack("video");
+      } catch (err) {
+        app.ui.banner(mediaErrorText(err, "camera"));
+        return;
+      }
+      local.cameraOff = false;
+      const call = live();
+      if (call && call.publish) {
+        if (t) await t.sender.replaceTrack(local.camera);
+        else {
+          publisher.addSender(call, "camera", local.camera, "video");
+          publisher.renegotiate(call);
+        }
+      }
+      app.media.render();
+    },
+
+    async toggleShare() {
+      if (local.screen) return publisher.stopShare();
+      let stream;
+      try {
+        stream = await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: { ideal: 15 } }, audio: false });
+      } catch (err) {
+        if (err.name !== "NotAllowedError") app.ui.banner(`Could not share your screen: ${err.message || err.name}`);
+        return;
+      }
+      const track = stream.getVideoTracks()[0];
+      if ("contentHint" in track) track.contentHint = "detail";
+      track.addEventListener("ended", () => {
+        if (local.screen === track) publisher.stopShare();
+      });
+      local.screen = track;
+      const call = live();
+      if (call && call.publish) {
+        const t = call.senders.screen;
+        if (t && !t.stopped) {
+          // reuse the m-line from an earlier share
+          t.direction = "sendonly";
+          await t.sender.replaceTrack(track);
+        } else {
+          publisher.addSender(call, "screen", track, "video");
+        }
+        publisher.renegotiate(call);
+      }
+      app.media.render();
+    },
+
+    async stopShare() {
+      const track = local.screen;
+      local.screen = null;
+      if (track) track.stop();
+      const call = live();
+      const t = call ? call.senders.screen : null;
+      if (t) {
+        await t.sender.replaceTrack(null);
+        t.direction = "inactive";
+        publisher.renegotiate(call);
+      }
+      app.media.render();
+    },
+  };
+  return publisher;
+}
