@@ -27,7 +27,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
 from . import _aiortc
 from .config import MediaConfig
-from .consumer import Consumer, SilentTrack
+from .consumer import Consumer, SilentTrack, StreamPosition
 from .errors import InvalidSdp, NegotiationError, NoMedia, TransportClosed, UnsupportedCodec
 from .fanout import FanOut
 from .producer import Producer
@@ -224,8 +224,9 @@ class SubscribeTransport:
         self._fanout = fanout
         self._send_offer = send_offer
         self._on_failed = on_failed
-        self._retired: list[RTCRtpTransceiver] = []
-        """Transceivers of removed consumers; free once negotiated inactive."""
+        self._retired: dict[RTCRtpTransceiver, StreamPosition | None] = {}
+        """Transceivers of removed consumers (and where their stream stopped); free once
+        negotiated inactive."""
         self._dirty = False
         self._task: asyncio.Task[None] | None = None
         self._answer: asyncio.Future[None] | None = None
@@ -233,9 +234,7 @@ class SubscribeTransport:
         @self.pc.on("connectionstatechange")
         def _state() -> None:
             if self.pc.connectionState in GONE_STATES and not self.closed:
-                logger.info(
-                    "[%s] subscribe connection %s", self.peer_id, self.pc.connectionState
-                )
+                logger.info("[%s] subscribe connection %s", self.peer_id, self.pc.connectionState)
                 on_failed()
 
     @property
@@ -250,12 +249,14 @@ class SubscribeTransport:
             return None
         track = SilentTrack(producer.kind, id=producer.id)
         transceiver = self._free_transceiver(producer.kind)
+        resume = None
         if transceiver is None:
             transceiver = self.pc.addTransceiver(track, direction="sendonly")
         else:
-            self._retired.remove(transceiver)
+            # same sender, same SSRCs: the stream continues where the last consumer stopped
+            # (receivers that route by SSRC, like aiortc, keep routing it)
+            resume = self._retired.pop(transceiver)
             transceiver.sender.replaceTrack(track)
-            _aiortc.renew_sender_ssrcs(transceiver.sender)
             transceiver.direction = "sendonly"
             self.recycled += 1
         transceiver.setCodecPreferences(codec_preferences(producer.codec, producer.kind))
@@ -267,6 +268,7 @@ class SubscribeTransport:
             peer_id=self.peer_id,
             transceiver=transceiver,
             history_size=self._config.history_size,
+            resume=resume,
         )
         self._schedule()
         return consumer
@@ -284,10 +286,10 @@ class SubscribeTransport:
 
     def retire(self, consumer: Consumer) -> None:
         """Close a consumer the router took out of its table; its m-line goes inactive."""
+        position = consumer.position()
         consumer.close()
         consumer.transceiver.direction = "inactive"
-        if consumer.transceiver not in self._retired:
-            self._retired.append(consumer.transceiver)
+        self._retired[consumer.transceiver] = position
         if not self.closed:
             self._schedule()
 

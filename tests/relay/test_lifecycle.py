@@ -92,3 +92,67 @@ async def test_screen_share_added_then_removed_by_publisher_re_offers() -> None:
         # the camera keeps flowing
         camera = bob.client.frames_from("ann", "video")
         assert await wait_for(lambda: bob.client.frames_from("ann", "video") >= camera + 15, 10)
+
+
+async def test_fifty_screen_share_toggles_recycle_one_subscribe_m_line() -> None:
+    """The publisher re-uses its screen m-line (as the join page does); the relay re-uses the
+    subscriber's inactive m-line for each new screen producer instead of adding one."""
+    async with session("ann", "bob") as (_, p):
+        ann, bob = p["ann"], p["bob"]
+        bob.client.tracks.clear()
+        await ann.publish()
+        assert await wait_for(lambda: decodes(bob, "ann"), timeout=15)
+        baseline = len(bob.peer.subscribe.pc.getTransceivers())
+        assert baseline == 2
+
+        def screen_track() -> dict[str, str] | None:
+            return next((t for t in bob.client.offered_tracks if t["source"] == "screen"), None)
+
+        mids: set[str] = set()
+        sender = None
+        toggles = 50
+        for toggle in range(toggles):
+            track = PatternVideoTrack(width=160, height=120)
+            if sender is None:
+                ann.client.add_track(track, "screen")
+                await ann.publish()
+                ann.client.tracks.remove(track)  # the screen sender is re-used below
+                sender = next(
+                    t for t in ann.client.pub.getTransceivers() if t.sender.track is track
+                )
+            else:
+                sender.sender.replaceTrack(track)
+                sender.direction = "sendonly"
+                await ann.publish()
+            assert await wait_for(lambda: screen_track() is not None, timeout=10), toggle
+            shared = screen_track()
+            assert shared is not None
+            mids.add(shared["mid"])
+            if toggle in (0, 1, toggles - 1):  # the first, the first recycled, the last
+                mid = shared["mid"]
+                frames = bob.client.frames[mid]
+                ok = await wait_for(
+                    lambda mid=mid, frames=frames: bob.client.frames[mid] >= frames + 5, 15
+                )
+                assert ok, (toggle, dict(bob.client.frames))
+
+            # replaceTrack(None) without stopping the track: aiortc's sender loop ends for good
+            # when its track stops, a browser's does not
+            sender.sender.replaceTrack(None)
+            sender.direction = "inactive"
+            offers = bob.offers
+            await ann.publish()
+            assert await wait_for(
+                lambda offers=offers: bob.offers > offers and screen_track() is None, 10
+            )
+            # the removal is answered (the m-line is free) before the next share starts
+            assert await wait_for(lambda: bob.peer.subscribe.pc.signalingState == "stable", 10)
+
+        assert mids == {next(iter(mids))}, mids
+        assert bob.peer.subscribe.recycled == toggles - 1
+        assert len(bob.peer.subscribe.pc.getTransceivers()) == baseline + 1
+        assert all(sdp.count("m=") <= baseline + 1 for sdp in bob.offer_sdps)
+        assert len(ann.peer.producers) == 2  # camera and microphone; every screen closed
+        # the camera kept flowing
+        camera = bob.client.frames_from("ann", "video")
+        assert await wait_for(lambda: bob.client.frames_from("ann", "video") >= camera + 15, 10)
