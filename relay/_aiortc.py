@@ -35,6 +35,7 @@ What we rely on:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
@@ -366,11 +367,14 @@ class DatagramGuard:
     drops STUN that aioice cannot parse, feeds RTP to the fast path when installed, and never
     lets an exception escape into aioice or the event loop."""
 
-    __slots__ = ("stock", "fast")
+    __slots__ = ("stock", "fast", "stats")
 
-    def __init__(self, stock: Callable[[bytes, Any], None]) -> None:
+    def __init__(
+        self, stock: Callable[[bytes, Any], None], stats: DatagramStats = DATAGRAMS
+    ) -> None:
         self.stock = stock
         self.fast: FastReceive | None = None
+        self.stats = stats
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         try:
@@ -385,16 +389,16 @@ class DatagramGuard:
             ):
                 fast.receive(data)
             elif not data:
-                DATAGRAMS.empty += 1
-                DATAGRAMS.rejected("empty", addr)
+                self.stats.empty += 1
+                self.stats.rejected("empty", addr)
             else:
                 self.stock(data, addr)
         except struct.error:
             # aioice's parse_message on a STUN message with a malformed attribute
-            DATAGRAMS.malformed_stun += 1
-            DATAGRAMS.rejected("malformed STUN", addr)
+            self.stats.malformed_stun += 1
+            self.stats.rejected("malformed STUN", addr)
         except Exception:
-            DATAGRAMS.failed(addr)
+            self.stats.failed(addr)
 
 
 def _guard(protocol: Any) -> DatagramGuard:
@@ -645,8 +649,9 @@ async def probe(timeout: float = 10.0) -> None:  # noqa: ASYNC109
     except Exception as exc:
         raise HookError(f"the aiortc probe failed: {exc!r}") from exc
     finally:
-        await offerer.close()
-        await answerer.close()
+        # bounded: with a broken aiortc, close() can wait forever for a task that died
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(offerer.close(), answerer.close()), timeout)
 
 
 async def _probe_pair(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> None:
