@@ -52,10 +52,9 @@ def drive(coro: Coroutine[Any, Any, Any]) -> Any:
 def srtp_pair() -> tuple[Session, Session]:
     """An outbound and an inbound SRTP session sharing one key."""
     key = os.urandom(30)
-    return (
-        Session(policy=Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)),
-        Session(policy=Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND)),
-    )
+    tx = Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)
+    tx.allow_repeat_tx = True  # as aiortc's: a NACKed packet may be resent as it was
+    return Session(policy=tx), Session(policy=Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND))
 
 
 class NullSocket:
@@ -90,20 +89,20 @@ class FakeDtls:
         self.transport = SimpleNamespace(_connection=SimpleNamespace(_nominated={1: pair}))
         self._rtp_router = SimpleNamespace(ssrc_table={}, senders={})
         self.sent = 0
+        self._plain: list[bytes] = []
 
     async def _send_rtp(self, data: bytes) -> None:
         self.session.protect(data)
         self.sent += 1
 
     def received(self) -> list[bytes]:
-        """What reached the socket, SRTP-unprotected (RTP and RTCP)."""
-        out = []
-        for data in self.socket.datagrams:
+        """Everything that reached the socket so far, SRTP-unprotected (RTP and RTCP)."""
+        for data in self.socket.datagrams[len(self._plain) :]:
             if 191 < data[1] < 224:
-                out.append(self.rx.unprotect_rtcp(data))
+                self._plain.append(self.rx.unprotect_rtcp(data))
             else:
-                out.append(self.rx.unprotect(data))
-        return out
+                self._plain.append(self.rx.unprotect(data))
+        return list(self._plain)
 
 
 class FakeReceiver(SimpleNamespace):
