@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -77,6 +78,52 @@ def test_forward_video_packet(
     benchmark.extra_info["consumers"] = consumers
     if benchmark.stats is not None:  # None with --benchmark-disable
         benchmark.extra_info["per_consumer_us"] = benchmark.stats.stats.median * 1e6 / consumers
+
+
+class _Receiver:
+    """An aiortc receiver as the fast path sees it (hashable, for RtpRouter's sets)."""
+
+    _parley_forward: Callable[[Any], None]
+
+
+def test_fast_receive_datagram(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """One SRTP datagram through the socket guard and the fast path: unprotect, parse, aiortc's
+    RtpRouter, Producer.forward and one consumer (rewrite + SRTP protect)."""
+    from aiortc.rtcdtlstransport import RtpRouter
+
+    from parley.bench.fakes import PUBLISHER_SSRC
+    from parley.relay._aiortc import DatagramGuard, FastReceive
+
+    async def setup() -> DatagramGuard:
+        producer, outs, _ = _forwarding_setup(1)
+        consumers.extend(outs)
+        router = RtpRouter()
+        receiver = _Receiver()
+        receiver._parley_forward = producer.forward
+        router.register_receiver(receiver, ssrcs=[PUBLISHER_SSRC], payload_types=[96])  # type: ignore[arg-type]
+        guard = DatagramGuard(lambda data, addr: None)
+        guard.fast = FastReceive(SimpleNamespace(_rx_srtp=rx, _rtp_router=router))  # type: ignore[arg-type]
+        guard.fast.abs_send_time_id = 2
+        return guard
+
+    consumers: list[Any] = []
+    tx, rx = srtp_pair()
+    ext = HeaderExtensionsMap()
+    ext.configure(RTCRtpParameters(headerExtensions=EXTENSIONS))
+    guard = loop.run_until_complete(setup())
+    datagrams = iter(
+        [tx.protect(video_packet(seq, False).serialize(ext)) for seq in range(3, 20003)]
+    )
+    addr = ("127.0.0.1", 9)
+
+    def receive() -> None:
+        guard.datagram_received(next(datagrams), addr)
+
+    async def main() -> None:
+        benchmark.pedantic(receive, rounds=20000, iterations=1)
+
+    loop.run_until_complete(main())
+    assert consumers[0].packets > 20000, consumers[0].packets  # every datagram was forwarded
 
 
 def test_inbound_srtp_unprotect_and_parse(benchmark: Any) -> None:
