@@ -216,8 +216,18 @@ class Consumer:
     # --- RTCP from the subscriber ------------------------------------------------------------
 
     async def handle_rtcp(self, packet: AnyRtcpPacket) -> None:
+        """The subscriber's RTCP for this consumer (aiortc's DTLS transport calls it: nothing
+        may escape, or aiortc ends the subscriber's transport)."""
         if self.closed:
             return
+        try:
+            await self._handle_rtcp(packet)
+        except Exception:
+            logger.warning(
+                "[%s] consumer %s: handling RTCP failed", self.peer_id, self.id, exc_info=True
+            )
+
+    async def _handle_rtcp(self, packet: AnyRtcpPacket) -> None:
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             for seq in packet.lost:
                 await self._retransmit(seq)

@@ -248,3 +248,17 @@ def test_the_fan_out_refuses_a_second_consumer_for_the_same_pair() -> None:
     assert len(fanout) == 1
     assert fanout.remove(consumer) and not fanout.remove(consumer)
     assert producer.consumers == ()
+
+
+def test_a_failing_retransmission_never_raises_into_aiortc() -> None:
+    fanout = FanOut()
+    producer = make_producer(fanout)
+    consumer = make_consumer(producer, fanout, keep=True)
+    producer.forward(video_in(1))
+    producer.forward(video_in(2, keyframe=True))
+    sent = sent_rtp(consumer)[0]
+    consumer.transceiver.sender.transport._tx_srtp = Session(
+        policy=Policy(key=os.urandom(30), ssrc_type=Policy.SSRC_SPECIFIC, ssrc_value=1)
+    )
+    nack(consumer, sent.sequence_number)  # protect() raises inside; handle_rtcp returns
+    assert consumer.nacked == 1 and consumer.retransmitted == 1
