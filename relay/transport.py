@@ -80,6 +80,16 @@ def codec_preferences(codec: RTCRtpCodecParameters, kind: str) -> list[RTCRtpCod
     return chosen + rtx[:1]
 
 
+CodecKey = tuple[str, int, str]
+
+
+def codec_key(codec: RTCRtpCodecParameters) -> CodecKey:
+    """What makes two producers' codecs the same on the wire (H.264 packetization modes
+    differ)."""
+    mode = str(codec.parameters.get("packetization-mode", "0"))
+    return codec.mimeType.lower(), codec.clockRate, mode
+
+
 class PublishTransport:
     """The peer connection a participant sends on; the participant offers."""
 
@@ -224,9 +234,9 @@ class SubscribeTransport:
         self._fanout = fanout
         self._send_offer = send_offer
         self._on_failed = on_failed
-        self._retired: dict[RTCRtpTransceiver, StreamPosition | None] = {}
-        """Transceivers of removed consumers (and where their stream stopped); free once
-        negotiated inactive."""
+        self._retired: dict[RTCRtpTransceiver, tuple[CodecKey, StreamPosition | None]] = {}
+        """Transceivers of removed consumers: their codec and where their stream stopped;
+        free once negotiated inactive."""
         self._dirty = False
         self._task: asyncio.Task[None] | None = None
         self._answer: asyncio.Future[None] | None = None
@@ -248,14 +258,14 @@ class SubscribeTransport:
         if self.closed or producer.id in self.consumers:
             return None
         track = SilentTrack(producer.kind, id=producer.id)
-        transceiver = self._free_transceiver(producer.kind)
+        transceiver = self._free_transceiver(producer.kind, codec_key(producer.codec))
         resume = None
         if transceiver is None:
             transceiver = self.pc.addTransceiver(track, direction="sendonly")
         else:
             # same sender, same SSRCs: the stream continues where the last consumer stopped
             # (receivers that route by SSRC, like aiortc, keep routing it)
-            resume = self._retired.pop(transceiver)
+            _, resume = self._retired.pop(transceiver)
             transceiver.sender.replaceTrack(track)
             transceiver.direction = "sendonly"
             self.recycled += 1
@@ -273,11 +283,14 @@ class SubscribeTransport:
         self._schedule()
         return consumer
 
-    def _free_transceiver(self, kind: str) -> RTCRtpTransceiver | None:
-        """A retired transceiver of ``kind`` that the subscriber has accepted as inactive."""
-        for transceiver in self._retired:
+    def _free_transceiver(self, kind: str, key: CodecKey) -> RTCRtpTransceiver | None:
+        """A retired transceiver of ``kind`` that last carried the codec ``key`` and that the
+        subscriber has accepted as inactive. Same codec only: the stream continues on the same
+        SSRC, and receivers such as aiortc fix a receiver's payload types when it starts."""
+        for transceiver, (codec, _) in self._retired.items():
             if (
                 transceiver.kind == kind
+                and codec == key
                 and transceiver.mid is not None
                 and transceiver.currentDirection == "inactive"
             ):
@@ -289,7 +302,7 @@ class SubscribeTransport:
         position = consumer.position()
         consumer.close()
         consumer.transceiver.direction = "inactive"
-        self._retired[consumer.transceiver] = position
+        self._retired[consumer.transceiver] = (codec_key(consumer.producer.codec), position)
         if not self.closed:
             self._schedule()
 

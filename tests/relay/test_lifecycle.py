@@ -156,3 +156,41 @@ async def test_fifty_screen_share_toggles_recycle_one_subscribe_m_line() -> None
         # the camera kept flowing
         camera = bob.client.frames_from("ann", "video")
         assert await wait_for(lambda: bob.client.frames_from("ann", "video") >= camera + 15, 10)
+
+
+async def test_a_free_m_line_is_recycled_only_for_a_track_of_the_same_codec() -> None:
+    async with session("ann", "bob") as (router, p):
+        bob = p["bob"]
+        bob.client.tracks.clear()
+        await p["ann"].publish()
+        assert await wait_for(lambda: decodes(bob, "ann"), timeout=15)
+
+        async def join(name: str, codec: str) -> RouterParticipant:
+            person = RouterParticipant(router, MediaClient(name, audio=False))
+            person.client.video_codec = codec
+            p[name] = person
+            await person.publish()
+            ok = await wait_for(lambda: bob.client.frames_from(name, "video") >= 5, timeout=20)
+            assert ok, (name, dict(bob.client.frames))
+            return person
+
+        def mid_of(name: str) -> str:
+            return next(t["mid"] for t in bob.client.offered_tracks if t["participant_id"] == name)
+
+        carol = await join("carol", "video/H264")
+        h264_mid = mid_of("carol")
+        offers = bob.offers
+        await carol.close()
+        del p["carol"]
+        assert await wait_for(lambda: bob.offers > offers, timeout=10)
+        assert await wait_for(lambda: bob.peer.subscribe.pc.signalingState == "stable", 10)
+        count = len(bob.peer.subscribe.pc.getTransceivers())
+
+        await join("dave", "video/VP8")  # a VP8 track does not take the free H.264 m-line
+        assert mid_of("dave") != h264_mid
+        assert len(bob.peer.subscribe.pc.getTransceivers()) == count + 1
+
+        await join("erin", "video/H264")  # an H.264 track does, and is decoded there
+        assert mid_of("erin") == h264_mid
+        assert len(bob.peer.subscribe.pc.getTransceivers()) == count + 1
+        assert bob.peer.subscribe.recycled == 1
