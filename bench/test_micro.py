@@ -4,25 +4,21 @@
 Everything is set up outside the timed function; only the inner call is timed. The relay's
 packet path is async but never suspends when its transport does not block, so it is driven to
 completion with ``coro.send(None)`` inside one running event loop (no ``asyncio.run`` per
-iteration). The subscriber's DTLS transport is a stand-in whose ``_send_rtp`` does the real SRTP
-protect (pylibsrtp) and stops short of the socket.
+iteration). The subscriber's DTLS transport is a stand-in (bench/fakes.py, shared with the
+loop-free unit tests) whose fast sender does the real SRTP protect (pylibsrtp) and stops short of
+the socket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiortc.rtcdtlstransport import State
-from aiortc.rtcrtpparameters import (
-    RTCRtpCodecParameters,
-    RTCRtpHeaderExtensionParameters,
-    RTCRtpParameters,
-)
+from aiortc.rtcrtpparameters import RTCRtpParameters
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     HeaderExtensionsMap,
@@ -33,31 +29,12 @@ from aiortc.rtp import (
     RtpPacket,
     pack_remb_fci,
 )
-from pylibsrtp import Policy, Session
 
-from parley.relay.config import MediaConfig
-from parley.relay.consumer import Consumer
+from parley.bench.fakes import EXTENSIONS, drive, srtp_pair, video_packet
+from parley.bench.fakes import forwarding_setup as _forwarding_setup
 from parley.relay.producer import Producer, abs_send_time_now
 from parley.turn import stun
 from parley.turn.allocation import Allocation, AllocationTable, FiveTuple
-
-VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
-EXTENSIONS = [
-    RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
-    RTCRtpHeaderExtensionParameters(
-        id=2, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
-    ),
-]
-
-
-def drive(coro: Coroutine[Any, Any, Any]) -> None:
-    """Run a coroutine that does not suspend to completion, synchronously."""
-    try:
-        coro.send(None)
-    except StopIteration:
-        return
-    coro.close()
-    raise RuntimeError("the coroutine suspended")
 
 
 @pytest.fixture(scope="module")
@@ -69,113 +46,14 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
-def srtp_pair() -> tuple[Session, Session]:
-    key = os.urandom(30)
-    return (
-        Session(policy=Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)),
-        Session(policy=Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND)),
-    )
-
-
-class NullSocket:
-    """Where the consumer's ``sendto`` goes: counted, not sent (the kernel is not measured)."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-
-    def is_closing(self) -> bool:
-        return False
-
-    def sendto(self, data: bytes, addr: Any) -> None:
-        self.sent += 1
-
-
-class FakeDtls:
-    """The subscriber's transport as the relay's fast sender sees it: SRTP protect, then the
-    nominated pair's socket (a NullSocket)."""
-
-    def __init__(self) -> None:
-        self._state = State.CONNECTED
-        self.session = srtp_pair()[0]
-        self._tx_srtp = self.session
-        self.socket = NullSocket()
-        pair = SimpleNamespace(
-            protocol=SimpleNamespace(transport=self.socket), remote_addr=("127.0.0.1", 9)
-        )
-        self.transport = SimpleNamespace(_connection=SimpleNamespace(_nominated={1: pair}))
-        self.sent = 0
-
-    async def _send_rtp(self, data: bytes) -> None:
-        self.session.protect(data)
-        self.sent += 1
-
-
-def fake_receiver() -> Any:
-    async def noop(*args: Any) -> None:
-        return None
-
-    return SimpleNamespace(
-        _handle_rtcp_packet=noop,
-        receive=noop,
-        _send_rtcp=noop,
-        _send_rtcp_pli=noop,
-        _send_rtcp_nack=noop,
-    )
-
-
-def fake_transceiver(mid: str) -> Any:
-    sender = SimpleNamespace(
-        transport=FakeDtls(), _ssrc=int.from_bytes(os.urandom(4), "big"), _rtx_ssrc=0, track=None
-    )
-    return SimpleNamespace(mid=mid, sender=sender, _codecs=[VP8], _headerExtensions=EXTENSIONS)
-
-
-def video_packet(seq: int, keyframe: bool) -> RtpPacket:
-    payload = (b"\x10\x10" if keyframe else b"\x10\x11") + bytes(1040)
-    packet = RtpPacket(
-        payload_type=96, sequence_number=seq, timestamp=3000, ssrc=1234, payload=payload
-    )
-    packet.extensions.mid = "0"
-    packet.extensions.abs_send_time = abs_send_time_now()
-    return packet
-
-
 def forwarding_setup(loop: asyncio.AbstractEventLoop, consumers: int) -> tuple[Producer, RtpPacket]:
-    """A video producer with ``consumers`` synced consumers, and a packet to forward."""
-    producer = Producer(
-        id="p",
-        peer_id="pub",
-        kind="video",
-        source="camera",
-        mid="0",
-        receiver=fake_receiver(),
-        codecs=[VP8],
-        ssrcs=[],
-        rtx_ssrcs={},
-        config=MediaConfig(addresses=("127.0.0.1",)),
-        on_close=lambda p: None,
-    )
-    outs = []
-    for i in range(consumers):
-        consumer = Consumer(
-            id=f"c{i}",
-            producer=producer,
-            peer_id=f"sub{i}",
-            transceiver=fake_transceiver(str(i + 1)),
-            history_size=1024,
-        )
-        consumer.activate()
-        outs.append(consumer)
-    producer.consumers = tuple(outs)
+    """A video producer with ``consumers`` synced consumers (bench/fakes.py), and a packet."""
 
-    async def sync() -> None:
-        # first packet marks the consumers ready, the keyframe syncs them
-        for seq, key in ((1, False), (2, True)):
-            await producer.handle_rtp(video_packet(seq, key), 0)
+    async def setup() -> tuple[Producer, RtpPacket]:
+        producer, _, packet = _forwarding_setup(consumers)
+        return producer, packet
 
-    loop.run_until_complete(sync())
-    assert all(c.packets == 1 for c in outs), [c.packets for c in outs]
-    return producer, video_packet(3, False)
+    return loop.run_until_complete(setup())
 
 
 def bench_in_loop(loop: asyncio.AbstractEventLoop, benchmark: Any, fn: Callable[[], None]) -> None:
@@ -200,6 +78,52 @@ def test_forward_video_packet(
     benchmark.extra_info["consumers"] = consumers
     if benchmark.stats is not None:  # None with --benchmark-disable
         benchmark.extra_info["per_consumer_us"] = benchmark.stats.stats.median * 1e6 / consumers
+
+
+class _Receiver:
+    """An aiortc receiver as the fast path sees it (hashable, for RtpRouter's sets)."""
+
+    _parley_forward: Callable[[Any], None]
+
+
+def test_fast_receive_datagram(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """One SRTP datagram through the socket guard and the fast path: unprotect, parse, aiortc's
+    RtpRouter, Producer.forward and one consumer (rewrite + SRTP protect)."""
+    from aiortc.rtcdtlstransport import RtpRouter
+
+    from parley.bench.fakes import PUBLISHER_SSRC
+    from parley.relay._aiortc import DatagramGuard, FastReceive
+
+    async def setup() -> DatagramGuard:
+        producer, outs, _ = _forwarding_setup(1)
+        consumers.extend(outs)
+        router = RtpRouter()
+        receiver = _Receiver()
+        receiver._parley_forward = producer.forward
+        router.register_receiver(receiver, ssrcs=[PUBLISHER_SSRC], payload_types=[96])  # type: ignore[arg-type]
+        guard = DatagramGuard(lambda data, addr: None)
+        guard.fast = FastReceive(SimpleNamespace(_rx_srtp=rx, _rtp_router=router))  # type: ignore[arg-type]
+        guard.fast.abs_send_time_id = 2
+        return guard
+
+    consumers: list[Any] = []
+    tx, rx = srtp_pair()
+    ext = HeaderExtensionsMap()
+    ext.configure(RTCRtpParameters(headerExtensions=EXTENSIONS))
+    guard = loop.run_until_complete(setup())
+    datagrams = iter(
+        [tx.protect(video_packet(seq, False).serialize(ext)) for seq in range(3, 20003)]
+    )
+    addr = ("127.0.0.1", 9)
+
+    def receive() -> None:
+        guard.datagram_received(next(datagrams), addr)
+
+    async def main() -> None:
+        benchmark.pedantic(receive, rounds=20000, iterations=1)
+
+    loop.run_until_complete(main())
+    assert consumers[0].packets > 20000, consumers[0].packets  # every datagram was forwarded
 
 
 def test_inbound_srtp_unprotect_and_parse(benchmark: Any) -> None:

@@ -1,42 +1,69 @@
-"""Every use of aiortc's and aioice's private attributes lives here, and only here.
+"""Every use of aiortc's and aioice's private attributes lives here, and only here (the fence).
 
 aiortc always decodes what it receives; a forwarding relay needs the decrypted RTP packets
 instead. These hooks are written against aiortc 1.16 / aioice 0.13 (pinned in pyproject.toml).
-``tests/relay/test_aiortc_hooks.py`` fails loudly when a new release renames what we use.
+
+The fence fails loudly and early:
+- every accessor raises :class:`HookError` naming the attribute when it is gone (none returns a
+  default that would silently turn REMB, receiver reports or forwarding off);
+- :func:`check_compatibility` (called by ``create_app``) connects a throwaway pair of real peer
+  connections on loopback and checks every attribute below on the real objects, then sends one
+  packet through the fast path; ``tests/relay/test_aiortc_hooks.py`` runs the same check;
+- the socket callback we install on aioice's protocols never lets an exception escape into
+  aioice (:class:`DatagramGuard`).
 
 What we rely on:
-- ``RTCDtlsTransport._rtp_router`` routes a decrypted ``RtpPacket`` to the receiver's
-  ``_handle_rtp_packet(packet, arrival_time_ms)`` and RTCP to ``_handle_rtcp_packet(packet)`` of
-  receivers and senders, by attribute lookup: instance attributes override them.
-- ``RTCDtlsTransport._send_rtp(data)`` SRTP-protects and sends serialised RTP/RTCP.
-- ``RTCRtpReceiver``: ``_send_rtcp``, ``_send_rtcp_nack``, ``_send_rtcp_pli`` (use the RTCP SSRC
-  the peer connection assigned), the name-mangled ``__remote_streams`` statistics its RTCP loop
-  turns into receiver reports, and ``__stop_decoder`` (we never decode).
-- ``RTCRtpSender``: ``_ssrc``, ``_rtx_ssrc``, ``_handle_rtcp_packet`` and ``_send_rtcp`` (its RTCP
-  loop hands sender reports to the latter).
-- ``RTCRtpTransceiver._codecs`` / ``_headerExtensions``: the negotiated parameters.
-- aioice ``Connection.get_component_candidates``: binds host candidates; we bind our own
-  addresses and port range instead of every non-loopback interface.
+- ``RTCPeerConnection.__iceTransports`` / ``__dtlsTransports`` (name-mangled).
+- ``RTCDtlsTransport``: ``_state``, ``_rx_srtp`` / ``_tx_srtp`` (pylibsrtp sessions once
+  connected), ``_rtp_router`` (``ssrc_table``, ``senders``, ``route_rtp``, ``register_sender``,
+  ``unregister_sender``) and ``_send_rtp(data)`` (SRTP protect and send, for the bench's
+  clients), ``transport`` (the ICE transport).
+- aioice: ``RTCIceGatherer._connection`` (``get_component_candidates``, ``_protocols``,
+  ``_nominated``), ``StunProtocol`` (``transport``, ``local_candidate``,
+  ``datagram_received``), ``CandidatePair`` (``protocol``, ``remote_addr``).
+- ``RTCRtpReceiver``: ``_handle_rtp_packet``, ``_handle_rtcp_packet``, ``receive``,
+  ``_send_rtcp``, ``_send_rtcp_nack``, ``_send_rtcp_pli`` (they use the RTCP SSRC the peer
+  connection assigned), the name-mangled ``__remote_streams`` (the statistics its RTCP loop turns
+  into receiver reports), ``__rtcp_ssrc`` and ``__stop_decoder`` (we never decode).
+- ``RTCRtpSender``: ``_ssrc``, ``_rtx_ssrc``, ``_stream_id``, ``_handle_rtcp_packet`` and
+  ``_send_rtcp`` (its RTCP loop hands sender reports to the latter).
+- ``RTCRtpTransceiver``: ``_codecs``, ``_headerExtensions``, ``_offerDirection``.
+- ``aiortc.rtcrtpreceiver.NackGenerator`` and ``StreamStatistics`` (unexported helpers), fed
+  our own :class:`~relay.rtp.RtpIn` packets (duck-typed like aiortc's ``RtpPacket``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
+import struct
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn, Protocol
 
 import pylibsrtp
 from aioice import Candidate
 from aioice.candidate import candidate_foundation, candidate_priority
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc import (
+    MediaStreamTrack,
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
 from aiortc.rtp import AnyRtcpPacket, RtpPacket
 
-from .rtp import parse_rtp
+from .rtp import RtpIn, parse_rtp
 
 logger = logging.getLogger(__name__)
 
@@ -46,44 +73,88 @@ RtcpSender = Callable[[list[AnyRtcpPacket]], Awaitable[None]]
 
 _RECEIVER_STREAMS = "_RTCRtpReceiver__remote_streams"
 _RECEIVER_STOP_DECODER = "_RTCRtpReceiver__stop_decoder"
+_RECEIVER_RTCP_SSRC = "_RTCRtpReceiver__rtcp_ssrc"
+_RECEIVER_DECODER_THREAD = "_RTCRtpReceiver__decoder_thread"
 _PC_ICE_TRANSPORTS = "_RTCPeerConnection__iceTransports"
 _PC_DTLS_TRANSPORTS = "_RTCPeerConnection__dtlsTransports"
 UDP_BUFFER = 1 << 20
 """Socket buffers of the media sockets we bind: bursts wait in the kernel, overload drops there."""
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+LOG_INTERVAL = 60.0
+"""Seconds between two log lines about rejected or failed datagrams (after the first)."""
 
 
 class HookError(RuntimeError):
-    """aiortc no longer has what the relay reaches into: check relay/_aiortc.py."""
+    """aiortc or aioice no longer has what the relay reaches into: check relay/_aiortc.py."""
 
 
-def check_compatibility() -> None:
-    """Raise :class:`HookError` unless every private attribute we use is where we expect it."""
-    required = {
-        RTCRtpReceiver: [
-            "_handle_rtp_packet",
-            "_handle_rtcp_packet",
-            "_send_rtcp",
-            "_send_rtcp_nack",
-            "_send_rtcp_pli",
-            "receive",
-            _RECEIVER_STOP_DECODER,
-        ],
-        RTCRtpSender: ["_handle_rtcp_packet", "_send_rtcp", "send", "_run_rtcp"],
-        RTCDtlsTransport: ["_send_rtp", "_handle_rtp_data", "_handle_rtcp_data"],
-    }
-    for cls, names in required.items():
-        for name in names:
-            if not hasattr(cls, name):
-                raise HookError(f"aiortc {cls.__name__} has no {name}")
-    from aioice import Connection
+def _attr(obj: object, name: str) -> Any:
+    """``getattr`` that names what is missing instead of returning a default."""
+    try:
+        return getattr(obj, name)
+    except AttributeError:
+        raise HookError(f"{type(obj).__module__}.{type(obj).__name__} has no {name}") from None
 
-    if not hasattr(Connection, "get_component_candidates"):
-        raise HookError("aioice Connection has no get_component_candidates")
+
+# --- aiortc's unexported helpers ---------------------------------------------------------------
+
+try:
+    from aiortc.rtcrtpreceiver import NackGenerator as _NackGenerator
+    from aiortc.rtcrtpreceiver import StreamStatistics as _StreamStatistics
+except ImportError as exc:  # pragma: no cover - only with an incompatible aiortc
+    raise HookError(f"aiortc.rtcrtpreceiver lost a helper the relay uses: {exc}") from exc
+
+
+class NackGenerator(Protocol):
+    """What the producer uses of aiortc's ``NackGenerator``."""
+
+    missing: set[int]
+
+    def add(self, packet: RtpIn) -> bool: ...
+
+
+class StreamStatistics(Protocol):
+    """What the producer uses of aiortc's ``StreamStatistics`` (the receiver reports read it)."""
+
+    def add(self, packet: RtpIn) -> None: ...
+
+
+def new_nack_generator() -> NackGenerator:
+    """aiortc's NACK generator: ``add(packet)`` says whether packets went missing."""
+    return _NackGenerator()  # type: ignore[return-value]
+
+
+def new_stream_statistics(clock_rate: int) -> StreamStatistics:
+    """aiortc's per-SSRC reception statistics, as its receiver reports read them."""
+    return _StreamStatistics(clock_rate)  # type: ignore[return-value]
 
 
 # --- receiving side (a producer) -------------------------------------------------------------
+
+
+class _ReceiverHooks:
+    """Installed once per receiver; a new producer on a re-used m-line swaps the handlers."""
+
+    def __init__(self, receiver: RTCRtpReceiver) -> None:
+        self.stock_rtcp: RtcpHandler = _attr(receiver, "_handle_rtcp_packet")
+        self.stock_receive: Callable[[Any], Awaitable[None]] = _attr(receiver, "receive")
+        self.receiver = receiver
+        self.on_rtp: RtpHandler | None = None
+        self.on_rtcp: RtcpHandler | None = None
+
+    async def handle_rtp(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        if self.on_rtp is not None:
+            await self.on_rtp(packet, arrival_time_ms)
+
+    async def handle_rtcp(self, packet: AnyRtcpPacket) -> None:
+        await self.stock_rtcp(packet)
+        if self.on_rtcp is not None:
+            await self.on_rtcp(packet)
+
+    async def receive(self, parameters: Any) -> None:
+        await self.stock_receive(parameters)
+        stop_decoder(self.receiver)
 
 
 def hook_receiver(
@@ -91,57 +162,61 @@ def hook_receiver(
     on_rtp: RtpHandler,
     on_rtcp: RtcpHandler,
     streams: dict[int, Any],
-    on_fast_rtp: Callable[[Any], None] | None = None,
+    on_fast_rtp: Callable[[RtpIn], None] | None = None,
 ) -> None:
     """Divert ``receiver``'s decrypted RTP to ``on_rtp`` (aiortc's path) and ``on_fast_rtp``
     (the fast path, see :func:`install_fast_receive`), its RTCP (sender reports, BYE) to
     ``on_rtcp`` as well as the stock handler; its receiver reports are built from ``streams``;
-    its decoder thread is stopped as soon as it starts."""
-    stock_rtcp = receiver._handle_rtcp_packet
-    stock_receive = receiver.receive
-
-    async def handle_rtcp(packet: AnyRtcpPacket) -> None:
-        await stock_rtcp(packet)
-        await on_rtcp(packet)
-
-    async def receive(parameters: Any) -> None:
-        await stock_receive(parameters)
-        stop_decoder(receiver)
-
-    receiver._handle_rtp_packet = on_rtp  # type: ignore[method-assign,assignment]
-    receiver._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign,assignment]
-    receiver.receive = receive  # type: ignore[method-assign,assignment]
+    its decoder thread is stopped as soon as it starts. Calling it again for the same receiver
+    (a publisher re-uses an m-line for a new track) replaces the handlers."""
+    hooks = receiver.__dict__.get("_parley_hooks")
+    if hooks is None:
+        hooks = _ReceiverHooks(receiver)
+        _attr(receiver, "_handle_rtp_packet")
+        receiver._handle_rtp_packet = hooks.handle_rtp  # type: ignore[method-assign]
+        receiver._handle_rtcp_packet = hooks.handle_rtcp  # type: ignore[method-assign]
+        receiver.receive = hooks.receive  # type: ignore[method-assign]
+        receiver._parley_hooks = hooks  # type: ignore[attr-defined]
+    hooks.on_rtp, hooks.on_rtcp = on_rtp, on_rtcp
     if on_fast_rtp is not None:
         receiver._parley_forward = on_fast_rtp  # type: ignore[attr-defined]
+    else:
+        receiver.__dict__.pop("_parley_forward", None)
+    if not isinstance(_attr(receiver, _RECEIVER_STREAMS), dict):
+        raise HookError(f"RTCRtpReceiver.{_RECEIVER_STREAMS} is no longer a dict")
     setattr(receiver, _RECEIVER_STREAMS, streams)
 
 
 def stop_decoder(receiver: RTCRtpReceiver) -> None:
-    getattr(receiver, _RECEIVER_STOP_DECODER)()
+    _attr(receiver, _RECEIVER_STOP_DECODER)()
 
 
 def register_ssrcs(receiver: RTCRtpReceiver, ssrcs: Iterable[int]) -> None:
     """Route these SSRCs to ``receiver`` (a re-offer may bring new ones to a started receiver)."""
-    table = receiver.transport._rtp_router.ssrc_table
+    table = _attr(_attr(receiver.transport, "_rtp_router"), "ssrc_table")
     for ssrc in ssrcs:
         table[ssrc] = receiver
 
 
 async def send_receiver_rtcp(receiver: RTCRtpReceiver, packet: AnyRtcpPacket) -> None:
-    await receiver._send_rtcp(packet)
+    await _attr(receiver, "_send_rtcp")(packet)
 
 
 async def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
-    await receiver._send_rtcp_pli(media_ssrc)
+    await _attr(receiver, "_send_rtcp_pli")(media_ssrc)
 
 
 async def send_nack(receiver: RTCRtpReceiver, media_ssrc: int, lost: list[int]) -> None:
-    await receiver._send_rtcp_nack(media_ssrc, lost)
+    await _attr(receiver, "_send_rtcp_nack")(media_ssrc, lost)
 
 
 def receiver_rtcp_ssrc(receiver: RTCRtpReceiver) -> int | None:
-    value = getattr(receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
-    return value if isinstance(value, int) else None
+    """The SSRC the receiver's RTCP goes out with; None until the peer connection assigned it
+    (aiortc does so when the transceiver is negotiated)."""
+    value = _attr(receiver, _RECEIVER_RTCP_SSRC)
+    if value is not None and not isinstance(value, int):
+        raise HookError(f"RTCRtpReceiver.{_RECEIVER_RTCP_SSRC} is no longer an int")
+    return value
 
 
 # --- sending side (a consumer) ---------------------------------------------------------------
@@ -150,6 +225,8 @@ def receiver_rtcp_ssrc(receiver: RTCRtpReceiver) -> int | None:
 def hook_sender(sender: RTCRtpSender, on_rtcp: RtcpHandler, send_reports: RtcpSender) -> None:
     """Answer the subscriber's RTCP ourselves (NACK, PLI, RR) and let ``send_reports`` rewrite
     what the sender's RTCP loop sends (its SR knows nothing of forwarded packets)."""
+    _attr(sender, "_handle_rtcp_packet")
+    _attr(sender, "_send_rtcp")
     sender._handle_rtcp_packet = on_rtcp  # type: ignore[method-assign,assignment]
     sender._send_rtcp = send_reports  # type: ignore[method-assign,assignment]
 
@@ -157,43 +234,102 @@ def hook_sender(sender: RTCRtpSender, on_rtcp: RtcpHandler, send_reports: RtcpSe
 def set_stream_id(sender: RTCRtpSender, stream_id: str) -> None:
     """The msid stream a sender's track is announced in (one per remote participant, so that
     browsers lip-sync each participant's audio with that participant's video)."""
+    _attr(sender, "_stream_id")
     sender._stream_id = stream_id
 
 
 def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
-    return sender._ssrc, sender._rtx_ssrc
+    return _attr(sender, "_ssrc"), _attr(sender, "_rtx_ssrc")
 
 
 def transceiver_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
-    return list(transceiver._codecs)
+    return list(_attr(transceiver, "_codecs"))
 
 
 def transceiver_header_extensions(
     transceiver: RTCRtpTransceiver,
 ) -> list[RTCRtpHeaderExtensionParameters]:
-    return list(transceiver._headerExtensions)
+    return list(_attr(transceiver, "_headerExtensions"))
 
 
 def transceiver_offer_direction(transceiver: RTCRtpTransceiver) -> str | None:
-    """The direction the remote offer asked for, seen from our side ("recvonly", ...)."""
-    return getattr(transceiver, "_offerDirection", None)
+    """The direction the remote offer asked for, seen from our side ("recvonly", ...); None
+    before any remote offer."""
+    value = _attr(transceiver, "_offerDirection")
+    if value is not None and not isinstance(value, str):
+        raise HookError("RTCRtpTransceiver._offerDirection is no longer a string")
+    return value
 
 
 def dtls_is_connected(dtls: RTCDtlsTransport) -> bool:
-    return dtls._state == State.CONNECTED
+    return bool(_attr(dtls, "_state") == State.CONNECTED)
 
 
 async def dtls_send_rtp(dtls: RTCDtlsTransport, data: bytes) -> None:
-    await dtls._send_rtp(data)
+    await _attr(dtls, "_send_rtp")(data)
 
 
-# --- the fast path -------------------------------------------------------------------------------
+# --- the socket callback ---------------------------------------------------------------------
 #
 # aiortc hands every datagram from aioice's socket callback to an asyncio.Queue, wakes the DTLS
 # transport's task, unprotects, parses every header extension and awaits the receiver; sending
 # goes down five coroutine layers to ``transport.sendto``. For forwarded media the relay does
 # the same work synchronously, in the socket callback: RTP only, once DTLS is up; RTCP, STUN
-# and DTLS still take aiortc's path.
+# and DTLS still take aiortc's path. Every media socket of the relay (publish and subscribe
+# legs) gets the guard; publish legs also get the fast path.
+
+
+class DatagramStats:
+    """What the relay's media sockets refused, process-wide (read by ``/metrics``)."""
+
+    __slots__ = ("empty", "malformed_stun", "errors", "_last_log", "_logged_error")
+
+    def __init__(self) -> None:
+        self.empty = 0
+        """Empty datagrams (aiortc's DTLS transport would fail on them and close the leg)."""
+        self.malformed_stun = 0
+        """STUN-looking datagrams aioice cannot parse (it raises ``struct.error``)."""
+        self.errors = 0
+        """Exceptions raised while handling a datagram (a bug, or a changed aiortc)."""
+        self._last_log = -LOG_INTERVAL
+        self._logged_error = False
+
+    def as_dict(self) -> dict[str, int]:
+        return {"empty": self.empty, "malformed_stun": self.malformed_stun, "errors": self.errors}
+
+    def _should_log(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_log < LOG_INTERVAL:
+            return False
+        self._last_log = now
+        return True
+
+    def rejected(self, reason: str, addr: Any) -> None:
+        if self._should_log():
+            logger.warning(
+                "media socket: dropped a datagram from %s (%s); totals %s "
+                "(logged at most once a minute)",
+                addr,
+                reason,
+                self.as_dict(),
+            )
+
+    def failed(self, addr: Any) -> None:
+        self.errors += 1
+        if not self._logged_error:
+            self._logged_error = True
+            self._last_log = time.monotonic()
+            logger.warning(
+                "media socket: handling a datagram from %s failed (further failures are "
+                "counted and logged at most once a minute)",
+                addr,
+                exc_info=True,
+            )
+        elif self._should_log():
+            logger.warning("media socket: datagram failures so far: %s", self.as_dict())
+
+
+DATAGRAMS = DatagramStats()
 
 
 class FastReceive:
@@ -221,67 +357,116 @@ class FastReceive:
             return
         receiver = dtls._rtp_router.route_rtp(packet)  # type: ignore[arg-type]
         if receiver is not None:
-            forward = getattr(receiver, "_parley_forward", None)
+            forward = receiver.__dict__.get("_parley_forward")
             if forward is not None:
                 forward(packet)
 
 
+class DatagramGuard:
+    """Wraps one aioice ``StunProtocol.datagram_received``: drops empty datagrams, counts and
+    drops STUN that aioice cannot parse, feeds RTP to the fast path when installed, and never
+    lets an exception escape into aioice or the event loop."""
+
+    __slots__ = ("stock", "fast", "stats")
+
+    def __init__(
+        self, stock: Callable[[bytes, Any], None], stats: DatagramStats = DATAGRAMS
+    ) -> None:
+        self.stock = stock
+        self.fast: FastReceive | None = None
+        self.stats = stats
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            fast = self.fast
+            # RTP (not RTCP: RFC 5761 §4 payload types 192-223) once SRTP keys exist
+            if (
+                fast is not None
+                and len(data) > 12
+                and 127 < data[0] < 192
+                and not 191 < data[1] < 224
+                and fast.dtls._rx_srtp is not None
+            ):
+                fast.receive(data)
+            elif not data:
+                self.stats.empty += 1
+                self.stats.rejected("empty", addr)
+            else:
+                self.stock(data, addr)
+        except struct.error:
+            # aioice's parse_message on a STUN message with a malformed attribute
+            self.stats.malformed_stun += 1
+            self.stats.rejected("malformed STUN", addr)
+        except Exception:
+            self.stats.failed(addr)
+
+
+def _guard(protocol: Any) -> DatagramGuard:
+    guard: DatagramGuard | None = protocol.__dict__.get("_parley_guard")
+    if guard is None:
+        guard = DatagramGuard(_attr(protocol, "datagram_received"))
+        protocol._parley_guard = guard
+        protocol.datagram_received = guard.datagram_received
+    return guard
+
+
+def _connections(pc: RTCPeerConnection) -> list[tuple[RTCDtlsTransport, Any]]:
+    out = []
+    for dtls in _attr(pc, _PC_DTLS_TRANSPORTS):
+        out.append((dtls, _attr(_attr(dtls, "transport"), "_connection")))
+    return out
+
+
+def guard_datagrams(pc: RTCPeerConnection) -> None:
+    """Guard every media socket of ``pc`` (call after each setLocalDescription)."""
+    for _, connection in _connections(pc):
+        for protocol in _attr(connection, "_protocols"):
+            _guard(protocol)
+
+
 def install_fast_receive(pc: RTCPeerConnection) -> None:
-    """Divert ``pc``'s incoming RTP to the fast path (call after setLocalDescription, when the
-    sockets exist; again after each negotiation, to pick up new header extension ids)."""
+    """Guard ``pc``'s sockets and divert its incoming RTP to the fast path (call after
+    setLocalDescription, when the sockets exist; again after each negotiation, to pick up new
+    header extension ids)."""
     ids: dict[str, int] = {}
     for transceiver in pc.getTransceivers():
-        for ext in transceiver._headerExtensions:
+        for ext in transceiver_header_extensions(transceiver):
             ids[ext.uri] = ext.id
-    for dtls in getattr(pc, _PC_DTLS_TRANSPORTS):
-        connection = dtls.transport._connection
-        fast: FastReceive | None = getattr(connection, "_parley_fast", None)
+    for dtls, connection in _connections(pc):
+        fast: FastReceive | None = connection.__dict__.get("_parley_fast")
         if fast is None:
+            _attr(dtls, "_rx_srtp")
+            _attr(dtls, "_rtp_router")
             fast = FastReceive(dtls)
             connection._parley_fast = fast
         fast.abs_send_time_id = ids.get(ABS_SEND_TIME_URI, 0)
         fast.audio_level_id = ids.get(AUDIO_LEVEL_URI, 0)
-        for protocol in connection._protocols:
-            if getattr(protocol, "_parley_fast", None) is None:
-                protocol._parley_fast = fast
-                protocol.datagram_received = _fast_datagram_received(
-                    fast, protocol.datagram_received
-                )
-
-
-def _fast_datagram_received(
-    fast: FastReceive, stock: Callable[[bytes, Any], None]
-) -> Callable[[bytes, Any], None]:
-    def datagram_received(data: bytes, addr: Any) -> None:
-        # RTP (not RTCP: RFC 5761 §4 payload types 192-223) once SRTP keys exist
-        if (
-            len(data) > 12
-            and 127 < data[0] < 192
-            and not 191 < data[1] < 224
-            and fast.dtls._rx_srtp is not None
-        ):
-            fast.receive(data)
-        else:
-            stock(data, addr)
-
-    return datagram_received
+        for protocol in _attr(connection, "_protocols"):
+            _guard(protocol).fast = fast
 
 
 def fast_sender(dtls: RTCDtlsTransport) -> Callable[[bytes], None]:
     """A synchronous ``send(data)`` for serialised RTP/RTCP on ``dtls``: SRTP protect and
     ``sendto`` on the nominated pair's socket (aioice's TURN transport frames it itself).
-    Raises ``ConnectionError`` when not connected."""
+    Raises ``ConnectionError`` when not connected, :class:`HookError` when aiortc changed."""
     cache: list[Any] = [None, None, None]  # the nominated pair, its transport, remote address
+    for name in ("_tx_srtp", "_state", "transport"):
+        _attr(dtls, name)
 
     def send(data: bytes) -> None:
-        srtp = dtls._tx_srtp
-        if srtp is None or dtls._state != State.CONNECTED:
+        try:
+            srtp = dtls._tx_srtp
+            state = dtls._state
+            nominated = dtls.transport._connection._nominated
+        except AttributeError as exc:
+            raise HookError(f"the fast sender lost an aiortc attribute: {exc}") from exc
+        if srtp is None or state != State.CONNECTED:
             raise ConnectionError("not connected")
-        pair = dtls.transport._connection._nominated.get(1)
+        pair = nominated.get(1)
         if pair is not cache[0]:
             if pair is None:
                 raise ConnectionError("no nominated candidate pair")
-            cache[:] = [pair, pair.protocol.transport, pair.remote_addr]
+            cache[:] = [pair, _attr(_attr(pair, "protocol"), "transport"), pair.remote_addr]
         transport = cache[1]
         out = srtp.protect_rtcp(data) if 191 < data[1] < 224 else srtp.protect(data)
         closing = getattr(transport, "is_closing", None)  # aioice's TURN transport has none
@@ -300,9 +485,9 @@ def configure_host_candidates(
 ) -> None:
     """Make ``pc`` gather host candidates on ``addresses`` only (loopback allowed), binding
     UDP ports in ``port_range`` when given. Call before ``setLocalDescription``."""
-    for ice_transport in getattr(pc, _PC_ICE_TRANSPORTS):
-        connection = ice_transport.iceGatherer._connection
-        if getattr(connection, "_parley_hosts", None) is not None:
+    for ice_transport in _attr(pc, _PC_ICE_TRANSPORTS):
+        connection = _attr(_attr(ice_transport, "iceGatherer"), "_connection")
+        if connection.__dict__.get("_parley_hosts") is not None:
             continue
         connection._parley_hosts = list(addresses)
         connection.get_component_candidates = _host_candidates_factory(
@@ -315,7 +500,8 @@ def _host_candidates_factory(
 ) -> Callable[..., Awaitable[list[Candidate]]]:
     from aioice.ice import StunProtocol
 
-    stock = connection.get_component_candidates
+    stock = _attr(connection, "get_component_candidates")
+    protocols = _attr(connection, "_protocols")
 
     async def get_component_candidates(
         component: int,
@@ -335,6 +521,7 @@ def _host_candidates_factory(
             except OSError as exc:
                 logger.warning("could not bind a media port on %s: %s", address, exc)
                 continue
+            _guard(protocol)
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
@@ -350,7 +537,7 @@ def _host_candidates_factory(
                 type="host",
             )
             candidates.append(protocol.local_candidate)
-            connection._protocols.append(protocol)
+            protocols.append(protocol)
         return candidates
 
     wanted = addresses
@@ -378,3 +565,204 @@ async def _bind_udp(
         except OSError as exc:
             last = exc
     raise OSError(f"no free UDP port in {low}-{high} on {address}") from last
+
+
+# --- the start-up check ----------------------------------------------------------------------
+
+_CLASS_METHODS: dict[type, tuple[str, ...]] = {
+    RTCRtpReceiver: (
+        "_handle_rtp_packet",
+        "_handle_rtcp_packet",
+        "receive",
+        "_send_rtcp",
+        "_send_rtcp_nack",
+        "_send_rtcp_pli",
+        _RECEIVER_STOP_DECODER,
+    ),
+    RTCRtpSender: ("_handle_rtcp_packet", "_send_rtcp", "replaceTrack"),
+    RTCDtlsTransport: ("_send_rtp",),
+}
+"""Methods the relay calls or replaces, by class (instance attributes are checked on real
+objects by :func:`probe`)."""
+
+_checked = False
+_checked_lock = threading.Lock()
+
+
+class _ProbeTrack(MediaStreamTrack):
+    """A track that never yields a frame (the probe's sender never encodes)."""
+
+    kind = "video"
+
+    async def recv(self) -> NoReturn:
+        await asyncio.sleep(3600)
+        raise MediaStreamError
+
+
+def check_compatibility() -> None:
+    """Raise :class:`HookError` unless every private attribute the relay uses is where it
+    expects it, on real connected objects (see :func:`probe`). Runs once per process, in a
+    short-lived thread with its own event loop, so that it can be called from anywhere."""
+    global _checked
+    with _checked_lock:
+        if _checked:
+            return
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                asyncio.run(probe())
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(exc)
+
+        thread = threading.Thread(target=run, name="parley-aiortc-probe")
+        thread.start()
+        thread.join()
+        if errors:
+            raise errors[0]
+        _checked = True
+
+
+def _require(obj: object, name: str, kind: type | tuple[type, ...] | None = None) -> Any:
+    value = _attr(obj, name)
+    if kind is not None and not isinstance(value, kind):
+        raise HookError(f"{type(obj).__name__}.{name} is {type(value).__name__}, expected {kind}")
+    return value
+
+
+async def probe(timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    """Connect a throwaway pair of peer connections on loopback, hook them as the relay does,
+    check every attribute the relay touches on the real objects and send one RTP packet
+    through the fast sender and the fast receive path. Raises :class:`HookError`."""
+    for cls, names in _CLASS_METHODS.items():
+        for name in names:
+            if not callable(getattr(cls, name, None)):
+                raise HookError(f"aiortc {cls.__name__} has no method {name}")
+    config = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+    offerer, answerer = RTCPeerConnection(config), RTCPeerConnection(config)
+    try:
+        await asyncio.wait_for(_probe_pair(offerer, answerer), timeout)
+    except TimeoutError:
+        raise HookError("the aiortc probe's loopback peer connections did not connect") from None
+    except HookError:
+        raise
+    except Exception as exc:
+        raise HookError(f"the aiortc probe failed: {exc!r}") from exc
+    finally:
+        # bounded: with a broken aiortc, close() can wait forever for a task that died
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(offerer.close(), answerer.close()), timeout)
+
+
+async def _probe_pair(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> None:
+    from aioice.ice import CandidatePair, StunProtocol
+
+    sending = offerer.addTransceiver(_ProbeTrack(), direction="sendonly")
+    set_stream_id(sending.sender, "probe")
+    configure_host_candidates(offerer, ["127.0.0.1"], None)
+    await offerer.setLocalDescription(await offerer.createOffer())
+    guard_datagrams(offerer)
+    await answerer.setRemoteDescription(
+        RTCSessionDescription(sdp=offerer.localDescription.sdp, type="offer")
+    )
+    receiving = answerer.getTransceivers()[0]
+    receiver = receiving.receiver
+    if transceiver_offer_direction(receiving) != "recvonly":
+        raise HookError("RTCRtpTransceiver._offerDirection does not say recvonly")
+    got: list[RtpIn] = []
+
+    async def on_rtp(packet: RtpPacket, arrival_time_ms: int) -> None:
+        pass
+
+    async def on_rtcp(packet: AnyRtcpPacket) -> None:
+        pass
+
+    hook_receiver(receiver, on_rtp, on_rtcp, {}, got.append)
+    configure_host_candidates(answerer, ["127.0.0.1"], None)
+    await answerer.setLocalDescription(await answerer.createAnswer())
+    install_fast_receive(answerer)
+    await offerer.setRemoteDescription(
+        RTCSessionDescription(sdp=answerer.localDescription.sdp, type="answer")
+    )
+    for _ in range(1000):  # bounded by the caller's timeout too
+        if offerer.connectionState == answerer.connectionState == "connected":
+            break
+        await asyncio.sleep(0.01)
+
+    for pc in (offerer, answerer):
+        for ice in _require(pc, _PC_ICE_TRANSPORTS, set):
+            connection = _require(_require(ice, "iceGatherer"), "_connection")
+            _require(connection, "_protocols", list)
+            if not callable(_attr(connection, "get_component_candidates")):
+                raise HookError("aioice Connection.get_component_candidates is not callable")
+        for dtls, connection in _connections(pc):
+            if not dtls_is_connected(dtls):
+                raise HookError("RTCDtlsTransport._state is not State.CONNECTED when connected")
+            _require(dtls, "_rx_srtp", pylibsrtp.Session)
+            _require(dtls, "_tx_srtp", pylibsrtp.Session)
+            router = _require(dtls, "_rtp_router")
+            _require(router, "ssrc_table", dict)
+            _require(router, "senders", dict)
+            for name in ("route_rtp", "register_sender", "unregister_sender"):
+                if not callable(_attr(router, name)):
+                    raise HookError(f"aiortc RtpRouter.{name} is not callable")
+            pair = _require(connection, "_nominated", dict).get(1)
+            if not isinstance(pair, CandidatePair):
+                raise HookError("aioice Connection._nominated has no pair for component 1")
+            _require(pair, "remote_addr", tuple)
+            protocol = _require(pair, "protocol", StunProtocol)
+            _require(protocol, "transport")
+            _require(protocol, "local_candidate", Candidate)
+            for protocol in _attr(connection, "_protocols"):
+                if not isinstance(protocol.__dict__.get("_parley_guard"), DatagramGuard):
+                    raise HookError("a media socket of the probe is not guarded")
+
+    sender = sending.sender
+    _require(sender, "_stream_id", str)
+    ssrc, _ = sender_ssrcs(sender)
+    if not isinstance(ssrc, int):
+        raise HookError("RTCRtpSender._ssrc is no longer an int")
+    ssrc, rtx_ssrc = sender_ssrcs(sender)
+    codecs = transceiver_codecs(receiving)
+    if not codecs or codecs[0].payloadType is None:
+        raise HookError("RTCRtpTransceiver._codecs holds no negotiated codec")
+    transceiver_header_extensions(sending)
+    if not isinstance(receiver_rtcp_ssrc(receiver), int):
+        raise HookError(f"RTCRtpReceiver.{_RECEIVER_RTCP_SSRC} was not assigned")
+
+    async def reports(packets: list[AnyRtcpPacket]) -> None:
+        pass
+
+    hook_sender(sender, on_rtcp, reports)
+    register_ssrcs(receiver, [ssrc, rtx_ssrc])
+
+    # one packet through the fast sender, the socket guard and the fast receive path
+    packet = RtpPacket(
+        payload_type=codecs[0].payloadType, sequence_number=1, timestamp=1, ssrc=ssrc
+    )
+    packet.payload = b"\x10\x00\x9d\x01\x2a"
+    send = fast_sender(sending.sender.transport)
+    for _ in range(200):
+        send(packet.serialize())
+        await asyncio.sleep(0.01)
+        if got:
+            break
+    if not got or got[0].ssrc != ssrc:
+        raise HookError("a packet sent through the fast path did not reach the receiver hook")
+    # the receiver has started (it routes our payload type): our receive hook stopped its decoder
+    if _attr(receiver, _RECEIVER_DECODER_THREAD) is not None:
+        raise HookError("the receiver's decoder thread was not stopped")
+
+    # aiortc's helpers fed our own packets
+    nacks = new_nack_generator()
+    stats = new_stream_statistics(90000)
+    for seq in (1, 2, 5):
+        forwarded = RtpIn(
+            payload_type=96, marker=0, sequence_number=seq, timestamp=seq, ssrc=ssrc, payload=b"x"
+        )
+        nacks.add(forwarded)
+        stats.add(forwarded)
+    if _attr(nacks, "missing") != {3, 4}:
+        raise HookError("aiortc NackGenerator no longer reports missing packets as expected")
+    if _attr(stats, "packets_received") != 3:
+        raise HookError("aiortc StreamStatistics no longer counts packets as expected")

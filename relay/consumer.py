@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
 from aiortc import MediaStreamTrack, RTCRtpTransceiver
@@ -47,6 +49,25 @@ ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 
 
+@dataclass(frozen=True)
+class StreamPosition:
+    """Where a retired consumer's RTP stream stopped, so that the next consumer on the same
+    m-line (same sender SSRCs) continues it instead of jumping to random numbers: to the
+    subscriber the recycled m-line is one stream that paused."""
+
+    next_seq: int
+    last_ts: int
+    rtx_seq: int
+    clock_rate: int
+    at: float
+    """``time.monotonic()`` when the stream stopped."""
+
+    def resume(self, now: float) -> tuple[int, int]:
+        """(first sequence number, first timestamp) of a stream resumed at ``now``."""
+        elapsed = max(0.0, now - self.at)
+        return self.next_seq, (self.last_ts + 1 + int(elapsed * self.clock_rate)) & 0xFFFFFFFF
+
+
 class SilentTrack(MediaStreamTrack):
     """The track behind a consumer's aiortc sender: it never yields a frame, so the sender's
     own RTP loop stays idle while the consumer sends forwarded packets."""
@@ -77,6 +98,7 @@ class Consumer:
         peer_id: str,
         transceiver: RTCRtpTransceiver,
         history_size: int,
+        resume: StreamPosition | None = None,
     ) -> None:
         self.id = id
         self.producer = producer
@@ -100,7 +122,10 @@ class Consumer:
         self._history_mask = history_size - 1
         self._rtx_payload_type: int | None = None
         self._rtx_ssrc = 0
-        self._rtx_seq = random.randrange(1 << 15)
+        self._rtx_seq = random.randrange(1 << 15) if resume is None else resume.rtx_seq
+        self._resume = resume
+        self._last: RtpIn | None = None
+        """The last packet forwarded (for :meth:`position`)."""
 
     @property
     def mid(self) -> str | None:
@@ -170,12 +195,11 @@ class Consumer:
         if not self._synced:
             if self._gated and not keyframe:
                 return
-            rewriter.sync(
-                packet.sequence_number,
-                packet.timestamp,
-                random.randrange(1 << 15),
-                random.randrange(1 << 32),
-            )
+            if self._resume is not None:
+                out_seq, out_ts = self._resume.resume(time.monotonic())
+            else:
+                out_seq, out_ts = random.randrange(1 << 15), random.randrange(1 << 32)
+            rewriter.sync(packet.sequence_number, packet.timestamp, out_seq, out_ts)
             self._synced = True
             if self._gated:
                 self.producer.waiting_consumers -= 1
@@ -183,6 +207,7 @@ class Consumer:
         self._history[(packet.sequence_number + rewriter.seq_offset) & self._history_mask] = data
         self.packets += 1
         self.octets += len(packet.payload)
+        self._last = packet
         try:
             self._send(data)
         except ConnectionError:
@@ -191,8 +216,18 @@ class Consumer:
     # --- RTCP from the subscriber ------------------------------------------------------------
 
     async def handle_rtcp(self, packet: AnyRtcpPacket) -> None:
+        """The subscriber's RTCP for this consumer (aiortc's DTLS transport calls it: nothing
+        may escape, or aiortc ends the subscriber's transport)."""
         if self.closed:
             return
+        try:
+            await self._handle_rtcp(packet)
+        except Exception:
+            logger.warning(
+                "[%s] consumer %s: handling RTCP failed", self.peer_id, self.id, exc_info=True
+            )
+
+    async def _handle_rtcp(self, packet: AnyRtcpPacket) -> None:
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             for seq in packet.lost:
                 await self._retransmit(seq)
@@ -266,6 +301,19 @@ class Consumer:
             )
 
     # --- lifecycle ---------------------------------------------------------------------------
+
+    def position(self) -> StreamPosition | None:
+        """Where this consumer's stream is now (None before its first packet)."""
+        rewriter, last = self._rewriter, self._last
+        if rewriter is None or last is None:
+            return self._resume
+        return StreamPosition(
+            next_seq=(rewriter.out_seq(last.sequence_number) + 1) & 0xFFFF,
+            last_ts=rewriter.out_ts(last.timestamp),
+            rtx_seq=self._rtx_seq,
+            clock_rate=self.producer.codec.clockRate,
+            at=time.monotonic(),
+        )
 
     def close(self) -> None:
         if self.closed:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCRtpReceiver
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     AnyRtcpPacket,
@@ -28,6 +27,7 @@ from aiortc.rtp import (
 
 from . import _aiortc
 from .config import MediaConfig
+from .fanout import FanOut
 from .rtp import KeyframeDetector, RtpIn, keyframe_detector, unwrap_rtx_in
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class Producer:
         ssrcs: list[int],
         rtx_ssrcs: dict[int, int],
         config: MediaConfig,
+        fanout: FanOut,
         on_close: Callable[[Producer], None],
     ) -> None:
         primary = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
@@ -73,8 +74,8 @@ class Producer:
         self.codec = primary
         self.payload_type: int = primary.payloadType
         self.closed = False
-        self.consumers: tuple[Consumer, ...] = ()
-        """The fan-out list; the router replaces it (never mutated in place while iterating)."""
+        self._fanout = fanout
+        self._view = fanout.view(id)
         self.packets = 0
         self.octets = 0
         self.keyframe_requests = 0
@@ -97,8 +98,8 @@ class Producer:
         }
         self._rtx_ssrcs = dict(rtx_ssrcs)
         self._media_ssrc: int | None = ssrcs[0] if ssrcs else None
-        self._streams: dict[int, StreamStatistics] = {}
-        self._nack = NackGenerator() if kind == "video" else None
+        self._streams: dict[int, _aiortc.StreamStatistics] = {}
+        self._nack = _aiortc.new_nack_generator() if kind == "video" else None
         self._last_remb: int | None = None
         self._last_remb_at = -1e9
         self.remb_sent = 0
@@ -114,6 +115,11 @@ class Producer:
         )
         if ssrcs or rtx_ssrcs:
             _aiortc.register_ssrcs(receiver, [*ssrcs, *rtx_ssrcs])
+
+    @property
+    def consumers(self) -> tuple[Consumer, ...]:
+        """This producer's consumers: a view of the router's fan-out table."""
+        return self._view.consumers
 
     @property
     def needs_keyframes(self) -> bool:
@@ -144,8 +150,8 @@ class Producer:
         ssrc = packet.ssrc
         stream = self._streams.get(ssrc)
         if stream is None:
-            stream = self._streams[ssrc] = StreamStatistics(self.codec.clockRate)
-        stream.add(packet)  # type: ignore[arg-type]
+            stream = self._streams[ssrc] = _aiortc.new_stream_statistics(self.codec.clockRate)
+        stream.add(packet)
 
         if packet.payload_type != self.payload_type:
             apt = self._rtx_apt.get(packet.payload_type)
@@ -162,7 +168,7 @@ class Producer:
         self.packets += 1
         self.octets += len(packet.payload)
 
-        if self._nack is not None and self._nack.add(packet):  # type: ignore[arg-type]
+        if self._nack is not None and self._nack.add(packet):
             self.nacks_sent += 1
             self._spawn(_aiortc.send_nack(self._receiver, packet.ssrc, sorted(self._nack.missing)))
 
@@ -170,7 +176,7 @@ class Producer:
         if self.waiting_consumers and self._is_keyframe is not None:
             keyframe = self._is_keyframe(packet.payload)
             if not keyframe:
-                now = asyncio.get_running_loop().time()
+                now = time.monotonic()
                 if now - self._last_keyframe_request >= self._config.keyframe_retry_interval:
                     self.request_keyframe()
         if self._keyframe_pending:
@@ -178,7 +184,7 @@ class Producer:
             self.request_keyframe()
         abs_send_time = abs_send_time_now()
         audio_level = packet.audio_level
-        for consumer in self.consumers:
+        for consumer in self._view.consumers:
             try:
                 consumer.send(packet, abs_send_time, audio_level, keyframe)
             except Exception:
@@ -194,8 +200,9 @@ class Producer:
             self.id,
             exc_info=True,
         )
-        consumer.close()
-        self.consumers = tuple(c for c in self.consumers if c is not consumer)
+        # through the router's table: the subscriber's m-line goes inactive in its next offer
+        if not self._fanout.remove(consumer):
+            consumer.close()
 
     async def handle_rtcp(self, packet: AnyRtcpPacket) -> None:
         """Sender reports and BYE from the publisher (after aiortc's own bookkeeping)."""
@@ -213,7 +220,7 @@ class Producer:
         if self._media_ssrc is None:
             self._keyframe_pending = True
             return
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         if now - self._last_keyframe_request < self._config.keyframe_request_interval:
             self._keyframe_pending = True
             return
@@ -232,7 +239,7 @@ class Producer:
         rtcp_ssrc = _aiortc.receiver_rtcp_ssrc(self._receiver)
         if lowest is None or rtcp_ssrc is None or self._media_ssrc is None or self.closed:
             return
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         last = self._last_remb
         if last is not None and lowest >= last * 0.97 and now - self._last_remb_at < 1.0:
             return
@@ -246,8 +253,15 @@ class Producer:
         )
         self._spawn(_aiortc.send_receiver_rtcp(self._receiver, packet))
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Send feedback upstream without waiting (the packet path never awaits). Outside a
+        running loop (the loop-free unit tests) there is no transport: it is counted only."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            coro.close()
+            return
+        task = loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -260,4 +274,3 @@ class Producer:
         self.closed = True
         logger.debug("[%s] producer %s closed", self.peer_id, self.id)
         self._on_close(self)
-        self.consumers = ()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from .config import MediaConfig
 from .consumer import Consumer
+from .fanout import FanOut
 from .producer import Producer
 from .transport import OfferSender, PublishTransport, SubscribeTransport
 
@@ -33,12 +34,17 @@ class Peer:
         self.publish = PublishTransport(
             peer_id=id,
             config=router.config,
+            fanout=router.fanout,
             on_producer=router._producer_added,
             on_producer_closed=router._producer_closed,
             on_failed=self._failed,
         )
         self.subscribe = SubscribeTransport(
-            peer_id=id, config=router.config, send_offer=send_offer, on_failed=self._failed
+            peer_id=id,
+            config=router.config,
+            fanout=router.fanout,
+            send_offer=send_offer,
+            on_failed=self._failed,
         )
 
     @property
@@ -65,15 +71,16 @@ class Peer:
 
 
 class Router:
-    """One session: peers and the fan-out of every producer to every other peer."""
+    """One session: peers, and the fan-out of every producer to every other peer."""
 
     def __init__(self, id: str, config: MediaConfig) -> None:
         self.id = id
         self.config = config
         self.peers: dict[str, Peer] = {}
         self.closed = False
-        self._consumers: dict[str, list[Consumer]] = {}
-        """Consumers by producer id: the fan-out table."""
+        self.fanout = FanOut(on_removed=self._consumer_removed)
+        """Who consumes which producer: the one table (producers and subscribe transports
+        read views of it)."""
 
     def add_peer(
         self,
@@ -97,38 +104,38 @@ class Router:
     def producers(self) -> list[Producer]:
         return [p for peer in self.peers.values() for p in peer.producers]
 
+    def remove_consumer(self, consumer: Consumer) -> None:
+        """Stop one subscriber's copy of a producer (its m-line goes inactive)."""
+        if not self.fanout.remove(consumer):
+            consumer.close()
+
     def _producer_added(self, producer: Producer) -> None:
-        self._consumers.setdefault(producer.id, [])
         for peer in self.peers.values():
             if peer.id != producer.peer_id and not peer.closed:
                 self._consume(peer, producer)
 
     def _consume(self, peer: Peer, producer: Producer) -> None:
-        consumer = peer.subscribe.add_consumer(producer)
-        if consumer is None:
-            return
-        consumers = self._consumers.setdefault(producer.id, [])
-        consumers.append(consumer)
-        producer.consumers = tuple(c for c in consumers if not c.closed)
+        consumer = peer.subscribe.create_consumer(producer)
+        if consumer is not None:
+            self.fanout.add(consumer)
+
+    def _consumer_removed(self, consumer: Consumer) -> None:
+        peer = self.peers.get(consumer.peer_id)
+        if peer is not None and not peer.subscribe.closed:
+            peer.subscribe.retire(consumer)
+        else:
+            consumer.close()
 
     def _producer_closed(self, producer: Producer) -> None:
-        for consumer in self._consumers.pop(producer.id, []):
-            peer = self.peers.get(consumer.peer_id)
-            if peer is not None:
-                peer.subscribe.remove_consumer(producer.id)
-            else:
-                consumer.close()
+        for consumer in self.fanout.consumers_of(producer.id):
+            self.fanout.remove(consumer)
+        self.fanout.discard_view(producer.id)
 
     def _peer_closed(self, peer: Peer) -> None:
         self.peers.pop(peer.id, None)
-        # the peer's producers close with its publish transport; drop it as a consumer now
-        for producer_id, consumers in self._consumers.items():
-            remaining = [c for c in consumers if c.peer_id != peer.id]
-            if len(remaining) != len(consumers):
-                self._consumers[producer_id] = remaining
-                for producer in self.producers():
-                    if producer.id == producer_id:
-                        producer.consumers = tuple(remaining)
+        # drop it as a subscriber now; its producers close with its publish transport
+        for consumer in list(self.fanout.consumed_by(peer.id).values()):
+            self.fanout.remove(consumer)
         for producer in peer.producers:
             producer.close()
 

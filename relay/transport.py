@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiortc import (
     RTCBundlePolicy,
     RTCConfiguration,
     RTCPeerConnection,
     RTCRtpSender,
+    RTCRtpTransceiver,
     RTCSessionDescription,
 )
 from aiortc import sdp as aiortc_sdp
@@ -26,8 +27,9 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
 from . import _aiortc
 from .config import MediaConfig
-from .consumer import Consumer, SilentTrack
+from .consumer import Consumer, SilentTrack, StreamPosition
 from .errors import InvalidSdp, NegotiationError, NoMedia, TransportClosed, UnsupportedCodec
+from .fanout import FanOut
 from .producer import Producer
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,10 @@ SOURCES = ("camera", "microphone", "screen")
 DEFAULT_SOURCE = {"audio": "microphone", "video": "camera"}
 
 OfferSender = Callable[[str, list[dict[str, str | None]]], Awaitable[None]]
+
+GONE_STATES = ("failed", "closed")
+"""Connection states after which a leg carries no media: aiortc closes a peer connection by
+itself when its DTLS transport ends (the remote side closed, or a datagram killed it)."""
 
 
 def _new_pc() -> RTCPeerConnection:
@@ -74,6 +80,16 @@ def codec_preferences(codec: RTCRtpCodecParameters, kind: str) -> list[RTCRtpCod
     return chosen + rtx[:1]
 
 
+CodecKey = tuple[str, int, str]
+
+
+def codec_key(codec: RTCRtpCodecParameters) -> CodecKey:
+    """What makes two producers' codecs the same on the wire (H.264 packetization modes
+    differ)."""
+    mode = str(codec.parameters.get("packetization-mode", "0"))
+    return codec.mimeType.lower(), codec.clockRate, mode
+
+
 class PublishTransport:
     """The peer connection a participant sends on; the participant offers."""
 
@@ -82,6 +98,7 @@ class PublishTransport:
         *,
         peer_id: str,
         config: MediaConfig,
+        fanout: FanOut,
         on_producer: Callable[[Producer], None],
         on_producer_closed: Callable[[Producer], None],
         on_failed: Callable[[], None],
@@ -91,13 +108,15 @@ class PublishTransport:
         self.producers: dict[str, Producer] = {}
         self.closed = False
         self._config = config
+        self._fanout = fanout
         self._on_producer = on_producer
         self._on_producer_closed = on_producer_closed
         self._lock = asyncio.Lock()
 
         @self.pc.on("connectionstatechange")
         def _state() -> None:
-            if self.pc.connectionState == "failed" and not self.closed:
+            if self.pc.connectionState in GONE_STATES and not self.closed:
+                logger.info("[%s] publish connection %s", self.peer_id, self.pc.connectionState)
                 on_failed()
 
     async def handle_offer(self, sdp: str, sources: dict[str, str]) -> str:
@@ -162,6 +181,7 @@ class PublishTransport:
                     ssrcs=ssrcs,
                     rtx_ssrcs=rtx,
                     config=self._config,
+                    fanout=self._fanout,
                     on_close=self._on_producer_closed,
                 )
                 self.producers[mid] = producer
@@ -185,39 +205,70 @@ class PublishTransport:
 
 
 class SubscribeTransport:
-    """The peer connection a participant receives on; the relay offers."""
+    """The peer connection a participant receives on; the relay offers.
+
+    Which consumers it carries is the router's fan-out table (:meth:`FanOut.consumed_by`);
+    the transport owns only its transceivers. A consumer's transceiver goes ``inactive`` when
+    the consumer is removed; once the subscriber has answered an offer with it inactive, the
+    m-line is free and the next consumer of the same kind re-uses it (new track, new SSRCs),
+    as browsers and mediasoup-client do, so the SDP does not grow with every track that
+    comes and goes.
+    """
 
     def __init__(
         self,
         *,
         peer_id: str,
         config: MediaConfig,
+        fanout: FanOut,
         send_offer: OfferSender,
         on_failed: Callable[[], None],
     ) -> None:
         self.peer_id = peer_id
         self.pc = _new_pc()
-        self.consumers: dict[str, Consumer] = {}
-        """Consumers by producer id."""
         self.closed = False
         self.negotiations = 0
+        self.recycled = 0
+        """m-lines re-used for a new consumer."""
         self._config = config
+        self._fanout = fanout
         self._send_offer = send_offer
         self._on_failed = on_failed
+        self._retired: dict[RTCRtpTransceiver, tuple[CodecKey, StreamPosition | None]] = {}
+        """Transceivers of removed consumers: their codec and where their stream stopped;
+        free once negotiated inactive."""
         self._dirty = False
         self._task: asyncio.Task[None] | None = None
         self._answer: asyncio.Future[None] | None = None
 
         @self.pc.on("connectionstatechange")
         def _state() -> None:
-            if self.pc.connectionState == "failed" and not self.closed:
+            if self.pc.connectionState in GONE_STATES and not self.closed:
+                logger.info("[%s] subscribe connection %s", self.peer_id, self.pc.connectionState)
                 on_failed()
 
-    def add_consumer(self, producer: Producer) -> Consumer | None:
+    @property
+    def consumers(self) -> Mapping[str, Consumer]:
+        """This subscriber's consumers by producer id (a view of the router's table)."""
+        return self._fanout.consumed_by(self.peer_id)
+
+    def create_consumer(self, producer: Producer) -> Consumer | None:
+        """A consumer of ``producer`` on a free m-line of its kind, or a new one (the router
+        enters it in its table)."""
         if self.closed or producer.id in self.consumers:
             return None
         track = SilentTrack(producer.kind, id=producer.id)
-        transceiver = self.pc.addTransceiver(track, direction="sendonly")
+        transceiver = self._free_transceiver(producer.kind, codec_key(producer.codec))
+        resume = None
+        if transceiver is None:
+            transceiver = self.pc.addTransceiver(track, direction="sendonly")
+        else:
+            # same sender, same SSRCs: the stream continues where the last consumer stopped
+            # (receivers that route by SSRC, like aiortc, keep routing it)
+            _, resume = self._retired.pop(transceiver)
+            transceiver.sender.replaceTrack(track)
+            transceiver.direction = "sendonly"
+            self.recycled += 1
         transceiver.setCodecPreferences(codec_preferences(producer.codec, producer.kind))
         stream = producer.peer_id if producer.source != "screen" else producer.peer_id + "-screen"
         _aiortc.set_stream_id(transceiver.sender, stream)
@@ -227,20 +278,33 @@ class SubscribeTransport:
             peer_id=self.peer_id,
             transceiver=transceiver,
             history_size=self._config.history_size,
+            resume=resume,
         )
-        self.consumers[producer.id] = consumer
         self._schedule()
         return consumer
 
-    def remove_consumer(self, producer_id: str) -> Consumer | None:
-        consumer = self.consumers.pop(producer_id, None)
-        if consumer is None:
-            return None
+    def _free_transceiver(self, kind: str, key: CodecKey) -> RTCRtpTransceiver | None:
+        """A retired transceiver of ``kind`` that last carried the codec ``key`` and that the
+        subscriber has accepted as inactive. Same codec only: the stream continues on the same
+        SSRC, and receivers such as aiortc fix a receiver's payload types when it starts."""
+        for transceiver, (codec, _) in self._retired.items():
+            if (
+                transceiver.kind == kind
+                and codec == key
+                and transceiver.mid is not None
+                and transceiver.currentDirection == "inactive"
+            ):
+                return transceiver
+        return None
+
+    def retire(self, consumer: Consumer) -> None:
+        """Close a consumer the router took out of its table; its m-line goes inactive."""
+        position = consumer.position()
         consumer.close()
         consumer.transceiver.direction = "inactive"
+        self._retired[consumer.transceiver] = (codec_key(consumer.producer.codec), position)
         if not self.closed:
             self._schedule()
-        return consumer
 
     def _schedule(self) -> None:
         self._dirty = True
@@ -265,15 +329,17 @@ class SubscribeTransport:
             self._on_failed()
 
     async def _negotiate_once(self) -> None:
+        # consumers created from here on wait for the next offer (the loop in _negotiate)
+        candidates = list(self.consumers.values())
         offer = await self.pc.createOffer()
         _aiortc.configure_host_candidates(
             self.pc, list(self._config.addresses), self._config.port_range
         )
         await self.pc.setLocalDescription(offer)
+        _aiortc.guard_datagrams(self.pc)
         if self.closed:
             raise TransportClosed("closed during negotiation")
-        # consumers added from here on wait for the next offer (the loop in _negotiate)
-        offered = [c for c in self.consumers.values() if c.mid is not None]
+        offered = [c for c in candidates if c.mid is not None and not c.closed]
         tracks = [c.track_info() for c in offered]
         loop = asyncio.get_running_loop()
         self._answer = loop.create_future()
@@ -302,12 +368,13 @@ class SubscribeTransport:
             self._answer.set_result(None)
 
     async def close(self) -> None:
+        """Close the connection (the router has taken this subscriber's consumers out of its
+        table first)."""
         if self.closed:
             return
         self.closed = True
-        for consumer in self.consumers.values():
+        for consumer in list(self.consumers.values()):
             consumer.close()
-        self.consumers.clear()
         if self._answer is not None and not self._answer.done():
             self._answer.cancel()
         if self._task is not None and not self._task.done():

@@ -78,6 +78,7 @@ def create_app(config: ServiceConfig) -> web.Application:
     app.router.add_get("/", _page("console.html"))
     app.router.add_get("/join/{token}", _page("join.html"))
     app.router.add_static("/static/", STATIC, show_index=False)
+    metrics.register(app[SESSIONS], app)
     app.cleanup_ctx.append(_turn_server)
     app.cleanup_ctx.append(_sessions)
     return app
@@ -105,7 +106,6 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
             await manager.expire()
 
     task = asyncio.ensure_future(sweep())
-    metrics.register(manager, app)
     yield
     task.cancel()
     sockets = app[SOCKETS]
@@ -136,7 +136,8 @@ async def _turn_server(app: web.Application) -> AsyncIterator[None]:
         relay_port_max=high,
         allowed_peers=tuple(f"{a}/{128 if ':' in a else 32}" for a in config.media.addresses),
     )
-    server = TurnServer(turn_config)
+    # its collector goes into the app's registry (one set of TURN metrics, typed)
+    server = TurnServer(turn_config, registry=app[metrics.REGISTRY])
     await server.start()
     app[TURN_SERVER] = server
     urls = turn_urls(config, server.udp_port, server.tls_port)

@@ -1,4 +1,9 @@
-"""``/metrics`` in the Prometheus text format (prometheus-client), collected on scrape."""
+"""``/metrics`` in the Prometheus text format (prometheus-client), collected on scrape.
+
+One registry per app (``REGISTRY``): the relay's collector below, and the embedded TURN
+server's own collector (``parley.turn.metrics.TurnCollector``, registered by the TURN server
+into this registry when it starts), so every TURN metric is published once, with its type.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .keys import TURN_SERVER
+from parley.relay import _aiortc
+
 from .sessions import SessionManager
 
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
@@ -60,13 +66,19 @@ class RelayCollector:
             ("parley_keyframe_requests", "PLIs sent to publishers (live)", plis),
         ):
             yield GaugeMetricFamily(name, doc, value=value)
-        server = self.app.get(TURN_SERVER)
-        if server is not None:
-            for key, value in server.stats().items():
-                yield CounterMetricFamily(key, f"embedded TURN server: {key}", value=value)
+        rejected = CounterMetricFamily(
+            "parley_media_rejected_datagrams",
+            "Datagrams the relay's media sockets dropped (empty, malformed STUN) or failed on",
+            labels=["reason"],
+        )
+        for reason, count in _aiortc.DATAGRAMS.as_dict().items():
+            rejected.add_metric([reason], count)
+        yield rejected
 
 
 def register(manager: SessionManager, app: web.Application) -> CollectorRegistry:
+    """The app's registry, with the relay's collector (call in ``create_app``, before the
+    embedded TURN server starts and registers its own collector into it)."""
     registry = CollectorRegistry()
     registry.register(RelayCollector(manager, app))
     app[REGISTRY] = registry

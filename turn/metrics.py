@@ -77,29 +77,40 @@ class Counters:
         return {f"turn_{name}": getattr(self, name) for name in self.__slots__}
 
 
+class TurnCollector:
+    """A prometheus_client collector reading ``stats()`` at scrape time, with the types of
+    :data:`METRICS` (a counter ``turn_x`` is exposed as ``turn_x_total``)."""
+
+    def __init__(self, stats: Callable[[], dict[str, int]]) -> None:
+        self._stats = stats
+
+    def _families(self, values: dict[str, int]) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        for name, (help_text, kind) in METRICS.items():
+            family = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
+            yield family(name, help_text, value=values.get(name, 0))
+
+    def collect(self) -> Iterator[Any]:
+        return self._families(self._stats())
+
+    def describe(self) -> Iterator[Any]:
+        # the names without calling stats(), so a registry can refuse a duplicate
+        return self._families({})
+
+
 def register_prometheus(stats: Callable[[], dict[str, int]], registry: Any = None) -> Any:
-    """Register a collector exposing ``stats()`` if prometheus_client is importable.
+    """Register a :class:`TurnCollector` for ``stats()`` if prometheus_client is importable.
 
     Returns the collector (for :func:`unregister_prometheus`) or None when prometheus_client is
     missing. ``registry`` defaults to prometheus_client's default REGISTRY.
     """
     try:
         from prometheus_client import REGISTRY
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     except ImportError:  # pragma: no cover - dependency of the project, but optional here
         return None
 
-    class _Collector:
-        def collect(self) -> Iterator[Any]:
-            values = stats()
-            for name, (help_text, kind) in METRICS.items():
-                family = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
-                yield family(name, help_text, value=values.get(name, 0))
-
-        def describe(self) -> list[Any]:
-            return []
-
-    collector = _Collector()
+    collector = TurnCollector(stats)
     (registry if registry is not None else REGISTRY).register(collector)
     return collector
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,7 +23,14 @@ class RouterParticipant:
         """The ``tracks`` list of every subscribe offer, in order."""
         self.offer_sdps: list[str] = []
         self.capture_rtcp = False
-        self.peer: Peer = router.add_peer(self.id, self._on_offer)
+        self.failures = 0
+        """How often the relay reported this participant's media as failed or closed."""
+        self.failed = asyncio.Event()
+        self.peer: Peer = router.add_peer(self.id, self._on_offer, self._on_failed)
+
+    def _on_failed(self, peer: Peer) -> None:
+        self.failures += 1
+        self.failed.set()
 
     async def _on_offer(self, sdp: str, tracks: list[dict[str, Any]]) -> None:
         self.offers += 1
@@ -49,6 +57,15 @@ class RouterParticipant:
 
     def consumer_of(self, producer: Producer) -> Consumer:
         return self.peer.subscribe.consumers[producer.id]
+
+    def media_ports(self) -> list[tuple[str, int]]:
+        """The relay's host candidates (address, port) of both of this participant's legs."""
+        out = set()
+        for pc in (self.peer.publish.pc, self.peer.subscribe.pc):
+            for transceiver in pc.getTransceivers():
+                gatherer = transceiver.receiver.transport.transport.iceGatherer
+                out.update((c.ip, c.port) for c in gatherer.getLocalCandidates())
+        return sorted(out)
 
     async def close(self) -> None:
         await self.peer.close()

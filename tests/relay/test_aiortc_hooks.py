@@ -4,18 +4,144 @@ aiortc release fails here, loudly, instead of silently forwarding nothing."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from types import SimpleNamespace
 
 import pytest
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
+from aioice import Connection
+from aiortc import (
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from parley.relay import _aiortc
 from parley.relay.rtp import RtpIn
 from tests.media_client import PatternVideoTrack, peer_connection, wait_for
+from tests.relay.test_hostile_datagrams import malformed_stun
 
 
 def test_check_compatibility_passes() -> None:
     _aiortc.check_compatibility()
+
+
+async def test_the_probe_passes_on_real_loopback_peer_connections() -> None:
+    await _aiortc.probe(timeout=10)
+
+
+def hide(monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> None:
+    """Make ``name`` vanish from every instance of ``cls`` (as a rename in a new aiortc would),
+    while aiortc's own assignments still succeed."""
+
+    def get(self: object) -> None:
+        raise AttributeError(name)
+
+    def put(self: object, value: object) -> None:
+        self.__dict__["_hidden" + name] = value
+
+    monkeypatch.setattr(cls, name, property(get, put), raising=False)
+
+
+@pytest.mark.parametrize(
+    ("cls", "name"),
+    [
+        (RTCDtlsTransport, "_rx_srtp"),
+        (RTCRtpReceiver, "_RTCRtpReceiver__remote_streams"),
+        (RTCRtpReceiver, "_RTCRtpReceiver__rtcp_ssrc"),
+        (RTCRtpSender, "_stream_id"),
+        (RTCRtpTransceiver, "_offerDirection"),
+        (RTCRtpTransceiver, "_headerExtensions"),
+    ],
+)
+async def test_the_probe_names_an_instance_attribute_that_disappeared(
+    monkeypatch: pytest.MonkeyPatch, cls: type, name: str
+) -> None:
+    hide(monkeypatch, cls, name)
+    with pytest.raises(_aiortc.HookError, match=name):
+        await _aiortc.probe(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("cls", "name"),
+    [
+        (RTCRtpReceiver, "_send_rtcp_pli"),
+        (RTCRtpReceiver, "_RTCRtpReceiver__stop_decoder"),
+        (RTCRtpSender, "_send_rtcp"),
+        (RTCDtlsTransport, "_send_rtp"),
+        (Connection, "get_component_candidates"),
+    ],
+)
+async def test_the_probe_names_a_method_that_disappeared(
+    monkeypatch: pytest.MonkeyPatch, cls: type, name: str
+) -> None:
+    monkeypatch.delattr(cls, name)
+    with pytest.raises(_aiortc.HookError, match=name):
+        await _aiortc.probe(timeout=5)
+
+
+async def test_the_probe_checks_aiortcs_nack_generator_on_our_packets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Forgetful:
+        missing: set[int] = set()
+
+        def add(self, packet: object) -> bool:
+            return False
+
+    monkeypatch.setattr(_aiortc, "_NackGenerator", Forgetful)
+    with pytest.raises(_aiortc.HookError, match="NackGenerator"):
+        await _aiortc.probe(timeout=5)
+
+
+def test_accessors_raise_hook_error_instead_of_returning_a_default() -> None:
+    bare = SimpleNamespace()
+    for accessor in (
+        _aiortc.receiver_rtcp_ssrc,
+        _aiortc.transceiver_offer_direction,
+        _aiortc.transceiver_codecs,
+        _aiortc.transceiver_header_extensions,
+        _aiortc.sender_ssrcs,
+        _aiortc.dtls_is_connected,
+        _aiortc.stop_decoder,
+    ):
+        with pytest.raises(_aiortc.HookError, match="has no"):
+            accessor(bare)  # type: ignore[arg-type]
+
+
+def test_the_socket_callback_never_raises_into_aioice(caplog: pytest.LogCaptureFixture) -> None:
+    stats = _aiortc.DatagramStats()
+
+    def broken(data: bytes, addr: object) -> None:
+        raise RuntimeError("a bug behind the socket callback")
+
+    guard = _aiortc.DatagramGuard(broken, stats)
+    with caplog.at_level(logging.DEBUG, logger="parley.relay._aiortc"):
+        for _ in range(500):
+            guard.datagram_received(b"\x00\x01 not rtp", ("127.0.0.1", 9))
+    assert stats.errors == 500
+    # logged once with its traceback, then rate-limited (not one traceback per packet)
+    assert len(caplog.records) == 1
+    assert caplog.records[0].exc_info is not None
+
+
+def test_the_socket_callback_drops_empty_datagrams_and_malformed_stun() -> None:
+    stats = _aiortc.DatagramStats()
+    seen: list[bytes] = []
+    guard = _aiortc.DatagramGuard(lambda data, addr: seen.append(data), stats)
+    guard.datagram_received(b"", ("127.0.0.1", 9))
+    assert stats.empty == 1 and seen == []
+
+    from aioice import stun
+
+    def aioice_parse(data: bytes, addr: object) -> None:
+        stun.parse_message(data)
+
+    guard = _aiortc.DatagramGuard(aioice_parse, stats)
+    guard.datagram_received(malformed_stun(), ("127.0.0.1", 9))
+    assert stats.malformed_stun == 1 and stats.errors == 0
 
 
 async def _connected_pair() -> tuple[RTCPeerConnection, RTCPeerConnection]:

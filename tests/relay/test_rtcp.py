@@ -95,10 +95,13 @@ async def test_subscriber_plis_reach_the_publisher_debounced() -> None:
             await stock(packet)
 
         sender._handle_rtcp_packet = count_plis
-        await asyncio.sleep(0.5)
-        plis = 0  # count only what the burst causes
+        producer = ann.producer("video")
+        # no request of the start-up pending any more; count only what the burst causes
+        interval = router.config.keyframe_request_interval
+        assert await wait_for(lambda: not producer._keyframe_pending, timeout=5)
+        plis = 0
 
-        consumer = bob.consumer_of(ann.producer("video"))
+        consumer = bob.consumer_of(producer)
         assert consumer._rewriter is not None
         receiver: Any = next(
             t.receiver for t in bob.client.sub.getTransceivers() if t.mid == consumer.mid
@@ -109,10 +112,10 @@ async def test_subscriber_plis_reach_the_publisher_debounced() -> None:
             await receiver._send_rtcp_pli(consumer._rewriter.ssrc)
             await asyncio.sleep(spacing)
         elapsed = asyncio.get_running_loop().time() - started
-        await asyncio.sleep(0.5)  # the trailing request of the last interval
-
-        interval = router.config.keyframe_request_interval
-        assert await wait_for(lambda: consumer.keyframe_requests >= burst, timeout=2)
+        assert await wait_for(lambda: consumer.keyframe_requests >= burst, timeout=10)
+        # the trailing request of the last interval goes out with the next packet after it
+        assert await wait_for(lambda: not producer._keyframe_pending, timeout=10)
+        assert await wait_for(lambda: plis >= 2, timeout=10)
         # one at the start of every debounce interval the burst touched, plus the trailing one
         most = int(elapsed / interval) + 2
         assert 2 <= plis <= most, (plis, most)
