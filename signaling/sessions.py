@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 CLOSE_REPLACED = 4000
 CLOSE_MEDIA_FAILED = 4001
 CLOSE_SESSION_ENDED = 4002
+PEER_CLOSE_TIMEOUT = 5.0
+"""Seconds to wait for a participant's peer connections to close (aiortc can hang)."""
 
 
 class Connection(Protocol):
@@ -180,7 +182,12 @@ class Session:
         participant.connection = None
         peer, participant.peer = participant.peer, None
         if peer is not None:
-            await peer.close()
+            try:
+                await asyncio.wait_for(peer.close(), PEER_CLOSE_TIMEOUT)
+            except TimeoutError:
+                logger.warning(
+                    "[%s/%s] peer connections did not close in time", self.id, participant.id
+                )
 
     async def end(self, reason: str) -> None:
         """End the session for everyone: ``session_ended``, then their sockets close."""
@@ -328,4 +335,22 @@ class SessionManager:
     async def close(self) -> None:
         await asyncio.gather(
             *(s.end("server_shutdown") for s in self.sessions.values() if s.ended_at is None)
+        )
+
+    async def shutdown(self) -> None:
+        """The process is stopping: close every peer but keep the sessions (not ended), so that
+        pages told to reconnect can rejoin a restarted server that kept them."""
+        for session in self.sessions.values():
+            for participant in session.connected():
+                participant.left_at = self.clock()
+        await asyncio.gather(
+            *(
+                session._disconnect(participant)
+                for session in self.sessions.values()
+                for participant in session.connected()
+            ),
+            return_exceptions=True,
+        )
+        await asyncio.gather(
+            *(s.router.close() for s in self.sessions.values()), return_exceptions=True
         )
