@@ -66,9 +66,7 @@ def ice_servers_factory(
 
 def create_app(config: ServiceConfig) -> web.Application:
     _aiortc.check_compatibility()
-    app = web.Application(
-        middlewares=[api.error_middleware], client_max_size=api.MAX_BODY_BYTES
-    )
+    app = web.Application(middlewares=[api.error_middleware], client_max_size=api.MAX_BODY_BYTES)
     app[CONFIG] = config
     app[SESSIONS] = SessionManager(
         media=config.media,

@@ -66,9 +66,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     def join_timeout() -> None:
         if participant is None and not ws.closed:
             logger.info("closing a WebSocket from %s that did not join in time", address)
-            asyncio.ensure_future(
-                connection.close(CLOSE_JOIN_TIMEOUT, "no join message in time")
-            )
+            asyncio.ensure_future(connection.close(CLOSE_JOIN_TIMEOUT, "no join message in time"))
 
     join_timer = loop.call_later(app[CONFIG].join_timeout, join_timeout)
     try:

@@ -110,9 +110,7 @@ async def test_offer_without_direction_attributes_is_sendrecv_and_media_flows(
         await agent.send(
             {"type": "offer", "pc": "publish", "sdp": _no_direction(sdp), "sources": sources}
         )
-        reply = await agent.wait_message(
-            lambda m: m["type"] in ("answer", "error"), after=answers
-        )
+        reply = await agent.wait_message(lambda m: m["type"] in ("answer", "error"), after=answers)
         assert reply["type"] == "answer", reply
         await agent.client.apply_publish_answer(reply["sdp"])
         await customer.publish()
