@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 SWEEP_INTERVAL = 30.0
+EMBEDDED_TURN_USER_QUOTA = 12
+"""Allocations one participant's TURN username may hold (two peer connections, a few transports
+each, and retries)."""
 
 
 def turn_urls(config: ServiceConfig, udp_tcp_port: int, tls_port: int | None) -> list[str]:
@@ -217,6 +220,7 @@ async def _turn_server(app: web.Application) -> AsyncIterator[None]:
         relay_port_min=low,
         relay_port_max=high,
         allowed_peers=tuple(f"{a}/{128 if ':' in a else 32}" for a in config.media.addresses),
+        user_quota=EMBEDDED_TURN_USER_QUOTA,
     )
     server = TurnServer(turn_config)
     await server.start()
