@@ -25,7 +25,7 @@ from .errors import Unauthorized
 from .keys import CONFIG, DRAINING, ICE_SERVERS, LIMITS, SESSIONS, SOCKETS, TURN_SERVER
 from .limits import Limits
 from .sessions import SessionManager
-from .ws import websocket_handler
+from .ws import GOING_AWAY_REASON, websocket_handler
 
 logger = logging.getLogger(__name__)
 
@@ -151,9 +151,6 @@ class LimitsCollector:
         family.add_metric(["joins"], limits.joins.rejected)
         family.add_metric(["messages"], limits.messages_rejected)
         yield family
-
-
-GOING_AWAY_REASON = b"server restarting; reconnect"
 
 
 async def shutdown(app: web.Application) -> None:

@@ -152,7 +152,7 @@ class Session:
 
         def failed(peer: Peer) -> None:
             if participant.peer is peer and participant.connection is connection:
-                asyncio.ensure_future(connection.close(CLOSE_MEDIA_FAILED, "media failed"))
+                asyncio.ensure_future(self._media_failed(participant, connection))
 
         participant.peer = self.router.add_peer(participant.id, send_offer, failed)
         logger.info(
@@ -177,6 +177,22 @@ class Session:
         participant.left_at = self.clock()
         logger.info("[%s/%s] left", self.id, participant.id)
         await self.broadcast({"type": "participant_left", "participant_id": participant.id})
+
+    async def _media_failed(self, participant: Participant, connection: Connection) -> None:
+        """A leg's connection died (consent expired, DTLS closed): tell the page, list the
+        participant as gone at once (the socket may be half-open), let the page reconnect."""
+        if participant.connection is not connection:
+            return
+        logger.info("[%s/%s] media connection lost; the page reconnects", self.id, participant.id)
+        await connection.send(
+            {
+                "type": "error",
+                "code": "media_failed",
+                "message": "the media connection was lost; reconnecting",
+            }
+        )
+        await self.leave(participant, connection)
+        await connection.close(CLOSE_MEDIA_FAILED, "media failed")
 
     async def _disconnect(self, participant: Participant) -> None:
         participant.connection = None

@@ -21,6 +21,7 @@ HEARTBEAT = 10.0
 CLOSE_TIMEOUT = 2.0
 """Seconds our close frame waits for the client's (a half-open socket is then just dropped)."""
 CLOSE_JOIN_TIMEOUT = WSCloseCode.POLICY_VIOLATION
+GOING_AWAY_REASON = b"server restarting; reconnect"
 
 
 class WebSocketConnection:
@@ -98,7 +99,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                     if participant is not None:
                         raise SignalingError("already joined", code="already_joined")
                     if app[DRAINING].is_set():
-                        raise ShuttingDown("the server is shutting down; reconnect shortly")
+                        # like every other page: reconnect (to this server restarted, or another)
+                        await ws.close(code=WSCloseCode.GOING_AWAY, message=GOING_AWAY_REASON)
+                        break
                     limits.joins.check(address)
                     session, claims = app[SESSIONS].verify(message.token)
                     ice = app[ICE_SERVERS]
