@@ -99,6 +99,13 @@ def check_offer(parsed: aiortc_sdp.SessionDescription, known_mids: dict[str, str
     missing = set(known_mids) - seen
     if missing:
         raise InvalidSdp(f"the offer drops negotiated m-sections {sorted(missing)[:4]}")
+    # one transport per connection (max-bundle): aiortc leaves an unbundled section without one
+    bundle = next((g.items for g in parsed.group if g.semantic == "BUNDLE"), None)
+    if bundle is not None and any(mid not in seen for mid in bundle):
+        raise InvalidSdp("the BUNDLE group names an m-section the offer does not have")
+    active = [m.rtp.muxId for m in parsed.media if m.port != 0]
+    if len(parsed.media) > 1 and (bundle is None or any(mid not in bundle for mid in active)):
+        raise InvalidSdp("every m-section must be in the BUNDLE group")
 
 
 def codec_preferences(codec: RTCRtpCodecParameters, kind: str) -> list[RTCRtpCodecCapability]:
