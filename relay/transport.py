@@ -61,6 +61,59 @@ def parse_sdp(sdp: str) -> aiortc_sdp.SessionDescription:
         raise InvalidSdp(f"the SDP cannot be parsed: {exc}") from exc
 
 
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+
+
+def with_default_directions(sdp: str) -> str:
+    """Give every m-section without a direction attribute an explicit one: the session-level
+    direction, else ``sendrecv`` (RFC 8866 §6.7; aiortc needs it explicit)."""
+    lines = sdp.replace("\r\n", "\n").split("\n")
+    sections: list[list[str]] = [[]]
+    for line in lines:
+        if line.startswith("m="):
+            sections.append([])
+        sections[-1].append(line)
+    session_default = next(
+        (line[2:].strip() for line in sections[0] if line[2:].strip() in DIRECTIONS), "sendrecv"
+    )
+    changed = False
+    for section in sections[1:]:
+        if not any(line.startswith("a=") and line[2:].strip() in DIRECTIONS for line in section):
+            section.insert(1, f"a={session_default}")
+            changed = True
+    if not changed:
+        return sdp
+    return "\r\n".join(line for section in sections for line in section)
+
+
+def check_offer(parsed: aiortc_sdp.SessionDescription, known_mids: dict[str, str]) -> None:
+    """Refuse, before aiortc applies it, an offer aiortc would half-apply and then fail on:
+    missing or shared mids, a known mid changing kind, missing ICE credentials.
+    ``known_mids`` maps the mids already negotiated on this connection to their kinds."""
+    seen: set[str] = set()
+    for index, media in enumerate(parsed.media):
+        mid = media.rtp.muxId
+        if not mid:
+            raise InvalidSdp(f"m-section {index} has no mid")
+        if mid in seen:
+            raise InvalidSdp(f"two m-sections share the mid {mid[:32]!r}")
+        seen.add(mid)
+        if media.kind in ("audio", "video") and known_mids.get(mid, media.kind) != media.kind:
+            raise InvalidSdp(f"m-section {mid[:32]!r} changed kind to {media.kind}")
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
+            raise InvalidSdp(f"m-section {mid[:32]!r} has no ICE credentials")
+    missing = set(known_mids) - seen
+    if missing:
+        raise InvalidSdp(f"the offer drops negotiated m-sections {sorted(missing)[:4]}")
+    # one transport per connection (max-bundle): aiortc leaves an unbundled section without one
+    bundle = next((g.items for g in parsed.group if g.semantic == "BUNDLE"), None)
+    if bundle is not None and any(mid not in seen for mid in bundle):
+        raise InvalidSdp("the BUNDLE group names an m-section the offer does not have")
+    active = [m.rtp.muxId for m in parsed.media if m.port != 0]
+    if len(parsed.media) > 1 and (bundle is None or any(mid not in bundle for mid in active)):
+        raise InvalidSdp("every m-section must be in the BUNDLE group")
+
+
 def codec_preferences(codec: RTCRtpCodecParameters, kind: str) -> list[RTCRtpCodecCapability]:
     """The capabilities to offer a subscriber for a producer's ``codec``: that codec and RTX."""
     capabilities = RTCRtpSender.getCapabilities(kind).codecs
@@ -120,14 +173,24 @@ class PublishTransport:
                 on_failed()
 
     async def handle_offer(self, sdp: str, sources: dict[str, str]) -> str:
-        """Apply the participant's offer, create or close producers, return our answer."""
+        """Apply the participant's offer, create or close producers, return our answer.
+
+        A refused offer leaves the connection as it was (the checks run before aiortc applies
+        anything); negotiations run one at a time, so a failed one never blocks the next."""
+        sdp = with_default_directions(sdp)
         parsed = parse_sdp(sdp)
         if not any(m.kind in ("audio", "video") for m in parsed.media):
             raise NoMedia("the offer has no audio or video section")
         async with self._lock:
             if self.closed:
                 raise TransportClosed("the publish connection is closed")
-            if self.pc.signalingState != "stable":
+            check_offer(
+                parsed,
+                {t.mid: t.kind for t in self.pc.getTransceivers() if t.mid is not None},
+            )
+            # under the lock nothing else negotiates: "have-remote-offer" is a failed earlier
+            # attempt, which aiortc lets a new offer replace
+            if self.pc.signalingState not in ("stable", "have-remote-offer"):
                 raise NegotiationError("a publish negotiation is already in progress")
             try:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
@@ -139,8 +202,13 @@ class PublishTransport:
             _aiortc.configure_host_candidates(
                 self.pc, list(self._config.addresses), self._config.port_range
             )
-            answer = await self.pc.createAnswer()
-            await self.pc.setLocalDescription(answer)
+            try:
+                answer = await self.pc.createAnswer()
+                await self.pc.setLocalDescription(answer)
+            except Exception as exc:
+                if self.closed:
+                    raise TransportClosed("the publish connection is closed") from exc
+                raise NegotiationError(f"cannot answer this offer: {exc}") from exc
             _aiortc.install_fast_receive(self.pc)
             return str(self.pc.localDescription.sdp)
 

@@ -8,12 +8,40 @@ from typing import Any
 
 from aiohttp import web
 
-from .errors import BadRequest, InvalidJson, SignalingError, Unauthorized
-from .keys import CONFIG, SESSIONS
+from .errors import (
+    BadRequest,
+    InvalidJson,
+    MessageTooLarge,
+    RateLimited,
+    ShuttingDown,
+    SignalingError,
+    Unauthorized,
+)
+from .keys import CONFIG, DRAINING, LIMITS, SESSIONS
+from .limits import retry_after_header
 from .sessions import Session
 from .tokens import ROLES
 
 routes = web.RouteTableDef()
+
+MAX_BODY_BYTES = 64 * 1024
+"""Largest HTTP request body (aiohttp answers 413 above it)."""
+
+
+def client_address(request: web.Request) -> str:
+    """The client's address: the peer, or behind ``--trust-proxy`` the address the proxy
+    appended last to ``X-Forwarded-For`` (earlier entries are the client's own claims)."""
+    if request.app[CONFIG].trust_proxy:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        last = forwarded.rsplit(",", 1)[-1].strip()
+        if last:
+            return last[:64]
+    return request.remote or ""
+
+
+def _not_draining(request: web.Request) -> None:
+    if request.app[DRAINING].is_set():
+        raise ShuttingDown("the server is shutting down; retry shortly")
 
 
 def _authorize(request: web.Request) -> None:
@@ -26,8 +54,8 @@ def _authorize(request: web.Request) -> None:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    if request.content_length and request.content_length > 64 * 1024:
-        raise BadRequest("request body too large")
+    if request.content_length and request.content_length > MAX_BODY_BYTES:
+        raise MessageTooLarge(f"the request body is larger than {MAX_BODY_BYTES} bytes")
     raw = await request.read()
     if not raw:
         return {}
@@ -35,6 +63,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         data = json.loads(raw)
     except ValueError as exc:
         raise InvalidJson("the request body is not valid JSON") from exc
+    except RecursionError as exc:
+        raise InvalidJson("the request body nests too deeply") from exc
     if not isinstance(data, dict):
         raise InvalidJson("the request body must be a JSON object")
     return data
@@ -51,6 +81,8 @@ def _session(request: web.Request) -> Session:
 @routes.post("/api/v1/sessions")
 async def create_session(request: web.Request) -> web.Response:
     _authorize(request)
+    _not_draining(request)
+    request.app[LIMITS].sessions.check(request.app[CONFIG].api_key)
     body = await _json_body(request)
     conversation_id = body.get("conversation_id")
     if not isinstance(conversation_id, str) or not conversation_id or len(conversation_id) > 200:
@@ -80,6 +112,7 @@ async def create_session(request: web.Request) -> web.Response:
 @routes.post("/api/v1/sessions/{session_id}/invites")
 async def create_invite(request: web.Request) -> web.Response:
     _authorize(request)
+    _not_draining(request)
     session = _session(request)
     body = await _json_body(request)
     role = body.get("role")
@@ -123,11 +156,20 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     try:
         return await handler(request)
     except SignalingError as exc:
-        return web.json_response(exc.to_json(), status=exc.status)
+        response = web.json_response(exc.to_json(), status=exc.status)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = retry_after_header(exc.retry_after)
+        elif isinstance(exc, ShuttingDown):
+            response.headers["Retry-After"] = "5"
+        return response
     except web.HTTPException as exc:
         if exc.status < 400 or not request.path.startswith("/api/"):
             raise
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        code = {
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "message_too_large",
+        }.get(exc.status, "http_error")
         return web.json_response(
             {"error": {"code": code, "message": exc.reason}}, status=exc.status
         )

@@ -4,28 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from aiohttp import WSCloseCode, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 from parley.relay import _aiortc
 from parley.turn.credentials import rest_credentials
 
 from . import api, metrics
 from .config import ServiceConfig
-from .keys import CONFIG, ICE_SERVERS, SESSIONS, SOCKETS, TURN_SERVER
+from .errors import Unauthorized
+from .keys import CONFIG, DRAINING, ICE_SERVERS, LIMITS, SESSIONS, SOCKETS, TURN_SERVER
+from .limits import Limits
 from .sessions import SessionManager
-from .ws import websocket_handler
+from .ws import GOING_AWAY_REASON, websocket_handler
 
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 SWEEP_INTERVAL = 30.0
+EMBEDDED_TURN_USER_QUOTA = 12
+"""Allocations one participant's TURN username may hold (two peer connections, a few transports
+each, and retries)."""
 
 
 def turn_urls(config: ServiceConfig, udp_tcp_port: int, tls_port: int | None) -> list[str]:
@@ -61,7 +69,7 @@ def ice_servers_factory(
 
 def create_app(config: ServiceConfig) -> web.Application:
     _aiortc.check_compatibility()
-    app = web.Application(middlewares=[api.error_middleware], client_max_size=256 * 1024)
+    app = web.Application(middlewares=[api.error_middleware], client_max_size=api.MAX_BODY_BYTES)
     app[CONFIG] = config
     app[SESSIONS] = SessionManager(
         media=config.media,
@@ -72,15 +80,23 @@ def create_app(config: ServiceConfig) -> web.Application:
     )
     app[SOCKETS] = weakref.WeakSet()
     app[ICE_SERVERS] = ice_servers_factory(config, list(config.turn.external_urls))
+    app[DRAINING] = asyncio.Event()
+    app[LIMITS] = Limits(
+        sessions_per_minute=config.sessions_per_minute,
+        joins_per_minute=config.joins_per_minute,
+        messages_per_second=config.messages_per_second,
+    )
     app.add_routes(api.routes)
     app.router.add_get("/api/v1/ws", websocket_handler)
-    app.router.add_get("/metrics", metrics.handler)
+    if not config.metrics_port:
+        app.router.add_get("/metrics", metrics_handler(app))
     app.router.add_get("/", _page("console.html"))
     app.router.add_get("/join/{token}", _page("join.html"))
     app.router.add_static("/static/", STATIC, show_index=False)
     metrics.register(app[SESSIONS], app)
     app.cleanup_ctx.append(_turn_server)
     app.cleanup_ctx.append(_sessions)
+    app.on_shutdown.append(shutdown)
     return app
 
 
@@ -97,6 +113,74 @@ def _page(name: str) -> Callable[[web.Request], Any]:
     return handler
 
 
+def metrics_handler(app: web.Application) -> Callable[[web.Request], Any]:
+    """``/metrics`` of ``app`` (served by ``app`` itself or by a separate metrics app), behind
+    ``--metrics-token`` when one is set."""
+    token = app[CONFIG].metrics_token.encode()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if token:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
+                raise Unauthorized("/metrics requires Authorization: Bearer <metrics token>")
+        registry = app.get(metrics.REGISTRY)
+        body = generate_latest(registry) if registry is not None else b""
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return handler
+
+
+def create_metrics_app(app: web.Application) -> web.Application:
+    """A separate application serving only ``/metrics`` of ``app`` (``--metrics-port``)."""
+    metrics_app = web.Application(middlewares=[api.error_middleware])
+    metrics_app.router.add_get("/metrics", metrics_handler(app))
+    return metrics_app
+
+
+class LimitsCollector:
+    """Rejections by the rate limits, for ``/metrics``."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Any]:
+        family = CounterMetricFamily(
+            "parley_rate_limited", "Requests refused by a rate limit", labels=["limit"]
+        )
+        limits = self.app[LIMITS]
+        family.add_metric(["sessions"], limits.sessions.rejected)
+        family.add_metric(["joins"], limits.joins.rejected)
+        family.add_metric(["messages"], limits.messages_rejected)
+        yield family
+
+
+async def shutdown(app: web.Application) -> None:
+    """SIGTERM: stop accepting sessions and joins, tell every page to reconnect (close frame
+    1001 GOING_AWAY), close every peer. Each step is bounded by ``shutdown_timeout``; idempotent."""
+    draining = app[DRAINING]
+    if draining.is_set():
+        return
+    draining.set()
+    timeout = app[CONFIG].shutdown_timeout
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    tracked = app[SOCKETS]
+    sockets = [ws for ws in list(tracked) if not ws.closed]
+    logger.info("shutting down: telling %d connected pages to reconnect", len(sockets))
+    closes = [
+        asyncio.ensure_future(ws.close(code=WSCloseCode.GOING_AWAY, message=GOING_AWAY_REASON))
+        for ws in sockets
+    ]
+    if closes:
+        _, pending = await asyncio.wait(closes, timeout=max(0.1, (deadline - loop.time()) / 2))
+        for task in pending:
+            task.cancel()
+    try:
+        await asyncio.wait_for(app[SESSIONS].shutdown(), max(0.1, deadline - loop.time()))
+    except TimeoutError:
+        logger.warning("shutting down: peers did not close within %.0f s", timeout)
+
+
 async def _sessions(app: web.Application) -> AsyncIterator[None]:
     manager = app[SESSIONS]
 
@@ -106,12 +190,10 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
             await manager.expire()
 
     task = asyncio.ensure_future(sweep())
+    app[metrics.REGISTRY].register(LimitsCollector(app))
     yield
     task.cancel()
-    sockets = app[SOCKETS]
-    for ws in list(sockets):
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
-    await manager.close()
+    await shutdown(app)
 
 
 async def _turn_server(app: web.Application) -> AsyncIterator[None]:
@@ -135,6 +217,7 @@ async def _turn_server(app: web.Application) -> AsyncIterator[None]:
         relay_port_min=low,
         relay_port_max=high,
         allowed_peers=tuple(f"{a}/{128 if ':' in a else 32}" for a in config.media.addresses),
+        user_quota=EMBEDDED_TURN_USER_QUOTA,
     )
     # its collector goes into the app's registry (one set of TURN metrics, typed)
     server = TurnServer(turn_config, registry=app[metrics.REGISTRY])
@@ -147,4 +230,4 @@ async def _turn_server(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         with contextlib.suppress(Exception):
-            await server.close()
+            await asyncio.wait_for(server.close(), config.shutdown_timeout)

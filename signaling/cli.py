@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import secrets
+import signal
+import ssl
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +34,21 @@ def resolve_serve_options(
 ) -> options.Resolved:
     """Flags > ``PARLEY_*`` environment > ``--config`` file > defaults."""
     return options.resolve(args, environ)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--metrics-listen expects HOST:PORT, got {text!r}")
+    return options.ADDRESS.parse(host.strip("[]")), int(port)
+
+
+def hardening_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The service config fields composed from ``--metrics-listen``."""
+    metrics_host, metrics_port = ("", 0)
+    if args.metrics_listen:
+        metrics_host, metrics_port = _host_port(args.metrics_listen)
+    return {"metrics_host": metrics_host, "metrics_port": metrics_port}
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[ServiceConfig, list[str]]:
@@ -58,12 +77,17 @@ def config_from_args(args: argparse.Namespace) -> tuple[ServiceConfig, list[str]
         token_secret=(args.token_secret or secrets.token_urlsafe(32)).encode(),
         media=MediaConfig(**by_section["media"]),
         turn=turn,
+        **hardening_settings(args),
     )
     return config, notes
 
 
 def banner(config: ServiceConfig, notes: list[str], port: int) -> str:
-    base = config.public_url.rstrip("/") if config.public_url else f"http://{config.host}:{port}"
+    base = (
+        config.public_url.rstrip("/")
+        if config.public_url
+        else f"{config.scheme}://{config.host}:{port}"
+    )
     turn = config.turn
     if turn.external_urls:
         turn_line = "external TURN: " + " ".join(turn.external_urls)
@@ -104,25 +128,83 @@ class RedactingAccessLogger(AbstractAccessLogger):
         )
 
 
+def server_ssl_context(config: ServiceConfig) -> ssl.SSLContext | None:
+    """HTTPS/WSS on ``--port`` with the ``--tls-cert``/``--tls-key`` pair (None without)."""
+    if not config.tls_enabled:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    assert config.turn.tls_cert is not None
+    context.load_cert_chain(config.turn.tls_cert, config.turn.tls_key)
+    return context
+
+
+def _force_exit_after(seconds: float) -> threading.Timer:
+    """A last resort if graceful shutdown hangs anyway: exit the process after ``seconds``."""
+
+    def force() -> None:
+        logging.getLogger(__name__).error("shutdown took longer than %.0f s; exiting", seconds)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 async def serve(config: ServiceConfig, notes: list[str]) -> None:
     from aiohttp import web
 
-    from .app import create_app
+    from .app import create_app, create_metrics_app, shutdown
 
+    log = logging.getLogger(__name__)
     app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=True, access_log_class=RedactingAccessLogger)
+    # our own signal handling: SIGTERM/SIGINT start a bounded graceful shutdown while the loop
+    # still runs (aiohttp's GracefulExit makes asyncio cancel every task, and the WebSocket
+    # handlers' cleanup then waits forever on aiortc's close)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log_class=RedactingAccessLogger,
+        shutdown_timeout=1.0,
+        keepalive_timeout=15.0,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=server_ssl_context(config))
     await site.start()
+    metrics_runner: web.AppRunner | None = None
+    if config.metrics_port:
+        metrics_runner = web.AppRunner(create_metrics_app(app), handle_signals=False)
+        await metrics_runner.setup()
+        await web.TCPSite(metrics_runner, config.metrics_host, config.metrics_port).start()
     port = config.port
     server = getattr(site, "_server", None)
     if port == 0 and server is not None and server.sockets:
         port = server.sockets[0].getsockname()[1]
     print(banner(config, notes, port), flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        log.info("stopping (signal received); a second signal exits at once")
+        for sig in signals:
+            loop.add_signal_handler(sig, lambda: os._exit(1))
+        _force_exit_after(config.shutdown_timeout + 1.5)
+        await shutdown(app)  # still listening: new sessions get 503 meanwhile
     finally:
-        await runner.cleanup()
+        try:
+            await asyncio.wait_for(runner.cleanup(), 2.0)
+            if metrics_runner is not None:
+                await asyncio.wait_for(metrics_runner.cleanup(), 1.0)
+        except TimeoutError:
+            log.warning("the HTTP server did not stop in time")
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        log.info("stopped")
 
 
 def _run(coro: Any) -> None:

@@ -102,7 +102,58 @@ class ServiceConfig:
     ended_sessions_kept: int = 10000
     """How many ended sessions the history keeps in memory."""
 
+    # --- limits, shutdown, HTTPS and proxies (issue 12) -----------------------------------------
+    shutdown_timeout: float = 8.0
+    """Seconds SIGTERM waits for pages to be told and peers to close before the process exits."""
+
+    join_timeout: float = 10.0
+    """Seconds a WebSocket may stay open without sending ``join``."""
+
+    sessions_per_minute: float = 600.0
+    """Session creations allowed per API key per minute (0: unlimited)."""
+
+    joins_per_minute: float = 120.0
+    """``join`` attempts allowed per client address per minute (0: unlimited)."""
+
+    messages_per_second: float = 20.0
+    """WebSocket messages allowed per connection per second, with a burst of 5 seconds' worth
+    (0: unlimited)."""
+
+    metrics_token: str = ""
+    """When set, ``/metrics`` requires ``Authorization: Bearer <token>``."""
+
+    metrics_host: str = ""
+    """When set with ``metrics_port``, ``/metrics`` is served there only, not on ``port``."""
+
+    metrics_port: int = 0
+
+    trust_proxy: bool = False
+    """Take the client address from ``X-Forwarded-For`` (set it only behind a proxy that
+    overwrites that header)."""
+
+    def _check_limits(self) -> None:
+        for name in ("shutdown_timeout", "join_timeout"):
+            if not 0 < getattr(self, name) <= 600:
+                raise ValueError(f"{name.replace('_', ' ')} must be between 0 and 600 seconds")
+        for name in ("sessions_per_minute", "joins_per_minute", "messages_per_second"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', ' ')} must not be negative")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"invalid metrics port {self.metrics_port}")
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError("the metrics port must differ from the HTTP port")
+
+    @property
+    def tls_enabled(self) -> bool:
+        """HTTPS and WSS on ``port`` (the certificate and key also serve TURN over TLS)."""
+        return self.turn.tls_enabled
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_enabled else "http"
+
     def __post_init__(self) -> None:
+        self._check_limits()
         if not self.api_key:
             raise ValueError("an API key is required")
         if len(self.token_secret) < 16:
@@ -116,7 +167,8 @@ class ServiceConfig:
 
     @property
     def base_url(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (self.public_url or f"{self.scheme}://{host}:{self.port}").rstrip("/")
 
     @property
     def turn_host(self) -> str:

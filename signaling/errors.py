@@ -74,3 +74,26 @@ class UnknownMessageType(SignalingError):
 
 class NotJoined(SignalingError):
     code = "not_joined"
+
+
+class MessageTooLarge(SignalingError):
+    code = "message_too_large"
+    status = 413
+
+
+class RateLimited(SignalingError):
+    """Too many requests; ``retry_after`` seconds until the next one is allowed."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ShuttingDown(SignalingError):
+    """The server is stopping; the client should reconnect (to this or another instance)."""
+
+    code = "shutting_down"
+    status = 503

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,7 @@ from aiohttp import web
 from parley.turn.server import TurnServer
 
 from .config import ServiceConfig
+from .limits import Limits
 from .sessions import SessionManager
 
 IceServersFactory = Callable[[str], list[dict[str, Any]]]
@@ -21,3 +23,8 @@ SESSIONS = web.AppKey("sessions", SessionManager)
 SOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("sockets")
 TURN_SERVER = web.AppKey("turn_server", TurnServer)
 ICE_SERVERS: web.AppKey[IceServersFactory] = web.AppKey("ice_servers")
+
+# --- limits and shutdown (issue 12) ---
+DRAINING = web.AppKey("draining", asyncio.Event)
+"""Set on SIGTERM: no new sessions or joins; pages are told to reconnect."""
+LIMITS: web.AppKey[Limits] = web.AppKey("limits")

@@ -8,9 +8,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BadRequest, InvalidJson, SignalingError, UnknownMessageType
+from .errors import BadRequest, InvalidJson, MessageTooLarge, SignalingError, UnknownMessageType
 
-MAX_MESSAGE_BYTES = 256 * 1024
+MAX_MESSAGE_BYTES = 128 * 1024
+"""Largest text frame accepted (aiohttp closes the socket with 1009 above it)."""
+MAX_SDP_CHARS = 64 * 1024
+"""Largest offer or answer SDP (a browser's offer with a dozen tracks is about 15 KiB)."""
+MAX_TOKEN_CHARS = 2048
 SOURCES = ("camera", "microphone", "screen")
 
 
@@ -59,22 +63,27 @@ def _str(data: dict[str, Any], key: str, *, required: bool = True, limit: int = 
 
 def parse(text: str | bytes) -> ClientMessage:
     if len(text) > MAX_MESSAGE_BYTES:
-        raise BadRequest("message too large")
+        raise MessageTooLarge(f"the message is larger than {MAX_MESSAGE_BYTES} bytes")
     try:
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJson("the message is not valid JSON") from exc
+    except RecursionError as exc:
+        raise InvalidJson("the message nests too deeply") from exc
     if not isinstance(data, dict):
         raise InvalidJson("the message must be a JSON object")
     kind = data.get("type")
     if kind == "join":
-        return Join(token=_str(data, "token"), name=_str(data, "name", required=False, limit=80))
+        return Join(
+            token=_str(data, "token", limit=MAX_TOKEN_CHARS),
+            name=_str(data, "name", required=False, limit=80),
+        )
     if kind in ("offer", "answer"):
         pc = data.get("pc")
         expected = "publish" if kind == "offer" else "subscribe"
         if pc != expected:
             raise BadRequest(f'\'{kind}\' messages must have "pc": "{expected}"')
-        sdp = _str(data, "sdp")
+        sdp = _str(data, "sdp", limit=MAX_SDP_CHARS)
         if not sdp.lstrip().startswith("v=0"):
             raise SignalingError("the SDP must start with v=0", code="invalid_sdp")
         if kind == "answer":

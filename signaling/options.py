@@ -274,6 +274,62 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         choices=("all", "relay"),
         field="ice_transport_policy",
     ),
+    # limits, shutdown, HTTPS and proxies (--tls-cert/--tls-key also serve HTTPS/WSS on --port)
+    Option(
+        "--shutdown-timeout",
+        "seconds SIGTERM waits for pages and peers before exiting",
+        NUMBER,
+        8.0,
+        field="shutdown_timeout",
+    ),
+    Option(
+        "--join-timeout",
+        "seconds a WebSocket may stay open without joining",
+        NUMBER,
+        10.0,
+        field="join_timeout",
+    ),
+    Option(
+        "--sessions-per-minute",
+        "session creations per API key per minute (0: unlimited)",
+        NUMBER,
+        600.0,
+        field="sessions_per_minute",
+    ),
+    Option(
+        "--joins-per-minute",
+        "join attempts per client address per minute (0: unlimited)",
+        NUMBER,
+        120.0,
+        field="joins_per_minute",
+    ),
+    Option(
+        "--messages-per-second",
+        "WebSocket messages per connection per second (0: unlimited)",
+        NUMBER,
+        20.0,
+        field="messages_per_second",
+    ),
+    Option(
+        "--metrics-token",
+        "require Authorization: Bearer TOKEN on /metrics",
+        default="",
+        secret=True,
+        field="metrics_token",
+    ),
+    # HOST:PORT, composed in signaling.cli.config_from_args
+    Option(
+        "--metrics-listen",
+        "serve /metrics only on HOST:PORT instead of --port (e.g. 127.0.0.1:9100)",
+        default="",
+    ),
+    Option(
+        "--trust-proxy",
+        "take client addresses from X-Forwarded-For (only behind a proxy that sets it)",
+        BOOLEAN,
+        False,
+        field="trust_proxy",
+    ),
     Option("--log-level", "log level", default="INFO"),  # for logging, not the service config
 )
 """Every ``parley serve`` option. One row per option gives the flag, the ``PARLEY_*`` variable,

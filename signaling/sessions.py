@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 CLOSE_REPLACED = 4000
 CLOSE_MEDIA_FAILED = 4001
 CLOSE_SESSION_ENDED = 4002
+PEER_CLOSE_TIMEOUT = 5.0
+"""Seconds to wait for a participant's peer connections to close (aiortc can hang)."""
 
 
 class Connection(Protocol):
@@ -150,7 +152,7 @@ class Session:
 
         def failed(peer: Peer) -> None:
             if participant.peer is peer and participant.connection is connection:
-                asyncio.ensure_future(connection.close(CLOSE_MEDIA_FAILED, "media failed"))
+                asyncio.ensure_future(self._media_failed(participant, connection))
 
         participant.peer = self.router.add_peer(participant.id, send_offer, failed)
         logger.info(
@@ -176,11 +178,32 @@ class Session:
         logger.info("[%s/%s] left", self.id, participant.id)
         await self.broadcast({"type": "participant_left", "participant_id": participant.id})
 
+    async def _media_failed(self, participant: Participant, connection: Connection) -> None:
+        """A leg's connection died (consent expired, DTLS closed): tell the page, list the
+        participant as gone at once (the socket may be half-open), let the page reconnect."""
+        if participant.connection is not connection:
+            return
+        logger.info("[%s/%s] media connection lost; the page reconnects", self.id, participant.id)
+        await connection.send(
+            {
+                "type": "error",
+                "code": "media_failed",
+                "message": "the media connection was lost; reconnecting",
+            }
+        )
+        await self.leave(participant, connection)
+        await connection.close(CLOSE_MEDIA_FAILED, "media failed")
+
     async def _disconnect(self, participant: Participant) -> None:
         participant.connection = None
         peer, participant.peer = participant.peer, None
         if peer is not None:
-            await peer.close()
+            try:
+                await asyncio.wait_for(peer.close(), PEER_CLOSE_TIMEOUT)
+            except TimeoutError:
+                logger.warning(
+                    "[%s/%s] peer connections did not close in time", self.id, participant.id
+                )
 
     async def end(self, reason: str) -> None:
         """End the session for everyone: ``session_ended``, then their sockets close."""
@@ -328,4 +351,22 @@ class SessionManager:
     async def close(self) -> None:
         await asyncio.gather(
             *(s.end("server_shutdown") for s in self.sessions.values() if s.ended_at is None)
+        )
+
+    async def shutdown(self) -> None:
+        """The process is stopping: close every peer but keep the sessions (not ended), so that
+        pages told to reconnect can rejoin a restarted server that kept them."""
+        for session in self.sessions.values():
+            for participant in session.connected():
+                participant.left_at = self.clock()
+        await asyncio.gather(
+            *(
+                session._disconnect(participant)
+                for session in self.sessions.values()
+                for participant in session.connected()
+            ),
+            return_exceptions=True,
+        )
+        await asyncio.gather(
+            *(s.router.close() for s in self.sessions.values()), return_exceptions=True
         )

@@ -14,6 +14,7 @@ from .errors import InvalidToken, TokenExpired
 ALGORITHM = "HS256"
 AUDIENCE = "parley-join"
 ROLES = ("agent", "customer")
+MAX_TOKEN_CHARS = 2048
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ def mint(
 def verify(key: bytes, token: object, *, now: float) -> JoinClaims:
     if not isinstance(token, str) or not token:
         raise InvalidToken("a join token is required")
+    if len(token) > MAX_TOKEN_CHARS or not token.isascii():
+        # a JWT is ASCII; PyJWT raises UnicodeEncodeError (not PyJWTError) on lone surrogates
+        raise InvalidToken("the join token is not valid")
     try:
         payload = jwt.decode(
             token,
@@ -60,7 +64,7 @@ def verify(key: bytes, token: object, *, now: float) -> JoinClaims:
             audience=AUDIENCE,
             options={"require": ["exp", "sid", "pid", "role"], "verify_exp": False},
         )
-    except jwt.PyJWTError as exc:
+    except (jwt.PyJWTError, ValueError) as exc:
         raise InvalidToken("the join token is not valid") from exc
     if int(payload["exp"]) <= now:
         raise TokenExpired("the join token has expired")

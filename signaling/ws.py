@@ -6,17 +6,22 @@ import asyncio
 import logging
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import messages
-from .errors import NotJoined, SignalingError
-from .keys import CONFIG, ICE_SERVERS, SESSIONS, SOCKETS
+from .api import client_address
+from .errors import NotJoined, RateLimited, ShuttingDown, SignalingError
+from .keys import CONFIG, DRAINING, ICE_SERVERS, LIMITS, SESSIONS, SOCKETS
 from .sessions import Participant, Session
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT = 10.0
 """Seconds between WebSocket pings; a client that stops answering is dropped (vanished)."""
+CLOSE_TIMEOUT = 2.0
+"""Seconds our close frame waits for the client's (a half-open socket is then just dropped)."""
+CLOSE_JOIN_TIMEOUT = WSCloseCode.POLICY_VIOLATION
+GOING_AWAY_REASON = b"server restarting; reconnect"
 
 
 class WebSocketConnection:
@@ -41,27 +46,63 @@ class WebSocketConnection:
                 pass
 
 
-async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
     app = request.app
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=messages.MAX_MESSAGE_BYTES)
+    if app[DRAINING].is_set():
+        raise ShuttingDown("the server is shutting down; reconnect shortly")
+    ws = web.WebSocketResponse(
+        heartbeat=HEARTBEAT, max_msg_size=messages.MAX_MESSAGE_BYTES, timeout=CLOSE_TIMEOUT
+    )
     await ws.prepare(request)
     app[SOCKETS].add(ws)
     connection = WebSocketConnection(ws)
     session: Session | None = None
     participant: Participant | None = None
+    limits = app[LIMITS]
+    address = client_address(request)
+    bucket = limits.message_bucket()
+    throttled_until = 0.0
+    loop = asyncio.get_running_loop()
+
+    def join_timeout() -> None:
+        if participant is None and not ws.closed:
+            logger.info("closing a WebSocket from %s that did not join in time", address)
+            asyncio.ensure_future(connection.close(CLOSE_JOIN_TIMEOUT, "no join message in time"))
+
+    join_timer = loop.call_later(app[CONFIG].join_timeout, join_timeout)
     try:
         async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                if msg.type == WSMsgType.BINARY:
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                continue
+            now = loop.time()
+            wait = bucket.take(now)
+            if wait > 0:
+                # over the per-connection message rate: drop it; answer at most once a second
+                limits.messages_rejected += 1
+                if now >= throttled_until:
+                    throttled_until = now + 1.0
                     await connection.send(
-                        messages.error_message("bad_request", "binary frames are not accepted")
+                        messages.error_message(
+                            "rate_limited", f"too many messages; retry in {wait:.1f} s"
+                        )
+                        | {"retry_after": round(wait, 1)}
                     )
+                continue
+            if msg.type == WSMsgType.BINARY:
+                await connection.send(
+                    messages.error_message("bad_request", "binary frames are not accepted")
+                )
                 continue
             try:
                 message = messages.parse(msg.data)
                 if isinstance(message, messages.Join):
                     if participant is not None:
                         raise SignalingError("already joined", code="already_joined")
+                    if app[DRAINING].is_set():
+                        # like every other page: reconnect (to this server restarted, or another)
+                        await ws.close(code=WSCloseCode.GOING_AWAY, message=GOING_AWAY_REASON)
+                        break
+                    limits.joins.check(address)
                     session, claims = app[SESSIONS].verify(message.token)
                     ice = app[ICE_SERVERS]
                     policy = app[CONFIG].ice_transport_policy
@@ -84,6 +125,7 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
                         }
 
                     participant = await session.join(claims, message.name, connection, welcome)
+                    join_timer.cancel()
                     continue
                 if (
                     session is None
@@ -102,6 +144,11 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
                 elif isinstance(message, messages.End):
                     await session.handle_end(participant)
                     break
+            except RateLimited as exc:
+                await connection.send(
+                    messages.error_message(exc.code, exc.message)
+                    | {"retry_after": round(exc.retry_after, 1)}
+                )
             except SignalingError as exc:
                 await connection.send(messages.error_message(exc.code, exc.message))
             except asyncio.CancelledError:
@@ -110,7 +157,8 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
                 logger.exception("unexpected error handling a signaling message")
                 await connection.send(messages.error_message("internal_error", "internal error"))
     finally:
+        join_timer.cancel()
+        app[SOCKETS].discard(ws)
         if session is not None and participant is not None:
             await session.leave(participant, connection)
-        app[SOCKETS].discard(ws)
     return ws

@@ -93,6 +93,13 @@ class TurnConfig:
     fingerprint: bool = True
     """Add FINGERPRINT to responses and indications we send."""
 
+    unauthenticated_rate: float = 20.0
+    """Answers to unauthenticated requests (401/438 challenges, Binding) per second per source
+    IP address; beyond it and ``unauthenticated_burst`` they are dropped (reflection
+    amplification). 0 = unlimited."""
+
+    unauthenticated_burst: float = 40.0
+
     def __post_init__(self) -> None:
         for name in ("port", "relay_port_min", "relay_port_max"):
             value = getattr(self, name)
@@ -135,6 +142,8 @@ class TurnConfig:
                 raise ConfigError(f"{name} must be positive")
         if self.max_bps < 0:
             raise ConfigError("max_bps must be >= 0")
+        if self.unauthenticated_rate < 0 or self.unauthenticated_burst < 1:
+            raise ConfigError("need unauthenticated_rate >= 0 and unauthenticated_burst >= 1")
 
     @property
     def tls_enabled(self) -> bool:

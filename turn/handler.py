@@ -33,6 +33,8 @@ UDP_PROTOCOL = 17
 CACHE_SECONDS = 40.0  # RFC 8489 §6.3.1: ~ Ti = 39.5 s
 CACHE_MAX = 50_000
 PRUNE_INTERVAL = 5.0
+SOURCES_MAX = 10_000
+"""Source addresses whose unauthenticated-answer budget is remembered (oldest forgotten first)."""
 
 AuthCallback = Callable[[str, str, float], Sequence[AuthResult]]
 
@@ -89,6 +91,35 @@ class _Unauthorized(ProtocolError):
     """401/438 answers carry REALM and NONCE."""
 
 
+class SourceBudget:
+    """Per source IP token buckets for answers to unauthenticated requests (sans-I/O: the time is
+    an argument). Bounded: the least recently seen sources are forgotten first."""
+
+    def __init__(self, rate: float, burst: float, max_sources: int = SOURCES_MAX) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_sources = max_sources
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, source: str, now: float) -> bool:
+        if self.rate <= 0:
+            return True
+        buckets = self._buckets
+        entry = buckets.pop(source, None)
+        if entry is None:
+            tokens = self.burst
+            while len(buckets) >= self.max_sources:
+                del buckets[next(iter(buckets))]
+        else:
+            tokens = min(self.burst, entry[0] + (now - entry[1]) * self.rate)
+        allowed = tokens >= 1.0
+        buckets[source] = (tokens - 1.0 if allowed else tokens, now)
+        return allowed
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
 class TurnHandler:
     """TURN server core. ``auth`` maps (username, realm, now) to candidate keys (default: config)."""
 
@@ -113,8 +144,14 @@ class TurnHandler:
         self._cache: dict[tuple[FiveTuple, bytes], tuple[float, bytes]] = {}
         self._deadline: float | None = None
         self._rng = random.Random()
-        #: 5-tuples whose relay socket is being bound (between RelayRequest and relay_bound)
-        self._pending: set[FiveTuple] = set()
+        #: 5-tuples whose relay socket is being bound (between RelayRequest and relay_bound),
+        #: with the quota account they count against
+        self._pending: dict[FiveTuple, str] = {}
+        self.unauthenticated = SourceBudget(
+            config.unauthenticated_rate, config.unauthenticated_burst
+        )
+        #: answers to unauthenticated requests dropped by the per-source budget
+        self.unauthenticated_dropped = 0
 
     # ------------------------------------------------------------------ inputs
 
@@ -219,7 +256,7 @@ class TurnHandler:
     def relay_bound(self, request: RelayRequest, relay: Address, now: float) -> list[Output]:
         """The shell bound ``relay`` for ``request``: create the allocation and answer success."""
         ft = request.five_tuple
-        self._pending.discard(ft)
+        self._pending.pop(ft, None)
         msg = request.message
         alloc = Allocation(
             self.allocations.new_id(),
@@ -250,7 +287,7 @@ class TurnHandler:
 
     def relay_failed(self, request: RelayRequest, now: float) -> list[Output]:
         """No relay port could be bound: 508 Insufficient Capacity."""
-        self._pending.discard(request.five_tuple)
+        self._pending.pop(request.five_tuple, None)
         logger.warning("no relay port free for %s", request.five_tuple)
         data = self._error(request.message, ProtocolError(508), request.auth.key)
         self._remember(request.five_tuple, request.message, data, now)
@@ -290,12 +327,16 @@ class TurnHandler:
     def stats(self) -> dict[str, int]:
         """Counters named like coturn's Prometheus metrics."""
         self.counters.total_allocations = len(self.allocations)
-        return self.counters.as_dict()
+        stats = self.counters.as_dict()
+        stats["turn_unauthenticated_dropped"] = self.unauthenticated_dropped
+        return stats
 
     # ------------------------------------------------------------------ requests
 
     def _request(self, msg: stun.Message, ft: FiveTuple, now: float) -> list[Output]:
         if msg.method == stun.BINDING:
+            if not self._budget(ft, now):
+                return []
             attrs: dict[int, Any] = {stun.XOR_MAPPED_ADDRESS: ft.client}
             return [ToClient(ft, self._respond(msg, stun.SUCCESS, attrs, None))]
         cached = self._cache.get((ft, msg.transaction_id))
@@ -307,11 +348,9 @@ class TurnHandler:
         except _Unauthorized as exc:
             if exc.code == 401:
                 self.counters.auth_failures += 1
-            challenge: dict[int, Any] = {
-                stun.REALM: self.realm,
-                stun.NONCE: self.nonces.make(_who(ft), now),
-            }
-            return [ToClient(ft, self._error(msg, exc, None, challenge))]
+            if not self._budget(ft, now):
+                return []
+            return [ToClient(ft, self._challenge(msg, exc, ft, now))]
         except ProtocolError as exc:
             return [ToClient(ft, self._error(msg, exc, None))]
         try:
@@ -397,18 +436,20 @@ class TurnHandler:
         wanted = {None: 4, stun.FAMILY_IPV4: 4, stun.FAMILY_IPV6: 6}.get(family)
         if wanted is None or wanted != self.relay_family:
             raise ProtocolError(440)
+        if ft in self._pending:
+            return []  # a retransmission while the relay is being bound: it will get the cache
         if len(self.allocations) + len(self._pending) >= self.config.total_quota:
             raise ProtocolError(486)
-        if self.allocations.count(auth.account) >= self.config.user_quota:
+        pending = sum(1 for account in self._pending.values() if account == auth.account)
+        if self.allocations.count(auth.account) + pending >= self.config.user_quota:
+            logger.info("allocation quota of %r reached (%d)", username, self.config.user_quota)
             raise ProtocolError(486)
         requested = msg.get(stun.LIFETIME)
         lifetime = self.config.default_lifetime
         if requested is not None:
             lifetime = max(lifetime, min(requested, self.config.max_lifetime))
         even = bool(msg.get(stun.EVEN_PORT, 0) & 0x80) if stun.EVEN_PORT in msg else False
-        if ft in self._pending:
-            return []  # a retransmission while the relay is being bound: it will get the cache
-        self._pending.add(ft)
+        self._pending[ft] = auth.account
         return [RelayRequest(ft, wanted, even, msg, auth, username, lifetime)]
 
     def _refresh(
@@ -534,6 +575,28 @@ class TurnHandler:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("> %r", reply)
         return reply.encode(key, fingerprint=self.config.fingerprint)
+
+    def _budget(self, ft: FiveTuple, now: float) -> bool:
+        """Whether an answer to an unauthenticated request from ``ft``'s address may go out."""
+        if self.unauthenticated.allow(ft.client[0], now):
+            return True
+        self.unauthenticated_dropped += 1
+        return False
+
+    def _challenge(self, msg: stun.Message, exc: ProtocolError, ft: FiveTuple, now: float) -> bytes:
+        """A 401/438 as small as RFC 8489 §9.2.4 allows: ERROR-CODE with an empty reason
+        phrase (§14.8 lets it be anything), REALM and a 16-character NONCE; no SOFTWARE; a
+        FINGERPRINT only when the request carried one. Anyone can trigger it with a spoofed
+        source, so it must not amplify."""
+        attrs: dict[int, Any] = {
+            stun.ERROR_CODE: stun.ErrorCode(exc.code, ""),
+            stun.REALM: self.realm,
+            stun.NONCE: self.nonces.make(_who(ft), now),
+        }
+        reply = stun.Message(msg.method, stun.ERROR, msg.transaction_id, attrs)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("> %r", reply)
+        return reply.encode(None, fingerprint=stun.FINGERPRINT in msg)
 
     def _error(
         self,

@@ -216,7 +216,9 @@ class _StreamConnection(asyncio.Protocol):
         self.server.handler.counters.malformed_messages += 1
         self.buffer.clear()
         if self.transport is not None:
-            self.transport.abort()
+            # close, not abort: answers to the whole requests before the garbage still go out
+            # (the write buffer is bounded by MAX_WRITE_BUFFER); nothing more is read
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._idle is not None:

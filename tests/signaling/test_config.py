@@ -60,6 +60,11 @@ def sample(option: Option, variant: int) -> tuple[str, Any]:
         value: Any = text
     elif option.kind is options.INTEGER:
         text, value = str(1000 + variant), 1000 + variant
+    elif option.kind is options.NUMBER:
+        text, value = f"{2.5 + variant}", 2.5 + variant
+    elif option.kind is options.BOOLEAN:
+        value = variant % 2 == 0
+        text = "true" if value else "false"
     elif option.kind is options.ADDRESS:
         text = value = f"127.0.0.{10 + variant}"
     elif option.kind is options.PORT_RANGE:
@@ -69,12 +74,19 @@ def sample(option: Option, variant: int) -> tuple[str, Any]:
     return text, [value] if option.many else value
 
 
+def cli_args(option: Option, text: str) -> list[str]:
+    """The command line that sets ``option`` to ``text`` (a switch is ``--x`` / ``--no-x``)."""
+    if option.kind is options.BOOLEAN:
+        return [option.flag if text == "true" else "--no-" + option.flag.removeprefix("--")]
+    return [option.flag, text]
+
+
 def toml_text(values: dict[str, str]) -> str:
     return "".join(f"{k} = {v}\n" for k, v in values.items())
 
 
 def test_every_legacy_flag_and_environment_variable_is_kept() -> None:
-    assert {o.flag for o in SERVE_OPTIONS} == LEGACY_FLAGS
+    assert LEGACY_FLAGS <= {o.flag for o in SERVE_OPTIONS}
     by_flag = {o.flag: o for o in SERVE_OPTIONS}
     for flag, env in LEGACY_ENV.items():
         assert by_flag[flag].env_var == env
@@ -93,7 +105,7 @@ def test_each_option_is_a_flag_an_environment_variable_and_a_file_key(
     file_text, file_value = sample(option, 3)
     config = tmp_path / "parley.toml"
     config.write_text(toml_text({option.key: f'"{file_text}"'}))
-    flags = [option.flag, cli_text, "--config", str(config)]
+    flags = [*cli_args(option, cli_text), "--config", str(config)]
     env = {option.env_var: env_text}
 
     def value(argv: list[str], environ: dict[str, str]) -> tuple[Any, str]:
@@ -101,9 +113,10 @@ def test_each_option_is_a_flag_an_environment_variable_and_a_file_key(
         return resolved.values[option.key], resolved.sources[option.key]
 
     assert value(flags, env) == (cli_value, "cli")
-    assert value(flags[2:], env) == (env_value, f"env {option.env_var}")
-    assert value(flags[2:], {}) == (file_value, f"file {config}")
-    assert value(flags[2:], {option.env_var: ""}) == (file_value, f"file {config}")
+    rest = flags[-2:]
+    assert value(rest, env) == (env_value, f"env {option.env_var}")
+    assert value(rest, {}) == (file_value, f"file {config}")
+    assert value(rest, {option.env_var: ""}) == (file_value, f"file {config}")
     assert value([], {}) == (option.default, "default")
 
 
@@ -291,7 +304,7 @@ def test_each_option_with_a_field_lands_in_the_service_config(option: Option) ->
         argv = ["--tls-cert", "cert.pem", "--tls-key", "key.pem"]
         text = value = f"{option.key.split('_')[1]}.pem"
     else:
-        argv = [option.flag, text]
+        argv = cli_args(option, text)
     resolved = options.resolve(parse([*argv, "--api-key", "k"]), {})
     service, _ = cli.config_from_args(resolved.namespace())
     target: Any = service

@@ -1,0 +1,114 @@
+"""Rate limits: token buckets keyed by API key, client address or connection (issue 12).
+
+Pure and clock-injected: a bucket is refilled from the time it is given, so tests need no
+sleeps. The keyed table is bounded (the least recently used keys are forgotten first), so a
+flood of distinct addresses cannot grow memory without limit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import RateLimited
+
+
+@dataclass
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up."""
+
+    rate: float
+    burst: float
+    tokens: float = -1.0
+    updated: float = 0.0
+
+    def take(self, now: float) -> float:
+        """Take one token; 0.0 when allowed, else the seconds until one is available."""
+        if self.rate <= 0:
+            return 0.0
+        if self.tokens < 0:
+            self.tokens, self.updated = self.burst, now
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class RateLimiter:
+    """One :class:`TokenBucket` per key. ``rate`` 0 turns the limit off."""
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        rate: float,
+        burst: float,
+        max_keys: int = 10000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.what = what
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self.max_keys = max_keys
+        self.clock = clock
+        self.rejected = 0
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def check(self, key: str) -> None:
+        """Count one attempt for ``key``; raise :class:`RateLimited` when over the limit."""
+        if self.rate <= 0:
+            return
+        bucket = self._buckets.pop(key, None)
+        if bucket is None:
+            bucket = TokenBucket(self.rate, self.burst)
+            while len(self._buckets) >= self.max_keys:
+                self._buckets.popitem(last=False)
+        self._buckets[key] = bucket
+        wait = bucket.take(self.clock())
+        if wait > 0:
+            self.rejected += 1
+            raise RateLimited(
+                f"too many {self.what}; retry in {math.ceil(wait)} s", retry_after=wait
+            )
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+def per_minute(count: float) -> tuple[float, float]:
+    """``(rate per second, burst)`` for a limit of ``count`` per minute."""
+    return count / 60.0, max(1.0, count)
+
+
+def retry_after_header(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))
+
+
+class Limits:
+    """The service's rate limiters, built once from the config."""
+
+    def __init__(
+        self,
+        *,
+        sessions_per_minute: float,
+        joins_per_minute: float,
+        messages_per_second: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        rate, burst = per_minute(sessions_per_minute)
+        self.sessions = RateLimiter("session creations", rate=rate, burst=burst, clock=clock)
+        rate, burst = per_minute(joins_per_minute)
+        self.joins = RateLimiter("join attempts", rate=rate, burst=burst, clock=clock)
+        self.messages_per_second = messages_per_second
+        self.messages_rejected = 0
+        self.clock = clock
+
+    def message_bucket(self) -> TokenBucket:
+        """A fresh per-connection bucket: ``messages_per_second``, 5 seconds' burst."""
+        rate = self.messages_per_second
+        return TokenBucket(rate, max(1.0, rate * 5))
