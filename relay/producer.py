@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiortc import RTCRtpReceiver
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -34,6 +34,15 @@ if TYPE_CHECKING:
     from .consumer import Consumer
 
 logger = logging.getLogger(__name__)
+
+
+class PacketSink(Protocol):
+    """One more consumer of a producer's packets that is not a subscriber (a recorder)."""
+
+    def write(self, packet: RtpIn) -> None: ...
+
+    def close(self) -> None: ...
+
 
 NTP_EPOCH_OFFSET = 2208988800
 
@@ -75,6 +84,8 @@ class Producer:
         self.closed = False
         self.consumers: tuple[Consumer, ...] = ()
         """The fan-out list; the router replaces it (never mutated in place while iterating)."""
+        self.sinks: tuple[PacketSink, ...] = ()
+        """Recorders of this track; replaced, never mutated in place."""
         self.packets = 0
         self.octets = 0
         self.keyframe_requests = 0
@@ -185,6 +196,8 @@ class Producer:
                 # one broken subscriber must not stop the others (nor, by raising into
                 # aiortc's receive loop, close the publisher's transport)
                 self._drop_consumer(consumer)
+        for sink in self.sinks:
+            sink.write(packet)
 
     def _drop_consumer(self, consumer: Consumer) -> None:
         logger.warning(
@@ -261,3 +274,5 @@ class Producer:
         logger.debug("[%s] producer %s closed", self.peer_id, self.id)
         self._on_close(self)
         self.consumers = ()
+        for sink in self.sinks:
+            sink.close()

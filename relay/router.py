@@ -74,6 +74,8 @@ class Router:
         self.closed = False
         self._consumers: dict[str, list[Consumer]] = {}
         """Consumers by producer id: the fan-out table."""
+        self.producer_listeners: list[Callable[[Producer], None]] = []
+        """Called with every new producer (the recorder attaches its sinks)."""
 
     def add_peer(
         self,
@@ -102,6 +104,8 @@ class Router:
         for peer in self.peers.values():
             if peer.id != producer.peer_id and not peer.closed:
                 self._consume(peer, producer)
+        for listener in self.producer_listeners:
+            listener(producer)
 
     def _consume(self, peer: Peer, producer: Producer) -> None:
         consumer = peer.subscribe.add_consumer(producer)

@@ -1,0 +1,265 @@
+"""Recording through a real Router with real aiortc publishers: the files play (ffmpeg decodes
+them without an error), last as long as the recording, hold every frame that was sent, and keep
+audio and video in sync (a flash frame and a beep sent at the same instants)."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy
+import pytest
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame, VideoFrame
+
+from parley.relay.recorder import SessionRecorder
+from parley.relay.recorder.remux import (
+    OPUS_SILENCE,
+    h264_depacketize,
+    opus_duration,
+    vp8_depacketize,
+    vp8_size,
+)
+from tests.media_client import MediaClient, PatternVideoTrack, wait_for
+from tests.relay.harness import RouterParticipant, session
+
+pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="needs ffmpeg/ffprobe")
+
+FLASH_PERIOD = 1.0
+BEEP_LENGTH = 0.1
+SYNC_TOLERANCE = 0.08
+
+
+# --- test publishers: a white flash and a beep at the same instants --------------------------
+
+
+class FlashVideoTrack(MediaStreamTrack):
+    """Dark moving video at 30 fps; every FLASH_PERIOD from ``epoch`` one white frame."""
+
+    kind = "video"
+
+    def __init__(self, epoch: float, fps: int = 30) -> None:
+        super().__init__()
+        self.epoch, self.fps, self.count = epoch, fps, 0
+        self._base = (numpy.indices((240, 320)).sum(axis=0) % 64).astype(numpy.uint8)
+
+    async def recv(self) -> VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        target = self.epoch + self.count / self.fps
+        delay = target - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if self.count % round(FLASH_PERIOD * self.fps) == 0:
+            gray = numpy.full((240, 320), 255, numpy.uint8)
+        else:
+            gray = numpy.roll(self._base, self.count, axis=1)
+        frame = VideoFrame.from_ndarray(numpy.dstack([gray, gray, gray]), format="rgb24")
+        frame.pts = self.count * (90000 // self.fps)
+        frame.time_base = fractions.Fraction(1, 90000)
+        self.count += 1
+        return frame
+
+
+class BeepAudioTrack(MediaStreamTrack):
+    """Silence with a 1 kHz beep of BEEP_LENGTH every FLASH_PERIOD from ``epoch``; the first
+    frame is sent at ``epoch + start_after``."""
+
+    kind = "audio"
+
+    def __init__(self, epoch: float, start_after: float = 0.0) -> None:
+        super().__init__()
+        self.epoch = epoch
+        self.first = round(start_after / 0.02)
+        self.count = 0
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        index = self.first + self.count
+        delay = self.epoch + index * 0.02 - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        t = index * 0.02 + numpy.arange(960) / 48000
+        beep = (t % FLASH_PERIOD) < BEEP_LENGTH
+        samples = (numpy.sin(2 * numpy.pi * 1000 * t) * 12000 * beep).astype(numpy.int16)
+        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = 48000
+        frame.pts = self.count * 960
+        frame.time_base = fractions.Fraction(1, 48000)
+        self.count += 1
+        return frame
+
+
+# --- checking files ----------------------------------------------------------------------------
+
+
+def probe(path: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        [
+            "ffprobe", "-v", "error", "-count_frames", "-show_format", "-show_streams",
+            "-of", "json", str(path),
+        ],
+        capture_output=True, check=True, timeout=60,
+    )
+    return dict(json.loads(out.stdout))
+
+
+def decode_errors(path: Path) -> str:
+    out = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"],
+        capture_output=True, timeout=60,
+    )
+    return out.stderr.decode() + ("" if out.returncode == 0 else f" (exit {out.returncode})")
+
+
+def streams(info: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [s for s in info["streams"] if s["codec_type"] == kind]
+
+
+def flash_times(path: Path) -> list[float]:
+    import av
+
+    times = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            if frame.to_ndarray(format="gray").mean() > 150:
+                times.append(float(frame.time))
+    # one flash may span a held duplicate: keep onsets only
+    return [t for i, t in enumerate(times) if i == 0 or t - times[i - 1] > 0.5]
+
+
+def beep_times(path: Path) -> list[float]:
+    import av
+
+    onsets = []
+    quiet_since = -1.0
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
+        for frame in container.decode(audio=0):
+            for out in resampler.resample(frame):
+                samples = out.to_ndarray().reshape(-1).astype(numpy.float64)
+                start = float(out.time)
+                for i in range(0, len(samples) - 239, 240):  # 5 ms windows
+                    loud = numpy.sqrt(numpy.mean(samples[i : i + 240] ** 2)) > 2000
+                    t = start + i / 48000
+                    if loud and t - quiet_since > 0.5:
+                        onsets.append(t)
+                    if loud:
+                        quiet_since = t
+    return onsets
+
+
+def assert_in_sync(path: Path, expected_flashes: int) -> None:
+    flashes, beeps = flash_times(path), beep_times(path)
+    assert len(flashes) >= expected_flashes, (flashes, beeps)
+    assert beeps, flashes
+    for flash in flashes:
+        nearest = min(beeps, key=lambda b: abs(b - flash))
+        assert abs(nearest - flash) <= SYNC_TOLERANCE, (flash, nearest, flashes, beeps)
+
+
+def assert_playable(path: Path, *, video: bool = True, audio: bool = True) -> dict[str, Any]:
+    info = probe(path)
+    assert bool(streams(info, "video")) == video, info["streams"]
+    assert bool(streams(info, "audio")) == audio, info["streams"]
+    assert decode_errors(path) == ""
+    return info
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def recorder_for(router: Any, directory: Path) -> SessionRecorder:
+    roles = {"ann": "agent"}
+    return SessionRecorder(router, directory, lambda pid: (roles.get(pid, "customer"), pid))
+
+
+async def record_for(
+    recorder: SessionRecorder, seconds: float, at_stop: Callable[[], None] = lambda: None
+) -> float:
+    """Record for ``seconds`` (the length of the scenario, not a timing assertion)."""
+    start = time.monotonic()
+    recorder.start()
+    await asyncio.sleep(seconds)
+    await recorder.stop()
+    at_stop()
+    elapsed = time.monotonic() - start
+    await asyncio.wait_for(recorder.wait(), 60)
+    return elapsed
+
+
+def ready_files(recorder: SessionRecorder) -> dict[tuple[str, str], Path]:
+    out = {}
+    for recording in recorder.recordings.values():
+        m = recording.manifest
+        assert m.state == "ready", (m.recording_id, m.state, m.reason)
+        out[(m.participant_id, m.source)] = recorder.directory / m.file_name
+    return out
+
+
+async def flowing(viewer: RouterParticipant, publisher: str, kind: str = "video") -> None:
+    assert await wait_for(lambda: viewer.client.frames_from(publisher, kind) >= 5, timeout=20)
+
+
+# --- tests ----------------------------------------------------------------------------------------
+
+
+async def test_ten_second_two_party_recording_plays_with_every_frame(tmp_path: Path) -> None:
+    async with session("ann", "bob") as (router, p):
+        ann, bob = p["ann"], p["bob"]
+        await ann.publish()
+        await bob.publish()
+        await flowing(bob, "ann")
+        await flowing(ann, "bob")
+        recorder = recorder_for(router, tmp_path)
+        tracks = {
+            name: next(t for t in p[name].client.tracks if isinstance(t, PatternVideoTrack))
+            for name in ("ann", "bob")
+        }
+        before = {name: t._count for name, t in tracks.items()}
+        sent: dict[str, int] = {}
+
+        def count_sent() -> None:
+            sent.update({name: t._count - before[name] for name, t in tracks.items()})
+
+        elapsed = await record_for(recorder, 10.0, count_sent)
+        files = ready_files(recorder)
+        assert set(files) == {("ann", "camera"), ("bob", "camera")}
+        for (name, _), path in files.items():
+            assert path.suffix == ".webm"
+            info = assert_playable(path)
+            duration = float(info["format"]["duration"])
+            assert abs(duration - elapsed) <= 0.02 * elapsed, (duration, elapsed)
+            frames = int(streams(info, "video")[0]["nb_read_frames"])
+            assert abs(frames - sent[name]) <= 0.02 * sent[name], (frames, sent[name])
+        listing = [r.to_json() for r in recorder.recordings.values()]
+        assert {r["role"] for r in listing} == {"agent", "customer"}
+        assert all(r["size_bytes"] > 10000 and r["format"] == "webm" for r in listing)
+
+
+@pytest.mark.parametrize("audio_delay", [0.0, 2.0])
+async def test_flash_and_beep_stay_within_80_ms(tmp_path: Path, audio_delay: float) -> None:
+    async with session("ann", "bob") as (router, p):
+        ann, bob = p["ann"], p["bob"]
+        bob.client.tracks.clear()
+        epoch = time.monotonic() + 0.5
+        ann.client.tracks[:] = [BeepAudioTrack(epoch, audio_delay), FlashVideoTrack(epoch)]
+        recorder = recorder_for(router, tmp_path)
+        recorder.start()  # before the first packet: recording starts as media arrives
+        await ann.publish()
+        await flowing(bob, "ann")
+        await asyncio.sleep(audio_delay + 3.5)
+        await recorder.stop()
+        await asyncio.wait_for(recorder.wait(), 60)
+        path = ready_files(recorder)[("ann", "camera")]
+        assert_playable(path)
+        assert_in_sync(path, expected_flashes=3 + int(audio_delay))
