@@ -35,6 +35,8 @@ VIDEO_RATE = 90000
 AUDIO_RATE = 48000
 HELD_FRAME_AFTER = 0.05
 """Video that starts this much after the file: its first keyframe is also shown from 0."""
+MAX_CLOCK_DISAGREEMENT = 2.0
+"""Seconds two tracks of one publisher may disagree on its clock before one is not trusted."""
 ANNEX_B = b"\x00\x00\x00\x01"
 
 Progress = Callable[[float], None]
@@ -113,8 +115,10 @@ def build_segment(contents: JournalContents) -> Segment | None:
         ext_ts += _signed(packet.ts - last_ts, 32)
         last_ts = packet.ts
         segment.packets.append((seq, ext_ts, packet.marker, packet.payload, packet.arrival_us))
-    if contents.sender_reports:
-        _, ntp, rtp = contents.sender_reports[0]
+    # a sender report before the first packet was sent carries NTP 0 (aiortc): unusable
+    reports = [r for r in contents.sender_reports if r[1] >> 32]
+    if reports:
+        _, ntp, rtp = reports[0]
         segment.sr_ntp = ntp_seconds(ntp)
         segment.sr_rtp = first_ts + _signed(rtp - first_ts, 32)
     return segment
@@ -307,9 +311,13 @@ def load_tracks(journals: Iterable[Path]) -> Tracks:
     audio: list[Frame] = []
     video: list[Frame] = []
     for segment in segments:
-        offset = shared if shared is not None and segment.sr_ntp is not None else None
-        if offset is None:
-            offset = segment.min_delay()
+        offset = segment.min_delay()
+        if shared is not None and segment.sr_ntp is not None:
+            if abs(offset - shared) <= MAX_CLOCK_DISAGREEMENT:
+                offset = shared
+            else:  # a sender report from another clock: trust arrival times instead
+                segment.sr_ntp = segment.sr_rtp = None
+                offset = segment.min_delay()
         if segment.kind == "audio":
             if segment.mime == "audio/opus":
                 audio.extend(audio_frames(segment, offset))
