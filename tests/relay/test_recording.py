@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import json
+import math
 import shutil
 import subprocess
 import time
@@ -54,6 +55,8 @@ class FlashVideoTrack(MediaStreamTrack):
     async def recv(self) -> VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        if self.count == 0:  # a late start joins the epoch's frame grid, no burst
+            self.count = max(0, math.ceil((time.monotonic() - self.epoch) * self.fps))
         target = self.epoch + self.count / self.fps
         delay = target - time.monotonic()
         if delay > 0:
@@ -84,6 +87,8 @@ class BeepAudioTrack(MediaStreamTrack):
     async def recv(self) -> AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        if self.count == 0:
+            self.first = max(self.first, math.ceil((time.monotonic() - self.epoch) / 0.02))
         index = self.first + self.count
         delay = self.epoch + index * 0.02 - time.monotonic()
         if delay > 0:
@@ -105,10 +110,19 @@ class BeepAudioTrack(MediaStreamTrack):
 def probe(path: Path) -> dict[str, Any]:
     out = subprocess.run(
         [
-            "ffprobe", "-v", "error", "-count_frames", "-show_format", "-show_streams",
-            "-of", "json", str(path),
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_format",
+            "-show_streams",
+            "-of",
+            "json",
+            str(path),
         ],
-        capture_output=True, check=True, timeout=60,
+        capture_output=True,
+        check=True,
+        timeout=60,
     )
     return dict(json.loads(out.stdout))
 
@@ -116,7 +130,8 @@ def probe(path: Path) -> dict[str, Any]:
 def decode_errors(path: Path) -> str:
     out = subprocess.run(
         ["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"],
-        capture_output=True, timeout=60,
+        capture_output=True,
+        timeout=60,
     )
     return out.stderr.decode() + ("" if out.returncode == 0 else f" (exit {out.returncode})")
 
@@ -267,3 +282,152 @@ async def test_flash_and_beep_stay_within_80_ms(tmp_path: Path, audio_delay: flo
         # the file starts with the video; the audio starts audio_delay later, in sync
         assert_in_sync(path, expected_flashes=3, audio_from=audio_delay)
         assert beep_times(path)[0] == pytest.approx(audio_delay, abs=SYNC_TOLERANCE)
+
+
+def flash_publisher(client: MediaClient, epoch: float) -> None:
+    client.tracks[:] = [BeepAudioTrack(epoch), FlashVideoTrack(epoch)]
+
+
+async def test_late_joiner_and_rejoin_give_one_in_sync_file_each(tmp_path: Path) -> None:
+    async with session("bob") as (router, p):
+        bob = p["bob"]
+        epoch = time.monotonic()
+        flash_publisher(bob.client, epoch)
+        recorder = recorder_for(router, tmp_path)
+        recorder.start()
+        await bob.publish()
+        await asyncio.sleep(1.5)
+        # ann joins late, publishes, leaves and comes back with a new connection
+        ann = p["ann"] = RouterParticipant(router, MediaClient("ann"))
+        flash_publisher(ann.client, epoch)
+        await ann.publish()
+        await flowing(bob, "ann")
+        await asyncio.sleep(2.0)
+        await ann.close()
+        await asyncio.sleep(1.5)
+        ann = p["ann"] = RouterParticipant(router, MediaClient("ann"))
+        flash_publisher(ann.client, epoch)
+        await ann.publish()
+        await flowing(bob, "ann")
+        await asyncio.sleep(2.5)
+        await recorder.stop()
+        await asyncio.wait_for(recorder.wait(), 60)
+        files = ready_files(recorder)
+        assert set(files) == {("ann", "camera"), ("bob", "camera")}
+        by_id = {r.manifest.participant_id: r.manifest for r in recorder.recordings.values()}
+        assert by_id["ann"].started_at > by_id["bob"].started_at + 1.0
+        assert len(by_id["ann"].journals) == 4  # two segments of audio and video
+        for path in files.values():
+            assert_playable(path)
+            assert_in_sync(path, expected_flashes=3)
+        # the gap while ann was away is in her file (silence and a held frame)
+        ann_info = probe(files[("ann", "camera")])
+        assert float(ann_info["format"]["duration"]) > 5.5
+
+
+async def test_screen_shared_twice_is_one_file_and_the_camera_file_is_unharmed(
+    tmp_path: Path,
+) -> None:
+    async with session("ann", "bob") as (router, p):
+        ann, bob = p["ann"], p["bob"]
+        bob.client.tracks.clear()
+        recorder = recorder_for(router, tmp_path)
+        recorder.start()
+        await ann.publish()
+        await flowing(bob, "ann")
+        for _ in range(2):
+            screen = PatternVideoTrack(640, 360, fps=15)
+            ann.client.add_track(screen, "screen")
+            await ann.publish()
+            assert await wait_for(lambda: len(bob.client.offered_tracks) == 3, timeout=10)
+            await asyncio.sleep(1.5)
+            ann.client.remove_track(screen)
+            await ann.publish()
+            await asyncio.sleep(1.0)
+        await recorder.stop()
+        await asyncio.wait_for(recorder.wait(), 60)
+        files = ready_files(recorder)
+        assert set(files) == {("ann", "camera"), ("ann", "screen")}
+        screen_info = assert_playable(files[("ann", "screen")], audio=False)
+        assert streams(screen_info, "video")[0]["width"] == 640
+        assert float(screen_info["format"]["duration"]) > 3.0  # both shares and the gap
+        assert_playable(files[("ann", "camera")])
+
+
+async def test_three_percent_loss_repaired_by_nack_records_each_frame_once(
+    tmp_path: Path,
+) -> None:
+    async with session("ann", "bob") as (router, p):
+        ann, bob = p["ann"], p["bob"]
+        bob.client.tracks.clear()
+        epoch = time.monotonic()
+        flash_publisher(ann.client, epoch)
+        await ann.publish()
+        await flowing(bob, "ann")
+        producer = ann.producer("video")
+        receiver: Any = producer._receiver
+        rng = __import__("random").Random(5)
+        dropped = duplicated = 0
+
+        def lossy_input(packet: Any) -> None:
+            nonlocal dropped, duplicated
+            if packet.payload_type == producer.payload_type:
+                if rng.random() < 0.03:
+                    dropped += 1
+                    return
+                if rng.random() < 0.03:  # and a few arrive twice
+                    duplicated += 1
+                    producer.forward(packet)
+            producer.forward(packet)
+
+        receiver._parley_forward = lossy_input
+        recorder = recorder_for(router, tmp_path)
+        video_track = ann.client.tracks[1]
+        assert isinstance(video_track, FlashVideoTrack)
+        first = video_track.count
+        sent: list[int] = []
+        await record_for(recorder, 5.0, lambda: sent.append(video_track.count - first))
+        assert dropped >= 3 and duplicated >= 3 and producer.retransmissions > 0
+        path = ready_files(recorder)[("ann", "camera")]
+        info = assert_playable(path)
+        frames = int(streams(info, "video")[0]["nb_read_frames"])
+        assert 0.9 * sent[0] <= frames <= sent[0] + 1, (frames, sent, dropped)
+        assert_in_sync(path, expected_flashes=4)
+
+
+async def test_h264_is_recorded_into_matroska_in_sync(tmp_path: Path) -> None:
+    async with session("ann", "bob") as (router, p):
+        ann, bob = p["ann"], p["bob"]
+        bob.client.tracks.clear()
+        ann.client.video_codec = "video/H264"
+        flash_publisher(ann.client, time.monotonic())
+        await ann.publish()
+        await flowing(bob, "ann")
+        assert ann.producer("video").codec.mimeType.lower() == "video/h264"
+        recorder = recorder_for(router, tmp_path)
+        await record_for(recorder, 4.5)
+        path = ready_files(recorder)[("ann", "camera")]
+        assert path.suffix == ".mkv"
+        info = assert_playable(path)
+        assert streams(info, "video")[0]["codec_name"] == "h264"
+        assert streams(info, "video")[0]["width"] == 320
+        assert_in_sync(path, expected_flashes=3)
+
+
+def test_depacketizers_follow_the_payload_formats() -> None:
+    # VP8 with an extended descriptor and a 15-bit picture id (RFC 7741 §4.2)
+    assert vp8_depacketize(bytes([0x90, 0x80, 0x81, 0x23, 0xAA])) == (b"\xaa", True)
+    assert vp8_depacketize(bytes([0x00, 0xBB])) == (b"\xbb", False)
+    key = bytes([0x50, 0x01, 0x00, 0x9D, 0x01, 0x2A, 0x40, 0x01, 0xF0, 0x00])
+    assert vp8_size(key) == (320, 240)
+    # H.264: single NAL, STAP-A (SPS + PPS), FU-A start and middle (RFC 6184)
+    assert h264_depacketize(b"\x65\x01") == (b"\x00\x00\x00\x01\x65\x01", True, True)
+    stap = b"\x18\x00\x02\x67\x42\x00\x02\x68\xce"
+    assert h264_depacketize(stap) == (
+        b"\x00\x00\x00\x01\x67\x42\x00\x00\x00\x01\x68\xce",
+        True,
+        False,
+    )
+    assert h264_depacketize(b"\x7c\x85\x11") == (b"\x00\x00\x00\x01\x65\x11", True, True)
+    assert h264_depacketize(b"\x7c\x05\x22") == (b"\x22", False, False)
+    assert opus_duration(OPUS_SILENCE) == 0.02
