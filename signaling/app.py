@@ -16,7 +16,7 @@ from aiohttp import WSCloseCode, web
 from parley.relay import _aiortc
 from parley.turn.credentials import rest_credentials
 
-from . import api, metrics
+from . import api, metrics, recordings
 from .config import ServiceConfig
 from .keys import CONFIG, ICE_SERVERS, SESSIONS, SOCKETS, TURN_SERVER
 from .sessions import SessionManager
@@ -79,6 +79,7 @@ def create_app(config: ServiceConfig) -> web.Application:
     app.router.add_get("/join/{token}", _page("join.html"))
     app.router.add_static("/static/", STATIC, show_index=False)
     app.cleanup_ctx.append(_turn_server)
+    recordings.setup(app)  # before _sessions: its cleanup runs after the sessions ended
     app.cleanup_ctx.append(_sessions)
     return app
 

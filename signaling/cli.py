@@ -17,6 +17,7 @@ from aiohttp.web import BaseRequest, StreamResponse
 
 from parley.relay.config import MediaConfig
 
+from . import recordings as recordings_cli
 from .config import ServiceConfig, TurnSettings
 
 
@@ -137,6 +138,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="'relay' makes clients use TURN only",
     )
     p.add_argument("--log-level", default=env("PARLEY_LOG_LEVEL", "INFO"))
+    recordings_cli.add_dir_argument(p)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[ServiceConfig, list[str]]:
@@ -177,6 +179,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[ServiceConfig, list[str]
         ice_transport_policy=args.ice_transport_policy,
         media=media,
         turn=turn,
+        recordings_dir=args.recordings_dir,
     )
     return config, notes
 
@@ -263,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
 
     turn_cli.add_arguments(turn_parser)
     turn_parser.add_argument("--log-level", default="INFO")
+    recording_parser = commands.add_parser("recording", help="recordings on disk")
+    recordings_cli.add_arguments(recording_parser)
+    recording_parser.add_argument("--log-level", default="WARNING")
     bench_parser = commands.add_parser("bench", help="forwarding-latency and capacity benchmark")
     try:
         from parley.bench import load as bench_load
@@ -282,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             _run(serve(config, notes))
         elif args.command == "turn":
             _run(turn_cli.run(turn_cli.config_from_args(args)))
+        elif args.command == "recording":
+            return recordings_cli.main(args)
         elif args.command == "bench":
             if bench_load is None:
                 parser.error("the benchmark tool is not installed")

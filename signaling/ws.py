@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from . import messages
+from . import messages, recordings
 from .errors import NotJoined, SignalingError
 from .keys import CONFIG, ICE_SERVERS, SESSIONS, SOCKETS
 from .sessions import Participant, Session
@@ -81,6 +81,7 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
                             "ice_servers": ice(p.id),
                             "ice_transport_policy": policy,
                             "participants": [x.to_json() for x in s.connected()],
+                            "recording": recordings.state_of(app, s.id),
                         }
 
                     participant = await session.join(claims, message.name, connection, welcome)
@@ -102,6 +103,8 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
                 elif isinstance(message, messages.End):
                     await session.handle_end(participant)
                     break
+                elif isinstance(message, messages.RecordingAction):
+                    await recordings.handle_message(app, session, participant, message.action)
             except SignalingError as exc:
                 await connection.send(messages.error_message(exc.code, exc.message))
             except asyncio.CancelledError:

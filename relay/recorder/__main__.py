@@ -33,7 +33,11 @@ def main(argv: list[str]) -> int:
     else:
         from .compose import compose
 
-        _emit({"done": compose(Path(argv[1]), progress)})
+        try:
+            result = compose(Path(argv[1]), progress)
+        except Exception as exc:  # reported as a state, not a traceback
+            result = {"state": "failed", "reason": f"cannot compose: {exc}"}
+        _emit({"done": result})
     return 0
 
 

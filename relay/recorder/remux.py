@@ -377,7 +377,8 @@ def write_file(tracks: Tracks, target: Path, progress: Progress = lambda f: None
     temporary = target.with_name(target.name + ".tmp")
     container: Any = av.open(str(temporary), "w", format=CONTAINERS[fmt])
     try:
-        audio_stream = video_stream = None
+        audio_stream: Any = None
+        video_stream: Any = None
         if tracks.video:
             width, height = _video_size(tracks)
             codec = "vp8" if tracks.video_mime == "video/vp8" else "h264"

@@ -272,11 +272,10 @@ class SessionRecorder:
             "participant_id": producer.peer_id,
             "created_at": time.time(),
         }
-        journal = Journal(
-            self.directory / name,
-            header,
-            on_error=lambda reason, r=recording: self._failed(r, reason),
-        )
+        def failed(reason: str, recording: Recording = recording) -> None:
+            self._failed(recording, reason)
+
+        journal = Journal(self.directory / name, header, on_error=failed)
         manifest.journals.append(name)
         recording.sinks.append(TrackSink(producer, journal))
         self._save(recording)
