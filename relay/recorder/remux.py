@@ -33,6 +33,11 @@ OPUS_SILENCE = b"\xf8\xff\xfe"
 AUDIO_FRAME = 0.02
 VIDEO_RATE = 90000
 AUDIO_RATE = 48000
+VIDEO_TIMING_RATE = 120
+"""The video stream's nominal rate (Matroska DefaultDuration): finer than any real frame rate."""
+MIN_FRAME_SPACING = 0.010
+"""Two video frames are at least this far apart (more than one 1/120 s slot after the
+millisecond rounding of Matroska)."""
 HELD_FRAME_AFTER = 0.05
 """Video that starts this much after the file: its first keyframe is also shown from 0."""
 MAX_CLOCK_DISAGREEMENT = 2.0
@@ -272,7 +277,7 @@ def _place_video(frames: list[Frame], start: float) -> list[Frame]:
     out: list[Frame] = []
     last = -1.0
     for frame in frames:
-        time = frame.time if frame.time > last + 1 / VIDEO_RATE else last + 1 / VIDEO_RATE
+        time = max(frame.time, last + MIN_FRAME_SPACING)
         out.append(Frame(time, frame.data, frame.keyframe))
         last = time
     if out and out[0].time - start > HELD_FRAME_AFTER:
@@ -382,7 +387,11 @@ def write_file(tracks: Tracks, target: Path, progress: Progress = lambda f: None
         if tracks.video:
             width, height = _video_size(tracks)
             codec = "vp8" if tracks.video_mime == "video/vp8" else "h264"
-            video_stream = container.add_mux_stream(codec, width=width, height=height)
+            # the nominal rate is the timing resolution, not a frame rate: frames keep their own
+            # (variable) times, and players/ffmpeg do not round two of them onto one slot
+            video_stream = container.add_mux_stream(
+                codec, rate=VIDEO_TIMING_RATE, width=width, height=height
+            )
         if tracks.audio:
             # an encoder stream only for its OpusHead (add_mux_stream cannot set extradata);
             # nothing is encoded: the journaled packets are muxed as they are

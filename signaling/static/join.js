@@ -6,6 +6,8 @@
 // Reconnect = a new attempt (new WebSocket, new peer connections) with the same token.
 // The protocol is described in docs/browser.md.
 
+import { hideRecording, initRecording, showRecording } from "./recording.js";
+
 const GATHER_TIMEOUT_MS = 4000; // the relay is non-trickle: wait this long for candidates at most
 const ANSWER_TIMEOUT_MS = 15000;
 const WELCOME_TIMEOUT_MS = 15000;
@@ -380,6 +382,8 @@ function onMessage(attempt, msg) {
       roster.delete(msg.participant_id);
       renderRoster();
       return;
+    case "recording":
+      return showRecording(msg.state);
     case "session_ended":
       return finish("ended", "The session has ended", endedText(msg.reason));
     case "error":
@@ -445,6 +449,7 @@ function onWelcome(attempt, msg) {
   if (Object.keys(attempt.senders).length) renegotiate(attempt);
 
   $("end-button").hidden = msg.role !== "agent";
+  showRecording(msg.recording, msg.role);
   document.body.dataset.role = msg.role || "";
   setState("connected");
   banner("");
@@ -883,6 +888,7 @@ function finish(next, title, detail, canRejoin = false) {
   teardown(call);
   clearRemote();
   releaseMedia();
+  hideRecording();
   local.micMuted = false;
   local.cameraOff = false;
   sessionStorage.removeItem(joinedKey);
@@ -954,6 +960,7 @@ function init() {
   $("leave-button").addEventListener("click", leave);
   $("end-button").addEventListener("click", endSession);
   $("rejoin-button").addEventListener("click", rejoin);
+  initRecording((msg) => call && send(call, msg));
   if (navigator.mediaDevices && "ondevicechange" in navigator.mediaDevices) {
     navigator.mediaDevices.addEventListener("devicechange", () => listDevices());
   }
