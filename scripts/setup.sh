@@ -12,6 +12,7 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ "$want_test" = test ]; then
     command -v chromium >/dev/null || need+=(chromium)
     command -v turnserver >/dev/null || need+=(coturn)
+    command -v ffprobe >/dev/null || need+=(ffmpeg)  # the recording tests check files with it
     command -v openssl >/dev/null || need+=(openssl)
     command -v ip >/dev/null || need+=(iproute2)
     command -v unshare >/dev/null || need+=(util-linux)
