@@ -84,6 +84,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also measure aiortc MediaRelay (decode + re-encode) with N sessions",
     )
     p.add_argument("--no-direct", action="store_true", help="skip the peer-to-peer floor")
+    p.add_argument(
+        "--record", action="store_true", help='relay sessions record ("record": true)'
+    )
     p.add_argument("--url", default="", help="target a running service instead of starting one")
     p.add_argument("--api-key", default="", help="API key of --url")
     p.add_argument("--json", default="bench-results.json", help="write results here ('' = no)")
@@ -299,6 +302,8 @@ async def relay_service(
         "2",
         "--log-level",
         log_level,
+        "--recordings-dir",
+        os.path.join(log_dir, "recordings"),
         stdout=log,
         stderr=log,
     )
@@ -444,11 +449,11 @@ def turn_ice(welcome: dict[str, Any]) -> dict[str, Any]:
 
 
 async def create_session(
-    http: aiohttp.ClientSession, service: Service, name: str
+    http: aiohttp.ClientSession, service: Service, name: str, record: bool = False
 ) -> dict[str, Any]:
     async with http.post(
         f"{service.url}/api/v1/sessions",
-        json={"conversation_id": name, "max_participants": 2},
+        json={"conversation_id": name, "max_participants": 2, "record": record},
         headers={"Authorization": f"Bearer {service.api_key}"},
     ) as response:
         if response.status != 201:
@@ -607,7 +612,8 @@ async def measure_relay(ctx: RunContext, service: Service, n: int) -> Measuremen
         try:
             ctx.progress(f"relay N={n}: creating sessions")
             for i in range(n):
-                session = await create_session(http, service, f"bench-{n}-{i}-{time.time_ns()}")
+                name = f"bench-{n}-{i}-{time.time_ns()}"
+                session = await create_session(http, service, name, args.record)
                 for j, url in enumerate((session["agent_url"], session["customer_url"])):
                     participants.append(
                         Participant(http, service.url, url, f"s{i}p{j}", pub, sub, args.turn)

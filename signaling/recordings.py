@@ -106,6 +106,14 @@ class RecordingService:
         if recorder.compose and recorder.recordings:
             self.compose(session.id)
 
+        async def forget() -> None:
+            # once finalised, an ended session's recordings are served from their manifests
+            await recorder.wait()
+            if self.recorders.get(session.id) is recorder:
+                del self.recorders[session.id]
+
+        self._spawn(forget())
+
     # --- listing and files -----------------------------------------------------------------------
 
     def known(self, session_id: str) -> bool:

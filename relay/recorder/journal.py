@@ -39,8 +39,9 @@ PACKET_FIXED = PACKET.size - RECORD_PREFIX.size
 SR_BODY = SENDER_REPORT.size - RECORD_PREFIX.size
 FLUSH_INTERVAL = 0.25
 """Seconds between two writes of a journal's queue (a crash loses at most about this much)."""
-MAX_QUEUED = 200_000
-"""Queued records (about 100k packets, ~2 minutes of HD video) before the disk counts as stalled."""
+MAX_QUEUED = 60_000
+"""Queued items (two per packet: ~30k packets, ~30 MB, minutes of video) before the disk counts
+as stalled and the recording fails instead of filling the memory."""
 
 
 class JournalError(ValueError):

@@ -272,6 +272,7 @@ class SessionRecorder:
             "participant_id": producer.peer_id,
             "created_at": time.time(),
         }
+
         def failed(reason: str, recording: Recording = recording) -> None:
             self._failed(recording, reason)
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..rtp import KeyframeDetector, RtpIn, keyframe_detector
-from .journal import MAX_QUEUED, Journal, packet_record, sender_report_record
+from .journal import MAX_QUEUED, PACKET, PACKET_FIXED, Journal, sender_report_record
 
 if TYPE_CHECKING:
     from ..producer import Producer
@@ -67,18 +67,26 @@ class TrackSink:
         journal = self.journal
         if journal.closing:
             return
-        now_us = int(time.time() * 1e6)
+        now_us = time.time_ns() // 1000
         report = self.producer.sender_report
         if report is not self._sender_report and report is not None:
             self._sender_report = report
             journal.append(sender_report_record(now_us, report[0], report[1]))
+        payload = packet.payload
+        # header and payload queued apart: the payload is not copied here
         journal.append(
-            packet_record(
-                now_us, packet.sequence_number, packet.timestamp, packet.marker, packet.payload
+            PACKET.pack(
+                b"P",
+                PACKET_FIXED + len(payload),
+                now_us,
+                packet.sequence_number,
+                packet.timestamp,
+                packet.marker,
             )
         )
+        journal.append(payload)
         self.packets += 1
-        if journal.queued > MAX_QUEUED:
+        if not self.packets & 0xFF and journal.queued > MAX_QUEUED:
             journal.fail("the disk is too slow: the write queue overflowed")
 
     def close(self) -> None:
