@@ -221,7 +221,8 @@ async def measure_relay(ctx: RunContext, service: Service, n: int) -> Measuremen
         try:
             ctx.progress(f"relay N={n}: creating sessions")
             for i in range(n):
-                session = await create_session(http, service, f"bench-{n}-{i}-{time.time_ns()}")
+                name = f"bench-{n}-{i}-{time.time_ns()}"
+                session = await create_session(http, service, name, args.record)
                 for j, url in enumerate((session["agent_url"], session["customer_url"])):
                     participants.append(
                         BenchParticipant(http, service.url, url, f"s{i}p{j}", pub, sub, args.turn)

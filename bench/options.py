@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also measure aiortc MediaRelay (decode + re-encode) with N sessions",
     )
     p.add_argument("--no-direct", action="store_true", help="skip the peer-to-peer floor")
+    p.add_argument(
+        "--record", action="store_true", help='relay sessions record ("record": true)'
+    )
     p.add_argument("--url", default="", help="target a running service instead of starting one")
     p.add_argument("--api-key", default="", help="API key of --url")
     p.add_argument("--json", default="bench-results.json", help="write results here ('' = no)")

@@ -85,6 +85,8 @@ async def relay_service(
         "2",
         "--log-level",
         log_level,
+        "--recordings-dir",
+        os.path.join(log_dir, "recordings"),
         stdout=log,
         stderr=log,
     )
@@ -98,11 +100,11 @@ async def relay_service(
 
 
 async def create_session(
-    http: aiohttp.ClientSession, service: Service, name: str
+    http: aiohttp.ClientSession, service: Service, name: str, record: bool = False
 ) -> dict[str, Any]:
     async with http.post(
         f"{service.url}/api/v1/sessions",
-        json={"conversation_id": name, "max_participants": 2},
+        json={"conversation_id": name, "max_participants": 2, "record": record},
         headers={"Authorization": f"Bearer {service.api_key}"},
     ) as response:
         if response.status != 201:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiortc import RTCRtpReceiver
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -34,6 +34,15 @@ if TYPE_CHECKING:
     from .consumer import Consumer
 
 logger = logging.getLogger(__name__)
+
+
+class PacketSink(Protocol):
+    """One more consumer of a producer's packets that is not a subscriber (a recorder)."""
+
+    def write(self, packet: RtpIn) -> None: ...
+
+    def close(self) -> None: ...
+
 
 NTP_EPOCH_OFFSET = 2208988800
 
@@ -76,6 +85,8 @@ class Producer:
         self.closed = False
         self._fanout = fanout
         self._view = fanout.view(id)
+        self.sinks: tuple[PacketSink, ...] = ()
+        """Recorders of this track; replaced, never mutated in place."""
         self.packets = 0
         self.octets = 0
         self.keyframe_requests = 0
@@ -191,6 +202,8 @@ class Producer:
                 # one broken subscriber must not stop the others (nor, by raising into
                 # aiortc's receive loop, close the publisher's transport)
                 self._drop_consumer(consumer)
+        for sink in self.sinks:
+            sink.write(packet)
 
     def _drop_consumer(self, consumer: Consumer) -> None:
         logger.warning(
@@ -274,3 +287,5 @@ class Producer:
         self.closed = True
         logger.debug("[%s] producer %s closed", self.peer_id, self.id)
         self._on_close(self)
+        for sink in self.sinks:
+            sink.close()

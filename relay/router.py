@@ -81,6 +81,8 @@ class Router:
         self.fanout = FanOut(on_removed=self._consumer_removed)
         """Who consumes which producer: the one table (producers and subscribe transports
         read views of it)."""
+        self.producer_listeners: list[Callable[[Producer], None]] = []
+        """Called with every new producer (the recorder attaches its sinks)."""
 
     def add_peer(
         self,
@@ -113,6 +115,8 @@ class Router:
         for peer in self.peers.values():
             if peer.id != producer.peer_id and not peer.closed:
                 self._consume(peer, producer)
+        for listener in self.producer_listeners:
+            listener(producer)
 
     def _consume(self, peer: Peer, producer: Producer) -> None:
         consumer = peer.subscribe.create_consumer(producer)

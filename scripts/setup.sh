@@ -13,6 +13,7 @@ if [ "$want_test" = test ]; then
     command -v chromium >/dev/null || need+=(chromium)
     command -v turnserver >/dev/null || need+=(coturn)
     command -v certutil >/dev/null || need+=(libnss3-tools)  # test CA for the HTTPS browser test
+    command -v ffprobe >/dev/null || need+=(ffmpeg)  # the recording tests check files with it
     command -v openssl >/dev/null || need+=(openssl)
     command -v ip >/dev/null || need+=(iproute2)
     command -v unshare >/dev/null || need+=(util-linux)

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import recordings
 from .errors import (
     BadRequest,
     InvalidJson,
@@ -96,7 +97,9 @@ async def create_session(request: web.Request) -> web.Response:
     ):
         raise BadRequest(f"'max_participants' must be an integer from 2 to {limit}")
     manager = request.app[SESSIONS]
+    recording = recordings.parse_options(body)
     session = manager.create(conversation_id, max_participants)
+    recordings.attach(request.app, session, recording)
     agent = manager.invite(session, "agent")
     customer = manager.invite(session, "customer")
     payload = {

@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily
 from parley.relay import _aiortc
 from parley.turn.credentials import rest_credentials
 
-from . import api, metrics
+from . import api, metrics, recordings
 from .config import ServiceConfig
 from .errors import Unauthorized
 from .keys import CONFIG, DRAINING, ICE_SERVERS, LIMITS, SESSIONS, SOCKETS, TURN_SERVER
@@ -95,6 +95,7 @@ def create_app(config: ServiceConfig) -> web.Application:
     app.router.add_static("/static/", STATIC, show_index=False)
     metrics.register(app[SESSIONS], app)
     app.cleanup_ctx.append(_turn_server)
+    recordings.setup(app)  # before _sessions: its cleanup runs after the sessions ended
     app.cleanup_ctx.append(_sessions)
     app.on_shutdown.append(shutdown)
     return app

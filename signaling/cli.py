@@ -21,6 +21,7 @@ from aiohttp.web import BaseRequest, StreamResponse
 from parley.relay.config import MediaConfig
 
 from . import options
+from . import recordings as recordings_cli
 from .config import ServiceConfig, TurnSettings
 
 
@@ -233,6 +234,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
     turn_cli.add_arguments(turn_parser)
     turn_parser.add_argument("--log-level", default="INFO")
+    recording_parser = commands.add_parser("recording", help="recordings on disk")
+    recordings_cli.add_arguments(recording_parser)
+    recording_parser.add_argument("--log-level", default="WARNING")
     bench_parser = commands.add_parser("bench", help="forwarding-latency and capacity benchmark")
     if _command(argv) == "bench":
         try:
@@ -269,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
 
             _logging(args.log_level)
             _run(turn_cli.run(turn_cli.config_from_args(args)))
+        elif args.command == "recording":
+            return recordings_cli.main(args)
         elif args.command == "bench":
             from parley.bench import main as bench_main
 

@@ -101,6 +101,9 @@ class ServiceConfig:
     turn: TurnSettings = field(default_factory=TurnSettings)
     ended_sessions_kept: int = 10000
     """How many ended sessions the history keeps in memory."""
+    recordings_dir: str | None = None
+    """Where recordings are kept (created at start-up); None: ./parley-data/recordings,
+    created when the first recording starts."""
 
     # --- limits, shutdown, HTTPS and proxies (issue 12) -----------------------------------------
     shutdown_timeout: float = 8.0

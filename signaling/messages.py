@@ -47,7 +47,13 @@ class End:
     pass
 
 
-ClientMessage = Join | Offer | Answer | Leave | End
+@dataclass(frozen=True)
+class RecordingAction:
+    action: str
+    """``start`` or ``stop`` (agents only)."""
+
+
+ClientMessage = Join | Offer | Answer | Leave | End | RecordingAction
 
 
 def _str(data: dict[str, Any], key: str, *, required: bool = True, limit: int = 0) -> str:
@@ -98,6 +104,10 @@ def parse(text: str | bytes) -> ClientMessage:
         return Leave()
     if kind == "end":
         return End()
+    if kind == "recording":
+        if data.get("action") not in ("start", "stop"):
+            raise BadRequest("'action' must be 'start' or 'stop'")
+        return RecordingAction(action=data["action"])
     if not isinstance(kind, str):
         raise BadRequest("the message has no 'type'")
     raise UnknownMessageType(f"unknown message type {kind[:40]!r}")

@@ -330,6 +330,11 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         False,
         field="trust_proxy",
     ),
+    Option(
+        "--recordings-dir",
+        "where recordings are kept, created if missing (default ./parley-data/recordings)",
+        field="recordings_dir",
+    ),
     Option("--log-level", "log level", default="INFO"),  # for logging, not the service config
 )
 """Every ``parley serve`` option. One row per option gives the flag, the ``PARLEY_*`` variable,

@@ -11,7 +11,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -81,6 +81,8 @@ class Session:
     ended_at: float | None = None
     end_reason: str | None = None
     clock: Callable[[], float] = time.time
+    on_end: list[Callable[[Session], Awaitable[None]]] = field(default_factory=list)
+    """Called once the session ended and its media closed (the recorder finalises)."""
 
     @property
     def state(self) -> str:
@@ -225,6 +227,8 @@ class Session:
             return_exceptions=True,
         )
         await self.router.close()
+        for hook in self.on_end:
+            await hook(self)
 
     async def broadcast(self, message: dict[str, Any], exclude: Participant | None = None) -> None:
         for participant in self.connected():

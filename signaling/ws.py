@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from . import messages
+from . import messages, recordings
 from .api import client_address
 from .errors import NotJoined, RateLimited, ShuttingDown, SignalingError
 from .keys import CONFIG, DRAINING, ICE_SERVERS, LIMITS, SESSIONS, SOCKETS
@@ -122,6 +122,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                             "ice_servers": ice(p.id),
                             "ice_transport_policy": policy,
                             "participants": [x.to_json() for x in s.connected()],
+                            "recording": recordings.state_of(app, s.id),
                         }
 
                     participant = await session.join(claims, message.name, connection, welcome)
@@ -144,6 +145,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 elif isinstance(message, messages.End):
                     await session.handle_end(participant)
                     break
+                elif isinstance(message, messages.RecordingAction):
+                    await recordings.handle_message(app, session, participant, message.action)
             except RateLimited as exc:
                 await connection.send(
                     messages.error_message(exc.code, exc.message)

@@ -120,6 +120,8 @@ export function createSignaling(app) {
           st.roster.delete(msg.participant_id);
           app.remote.renderRoster();
           return;
+        case "recording":
+          return app.recording.show(msg.state);
         case "session_ended":
           return app.controller.finish("ended", "The session has ended", endedText(msg.reason));
         case "error":
@@ -177,6 +179,7 @@ export function createSignaling(app) {
       if (Object.keys(attempt.senders).length) publisher.renegotiate(attempt);
 
       $("end-button").hidden = msg.role !== "agent";
+      app.recording.show(msg.recording, msg.role);
       document.body.dataset.role = msg.role || "";
       app.ui.setState("connected");
       app.ui.banner("");

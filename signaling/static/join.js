@@ -7,6 +7,7 @@
 //   join-signaling.js  the WebSocket, the welcome, reconnects, the two peer connections
 //   join-publish.js    the publish connection: senders, renegotiation, mute/camera/share
 //   join-remote.js     the subscribe connection: remote tiles, screens, audio, receive stats
+//   recording.js       the recording badge (everyone) and Start/Stop recording (agents)
 // Each part is an object made by create*(app) and reaches the others through `app` (see
 // docs/browser.md, "Page structure"). No module keeps mutable state at module level.
 //
@@ -23,6 +24,7 @@ import { createRemote } from "./join-remote.js";
 import { createSignaling } from "./join-signaling.js";
 import { createState } from "./join-state.js";
 import { $, createUi, setLabel } from "./join-ui.js";
+import { createRecording } from "./recording.js";
 
 /** The call's lifecycle: what the page's buttons do. */
 function createController(app) {
@@ -53,6 +55,7 @@ function createController(app) {
       app.signaling.teardown(st.call);
       app.remote.clear();
       app.media.release();
+      app.recording.hide();
       st.local.micMuted = false;
       st.local.cameraOff = false;
       sessionStorage.removeItem(st.joinedKey);
@@ -123,6 +126,7 @@ function createController(app) {
       $("leave-button").addEventListener("click", controller.leave);
       $("end-button").addEventListener("click", controller.endSession);
       $("rejoin-button").addEventListener("click", controller.rejoin);
+      app.recording.init();
       if (navigator.mediaDevices && "ondevicechange" in navigator.mediaDevices) {
         navigator.mediaDevices.addEventListener("devicechange", () => app.media.listDevices());
       }
@@ -153,6 +157,7 @@ export function createApp(token) {
   app.signaling = createSignaling(app);
   app.publisher = createPublisher(app);
   app.remote = createRemote(app);
+  app.recording = createRecording(app);
   app.controller = createController(app);
   return app;
 }
