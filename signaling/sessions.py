@@ -150,7 +150,7 @@ class Session:
 
         def failed(peer: Peer) -> None:
             if participant.peer is peer and participant.connection is connection:
-                asyncio.ensure_future(connection.close(CLOSE_MEDIA_FAILED, "media failed"))
+                asyncio.ensure_future(self._media_failed(participant, connection))
 
         participant.peer = self.router.add_peer(participant.id, send_offer, failed)
         logger.info(
@@ -175,6 +175,13 @@ class Session:
         participant.left_at = self.clock()
         logger.info("[%s/%s] left", self.id, participant.id)
         await self.broadcast({"type": "participant_left", "participant_id": participant.id})
+
+    async def _media_failed(self, participant: Participant, connection: Connection) -> None:
+        """A media leg failed or closed under the relay: the participant leaves (everybody is
+        told), then its socket closes with CLOSE_MEDIA_FAILED. In a task of its own: closing the
+        socket cancels the socket's handler, and with it any leave it had started."""
+        await self.leave(participant, connection)
+        await connection.close(CLOSE_MEDIA_FAILED, "media failed")
 
     async def _disconnect(self, participant: Participant) -> None:
         participant.connection = None
