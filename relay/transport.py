@@ -269,7 +269,9 @@ class PublishTransport:
         for producer in list(self.producers.values()):
             producer.close()
         self.producers.clear()
-        await self.pc.close()
+        # shielded: aiortc may be closing the connection itself (its DTLS session ended), and a
+        # cancelled caller awaiting aiortc's own close future would break that close
+        await asyncio.shield(self.pc.close())
 
 
 class SubscribeTransport:
@@ -447,4 +449,6 @@ class SubscribeTransport:
             self._answer.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        await self.pc.close()
+        # shielded: aiortc may be closing the connection itself (its DTLS session ended), and a
+        # cancelled caller awaiting aiortc's own close future would break that close
+        await asyncio.shield(self.pc.close())

@@ -181,8 +181,11 @@ class Session:
         await self.broadcast({"type": "participant_left", "participant_id": participant.id})
 
     async def _media_failed(self, participant: Participant, connection: Connection) -> None:
-        """A leg's connection died (consent expired, DTLS closed): tell the page, list the
-        participant as gone at once (the socket may be half-open), let the page reconnect."""
+        """A media leg failed or closed under the relay (consent expired, DTLS closed): tell the
+        page, list the participant as gone at once (the socket may be half-open; everybody is
+        told), then close its socket with CLOSE_MEDIA_FAILED so the page reconnects. In a task of
+        its own: closing the socket cancels the socket's handler, and with it any leave it had
+        started."""
         if participant.connection is not connection:
             return
         logger.info("[%s/%s] media connection lost; the page reconnects", self.id, participant.id)

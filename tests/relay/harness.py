@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
+
+from aiortc import sdp as aiortc_sdp
 
 from parley.relay import Consumer, MediaConfig, Peer, Producer, Router
 from tests.media_client import MediaClient
@@ -70,6 +74,19 @@ class RouterParticipant:
     async def close(self) -> None:
         await self.peer.close()
         await self.client.close()
+
+
+def malformed_stun() -> bytes:
+    """A STUN binding request whose PRIORITY attribute is 2 bytes long (aioice's parser raises
+    struct.error on it)."""
+    attribute = struct.pack("!HH", 0x0024, 2) + b"\x00\x01\x00\x00"
+    return struct.pack("!HHI", 0x0001, len(attribute), 0x2112A442) + os.urandom(12) + attribute
+
+
+def directions(offer_sdp: str) -> dict[str, str]:
+    """Direction of every m-line of an offer, by mid."""
+    parsed = aiortc_sdp.SessionDescription.parse(offer_sdp)
+    return {m.rtp.muxId: m.direction for m in parsed.media}
 
 
 def make_router(name: str = "session", **config: Any) -> Router:

@@ -21,7 +21,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 from parley.relay import _aiortc
 from parley.relay.rtp import RtpIn
 from tests.media_client import PatternVideoTrack, peer_connection, wait_for
-from tests.relay.test_hostile_datagrams import malformed_stun
+from tests.relay.harness import malformed_stun
 
 
 def test_check_compatibility_passes() -> None:

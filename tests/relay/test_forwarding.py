@@ -9,8 +9,7 @@ from typing import Any
 from pylibsrtp import Policy, Session
 
 from tests.media_client import MediaClient, wait_for
-from tests.relay.harness import RouterParticipant, session
-from tests.relay.test_lifecycle import directions
+from tests.relay.harness import RouterParticipant, directions, session
 
 
 async def test_two_participants_receive_and_decode_each_others_audio_and_video() -> None:

@@ -4,22 +4,13 @@ and a leg that ends under the relay is reported instead of being listed as conne
 from __future__ import annotations
 
 import logging
-import os
 import socket
-import struct
 
 import pytest
 
 from parley.relay import _aiortc
 from tests.media_client import wait_for
-from tests.relay.harness import RouterParticipant, session
-
-
-def malformed_stun() -> bytes:
-    """A STUN binding request whose PRIORITY attribute is 2 bytes long (aioice's parser raises
-    struct.error on it)."""
-    attribute = struct.pack("!HH", 0x0024, 2) + b"\x00\x01\x00\x00"
-    return struct.pack("!HHI", 0x0001, len(attribute), 0x2112A442) + os.urandom(12) + attribute
+from tests.relay.harness import RouterParticipant, malformed_stun, session
 
 
 def spray(ports: list[tuple[str, int]], datagram: bytes, count: int = 1) -> None:

@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-from aiortc import sdp as aiortc_sdp
-
 from tests.media_client import MediaClient, PatternVideoTrack, wait_for
-from tests.relay.harness import RouterParticipant, session
-
-
-def directions(offer_sdp: str) -> dict[str, str]:
-    """Direction of every m-line of an offer, by mid."""
-    parsed = aiortc_sdp.SessionDescription.parse(offer_sdp)
-    return {m.rtp.muxId: m.direction for m in parsed.media}
+from tests.relay.harness import RouterParticipant, directions, session
 
 
 def decodes(viewer: RouterParticipant, publisher: str, frames: int = 10) -> bool:
