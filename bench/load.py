@@ -51,6 +51,9 @@ def _int_list(text: str) -> list[int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from . import fuzz
+
+    fuzz.add_arguments(p)  # --fuzz SECONDS: the live fuzz campaign (bench/fuzz.py)
     p.add_argument(
         "--sessions",
         "-n",
@@ -1009,6 +1012,10 @@ def replot(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.fuzz:
+        from . import fuzz
+
+        return fuzz.main(args)
     if args.replot:
         return replot(args)
     if args.sweep:
