@@ -149,6 +149,7 @@ class LimitsCollector:
         limits = self.app[LIMITS]
         family.add_metric(["sessions"], limits.sessions.rejected)
         family.add_metric(["joins"], limits.joins.rejected)
+        family.add_metric(["auth_failures"], limits.auth_failures.rejected)
         family.add_metric(["messages"], limits.messages_rejected)
         yield family
 

@@ -89,6 +89,10 @@ def retry_after_header(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
+AUTH_FAILURES_PER_MINUTE = 30
+"""Requests with a wrong API key allowed per client address per minute (then 429)."""
+
+
 class Limits:
     """The service's rate limiters, built once from the config."""
 
@@ -104,6 +108,10 @@ class Limits:
         self.sessions = RateLimiter("session creations", rate=rate, burst=burst, clock=clock)
         rate, burst = per_minute(joins_per_minute)
         self.joins = RateLimiter("join attempts", rate=rate, burst=burst, clock=clock)
+        rate, burst = per_minute(AUTH_FAILURES_PER_MINUTE)
+        self.auth_failures = RateLimiter(
+            "requests with a wrong API key", rate=rate, burst=burst, clock=clock
+        )
         self.messages_per_second = messages_per_second
         self.messages_rejected = 0
         self.clock = clock

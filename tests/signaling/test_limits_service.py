@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 
+from parley.signaling import ws as ws_module
 from parley.signaling.app import create_metrics_app
-from parley.signaling.keys import SOCKETS
-from tests.signaling.conftest import ServiceFactory
+from parley.signaling.keys import SESSIONS, SOCKETS
+from tests.signaling.conftest import Service, ServiceFactory
 from tests.signaling.ws_client import WsParticipant, ws_url
 
 
@@ -188,3 +190,38 @@ async def test_metrics_on_a_separate_listener_are_not_on_the_api_port(
             assert 'parley_sessions{state="waiting"} 1.0' in await response.text()
     finally:
         await metrics.close()
+
+
+async def test_guessing_api_keys_is_rate_limited_per_address(service: Service) -> None:
+    statuses = []
+    for i in range(35):
+        async with service.http.post(
+            f"{service.base_url}/api/v1/sessions",
+            json={"conversation_id": "guess"},
+            headers={"Authorization": f"Bearer guess-{i}"},
+        ) as response:
+            statuses.append(response.status)
+            if response.status == 429:
+                assert response.headers["Retry-After"]
+    assert statuses[:30] == [401] * 30 and set(statuses[30:]) == {429}
+    await service.create_session()  # the right key still works
+
+
+async def test_a_socket_that_stops_answering_pings_is_reaped(
+    service_factory: ServiceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ws_module, "HEARTBEAT", 0.4)
+    service = await service_factory()
+    session = await service.create_session()
+    # a half-open client: joined, then never reads again (so never answers a ping)
+    ws = await service.http.ws_connect(ws_url(service.base_url), autoping=False)
+    await ws.send_json({"type": "join", "token": session["agent_url"].rsplit("/", 1)[1]})
+    assert (await ws.receive_json(timeout=10))["type"] == "welcome"
+    state = service.app[SESSIONS].get(session["session_id"])
+    for _ in range(100):
+        if not state.connected():
+            break
+        await asyncio.sleep(0.1)
+    assert not state.connected()
+    assert len(service.app[SOCKETS]) == 0
+    await ws.close()
