@@ -168,14 +168,14 @@ def add_hardening_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--joins-per-minute",
         type=float,
-        default=float(env("PARLEY_JOINS_PER_MINUTE", "120")),
-        help="join attempts per client address per minute (0: unlimited; default 120)",
+        default=float(env("PARLEY_JOINS_PER_MINUTE", "600")),
+        help="join attempts per client address per minute (0: unlimited; default 600)",
     )
     p.add_argument(
         "--messages-per-second",
         type=float,
-        default=float(env("PARLEY_MESSAGES_PER_SECOND", "20")),
-        help="WebSocket messages per connection per second (0: unlimited; default 20)",
+        default=float(env("PARLEY_MESSAGES_PER_SECOND", "50")),
+        help="WebSocket messages per connection per second (0: unlimited; default 50)",
     )
     p.add_argument(
         "--metrics-token",
