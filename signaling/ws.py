@@ -21,6 +21,8 @@ HEARTBEAT = 10.0
 CLOSE_TIMEOUT = 2.0
 """Seconds our close frame waits for the client's (a half-open socket is then just dropped)."""
 CLOSE_JOIN_TIMEOUT = WSCloseCode.POLICY_VIOLATION
+LEAVE_TIMEOUT = 5.0
+"""Seconds a closed socket's participant may take to leave (aiortc's close can hang)."""
 GOING_AWAY_REASON = b"server restarting; reconnect"
 
 
@@ -160,5 +162,13 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         join_timer.cancel()
         app[SOCKETS].discard(ws)
         if session is not None and participant is not None:
-            await session.leave(participant, connection)
+            try:
+                await asyncio.wait_for(session.leave(participant, connection), LEAVE_TIMEOUT)
+            except TimeoutError:
+                logger.warning(
+                    "[%s/%s] leaving took longer than %.0f s (peer close)",
+                    session.id,
+                    participant.id,
+                    LEAVE_TIMEOUT,
+                )
     return ws
