@@ -141,7 +141,7 @@ def test_mutated_offers_parse_and_check_or_raise_invalid_sdp(sdp: str) -> None:
     normalized = with_default_directions(sdp)
     try:
         parsed = parse_sdp(normalized)
-        check_offer(parsed, {"0": "audio"})
+        check_offer(parsed, [("0", "audio")])
     except InvalidSdp:
         return
     mids = [m.rtp.muxId for m in parsed.media]
