@@ -23,7 +23,7 @@ async def test_sockets_that_never_join_are_closed_and_joined_ones_stay(
     session = await service.create_session()
     agent = WsParticipant(service.base_url, session["agent_url"], "Ann")
     assert (await agent.join(media=False))["type"] == "welcome"
-    idle = [await service.http.ws_connect(ws_url(service.base_url)) for _ in range(50)]
+    idle = [await service.http.ws_connect(ws_url(service.base_url)) for _ in range(20)]
     try:
         for ws in idle:
             msg = await asyncio.wait_for(ws.receive(), 10)
@@ -225,3 +225,31 @@ async def test_a_socket_that_stops_answering_pings_is_reaped(
     assert not state.connected()
     assert len(service.app[SOCKETS]) == 0
     await ws.close()
+
+
+async def test_one_address_cannot_hold_many_sockets_that_never_join(service: Service) -> None:
+    session = await service.create_session()
+    idle = [await service.http.ws_connect(ws_url(service.base_url)) for _ in range(20)]
+    try:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await service.http.ws_connect(ws_url(service.base_url))
+        assert refused.value.status == 429
+        # joining frees the slot: another socket may open
+        await idle[0].send_json({"type": "join", "token": session["agent_url"].rsplit("/", 1)[1]})
+        assert (await idle[0].receive_json(timeout=10))["type"] == "welcome"
+        extra = await service.http.ws_connect(ws_url(service.base_url))
+        await extra.close()
+        # and closing one frees its slot too
+        await idle[1].close()
+        for _ in range(50):
+            try:
+                another = await service.http.ws_connect(ws_url(service.base_url))
+                break
+            except aiohttp.WSServerHandshakeError:
+                await asyncio.sleep(0.05)
+        await another.close()
+    finally:
+        for ws in idle:
+            await ws.close()
+    async with service.http.get(f"{service.base_url}/metrics") as response:
+        assert 'parley_rate_limited_total{limit="unjoined_sockets"} 1.0' in await response.text()
