@@ -100,6 +100,10 @@ def replot(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.fuzz:
+        from . import fuzz
+
+        return fuzz.main(args)
     if args.replot:
         return replot(args)
     if args.sweep:

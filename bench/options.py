@@ -16,6 +16,9 @@ def _int_list(text: str) -> list[int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from . import fuzz
+
+    fuzz.add_arguments(p)  # --fuzz SECONDS: the live fuzz campaign (bench/fuzz.py)
     p.add_argument(
         "--sessions",
         "-n",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from aiortc import (
     RTCBundlePolicy,
@@ -86,10 +86,13 @@ def with_default_directions(sdp: str) -> str:
     return "\r\n".join(line for section in sections for line in section)
 
 
-def check_offer(parsed: aiortc_sdp.SessionDescription, known_mids: dict[str, str]) -> None:
+def check_offer(
+    parsed: aiortc_sdp.SessionDescription, negotiated: Sequence[tuple[str, str]] = ()
+) -> None:
     """Refuse, before aiortc applies it, an offer aiortc would half-apply and then fail on:
-    missing or shared mids, a known mid changing kind, missing ICE credentials.
-    ``known_mids`` maps the mids already negotiated on this connection to their kinds."""
+    missing or shared mids, missing ICE credentials, negotiated m-sections dropped, moved or
+    changed in kind (RFC 8829 §5.2.2: m-lines are never removed or reordered), sections outside
+    the BUNDLE group. ``negotiated``: the ``(mid, kind)`` of the last applied offer, in order."""
     seen: set[str] = set()
     for index, media in enumerate(parsed.media):
         mid = media.rtp.muxId
@@ -98,13 +101,11 @@ def check_offer(parsed: aiortc_sdp.SessionDescription, known_mids: dict[str, str
         if mid in seen:
             raise InvalidSdp(f"two m-sections share the mid {mid[:32]!r}")
         seen.add(mid)
-        if media.kind in ("audio", "video") and known_mids.get(mid, media.kind) != media.kind:
-            raise InvalidSdp(f"m-section {mid[:32]!r} changed kind to {media.kind}")
         if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise InvalidSdp(f"m-section {mid[:32]!r} has no ICE credentials")
-    missing = set(known_mids) - seen
-    if missing:
-        raise InvalidSdp(f"the offer drops negotiated m-sections {sorted(missing)[:4]}")
+    offered = [(m.rtp.muxId, m.kind) for m in parsed.media]
+    if offered[: len(negotiated)] != list(negotiated):
+        raise InvalidSdp("the offer drops, moves or changes negotiated m-sections")
     # one transport per connection (max-bundle): aiortc leaves an unbundled section without one
     bundle = next((g.items for g in parsed.group if g.semantic == "BUNDLE"), None)
     if bundle is not None and any(mid not in seen for mid in bundle):
@@ -165,6 +166,8 @@ class PublishTransport:
         self._on_producer = on_producer
         self._on_producer_closed = on_producer_closed
         self._lock = asyncio.Lock()
+        self._negotiated: list[tuple[str, str]] = []
+        """``(mid, kind)`` of the m-sections of the last offer applied, in order."""
 
         @self.pc.on("connectionstatechange")
         def _state() -> None:
@@ -184,10 +187,7 @@ class PublishTransport:
         async with self._lock:
             if self.closed:
                 raise TransportClosed("the publish connection is closed")
-            check_offer(
-                parsed,
-                {t.mid: t.kind for t in self.pc.getTransceivers() if t.mid is not None},
-            )
+            check_offer(parsed, self._negotiated)
             # under the lock nothing else negotiates: "have-remote-offer" is a failed earlier
             # attempt, which aiortc lets a new offer replace
             if self.pc.signalingState not in ("stable", "have-remote-offer"):
@@ -198,6 +198,7 @@ class PublishTransport:
                 if self.closed:
                     raise TransportClosed("the publish connection is closed") from exc
                 raise InvalidSdp(f"the offer cannot be applied: {exc}") from exc
+            self._negotiated = [(m.rtp.muxId, m.kind) for m in parsed.media]
             self._sync_producers(parsed, sources)
             _aiortc.configure_host_candidates(
                 self.pc, list(self._config.addresses), self._config.port_range

@@ -51,6 +51,8 @@ def _authorize(request: web.Request) -> None:
     if scheme.lower() != "bearer" or not key:
         raise Unauthorized("an API key is required: Authorization: Bearer <key>")
     if not hmac.compare_digest(key.strip().encode(), request.app[CONFIG].api_key.encode()):
+        # a wrong key costs the client's address a token: guessing keys is slow
+        request.app[LIMITS].auth_failures.check(client_address(request))
         raise Unauthorized("the API key is not valid")
 
 

@@ -151,6 +151,8 @@ class LimitsCollector:
         limits = self.app[LIMITS]
         family.add_metric(["sessions"], limits.sessions.rejected)
         family.add_metric(["joins"], limits.joins.rejected)
+        family.add_metric(["auth_failures"], limits.auth_failures.rejected)
+        family.add_metric(["unjoined_sockets"], limits.unjoined_rejected)
         family.add_metric(["messages"], limits.messages_rejected)
         yield family
 

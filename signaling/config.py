@@ -115,10 +115,10 @@ class ServiceConfig:
     sessions_per_minute: float = 600.0
     """Session creations allowed per API key per minute (0: unlimited)."""
 
-    joins_per_minute: float = 120.0
+    joins_per_minute: float = 600.0
     """``join`` attempts allowed per client address per minute (0: unlimited)."""
 
-    messages_per_second: float = 20.0
+    messages_per_second: float = 50.0
     """WebSocket messages allowed per connection per second, with a burst of 5 seconds' worth
     (0: unlimited)."""
 

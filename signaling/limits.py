@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -89,6 +89,13 @@ def retry_after_header(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
+UNJOINED_SOCKETS_PER_ADDRESS = 20
+"""WebSockets one client address may hold open before they join (each costs a descriptor);
+off with the join limit (``joins_per_minute`` 0)."""
+AUTH_FAILURES_PER_MINUTE = 30
+"""Requests with a wrong API key allowed per client address per minute (then 429)."""
+
+
 class Limits:
     """The service's rate limiters, built once from the config."""
 
@@ -104,9 +111,32 @@ class Limits:
         self.sessions = RateLimiter("session creations", rate=rate, burst=burst, clock=clock)
         rate, burst = per_minute(joins_per_minute)
         self.joins = RateLimiter("join attempts", rate=rate, burst=burst, clock=clock)
+        rate, burst = per_minute(AUTH_FAILURES_PER_MINUTE)
+        self.auth_failures = RateLimiter(
+            "requests with a wrong API key", rate=rate, burst=burst, clock=clock
+        )
         self.messages_per_second = messages_per_second
         self.messages_rejected = 0
+        self.unjoined: Counter[str] = Counter()
+        """Open WebSockets that have not joined yet, by client address."""
+        self.unjoined_rejected = 0
         self.clock = clock
+
+    def open_unjoined(self, address: str) -> None:
+        """Count a new socket from ``address``; refuse it when too many have not joined."""
+        if self.joins.rate > 0 and self.unjoined[address] >= UNJOINED_SOCKETS_PER_ADDRESS:
+            self.unjoined_rejected += 1
+            raise RateLimited(
+                f"more than {UNJOINED_SOCKETS_PER_ADDRESS} sockets from this address have not "
+                "joined",
+                retry_after=1.0,
+            )
+        self.unjoined[address] += 1
+
+    def joined_or_closed(self, address: str) -> None:
+        self.unjoined[address] -= 1
+        if self.unjoined[address] <= 0:
+            del self.unjoined[address]
 
     def message_bucket(self) -> TokenBucket:
         """A fresh per-connection bucket: ``messages_per_second``, 5 seconds' burst."""

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BadRequest, InvalidJson, MessageTooLarge, SignalingError, UnknownMessageType
+from .errors import BadRequest, InvalidJson, SignalingError, UnknownMessageType
 
 MAX_MESSAGE_BYTES = 128 * 1024
 """Largest text frame accepted (aiohttp closes the socket with 1009 above it)."""
@@ -69,7 +69,7 @@ def _str(data: dict[str, Any], key: str, *, required: bool = True, limit: int = 
 
 def parse(text: str | bytes) -> ClientMessage:
     if len(text) > MAX_MESSAGE_BYTES:
-        raise MessageTooLarge(f"the message is larger than {MAX_MESSAGE_BYTES} bytes")
+        raise BadRequest("message too large")
     try:
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -300,14 +300,14 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "--joins-per-minute",
         "join attempts per client address per minute (0: unlimited)",
         NUMBER,
-        120.0,
+        600.0,
         field="joins_per_minute",
     ),
     Option(
         "--messages-per-second",
         "WebSocket messages per connection per second (0: unlimited)",
         NUMBER,
-        20.0,
+        50.0,
         field="messages_per_second",
     ),
     Option(

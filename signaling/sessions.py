@@ -26,8 +26,6 @@ logger = logging.getLogger(__name__)
 CLOSE_REPLACED = 4000
 CLOSE_MEDIA_FAILED = 4001
 CLOSE_SESSION_ENDED = 4002
-PEER_CLOSE_TIMEOUT = 5.0
-"""Seconds to wait for a participant's peer connections to close (aiortc can hang)."""
 
 
 class Connection(Protocol):
@@ -203,12 +201,7 @@ class Session:
         participant.connection = None
         peer, participant.peer = participant.peer, None
         if peer is not None:
-            try:
-                await asyncio.wait_for(peer.close(), PEER_CLOSE_TIMEOUT)
-            except TimeoutError:
-                logger.warning(
-                    "[%s/%s] peer connections did not close in time", self.id, participant.id
-                )
+            await peer.close()
 
     async def end(self, reason: str) -> None:
         """End the session for everyone: ``session_ended``, then their sockets close."""

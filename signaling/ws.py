@@ -21,6 +21,8 @@ HEARTBEAT = 10.0
 CLOSE_TIMEOUT = 2.0
 """Seconds our close frame waits for the client's (a half-open socket is then just dropped)."""
 CLOSE_JOIN_TIMEOUT = WSCloseCode.POLICY_VIOLATION
+LEAVE_TIMEOUT = 5.0
+"""Seconds a closed socket's participant may take to leave (aiortc's close can hang)."""
 GOING_AWAY_REASON = b"server restarting; reconnect"
 
 
@@ -50,16 +52,22 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     app = request.app
     if app[DRAINING].is_set():
         raise ShuttingDown("the server is shutting down; reconnect shortly")
-    ws = web.WebSocketResponse(
-        heartbeat=HEARTBEAT, max_msg_size=messages.MAX_MESSAGE_BYTES, timeout=CLOSE_TIMEOUT
-    )
-    await ws.prepare(request)
+    limits = app[LIMITS]
+    address = client_address(request)
+    limits.open_unjoined(address)  # 429 when this address holds too many unjoined sockets
+    unjoined = True
+    try:
+        ws = web.WebSocketResponse(
+            heartbeat=HEARTBEAT, max_msg_size=messages.MAX_MESSAGE_BYTES, timeout=CLOSE_TIMEOUT
+        )
+        await ws.prepare(request)
+    except BaseException:
+        limits.joined_or_closed(address)
+        raise
     app[SOCKETS].add(ws)
     connection = WebSocketConnection(ws)
     session: Session | None = None
     participant: Participant | None = None
-    limits = app[LIMITS]
-    address = client_address(request)
     bucket = limits.message_bucket()
     throttled_until = 0.0
     loop = asyncio.get_running_loop()
@@ -127,6 +135,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
 
                     participant = await session.join(claims, message.name, connection, welcome)
                     join_timer.cancel()
+                    if unjoined:
+                        unjoined = False
+                        limits.joined_or_closed(address)
                     continue
                 if (
                     session is None
@@ -161,7 +172,17 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 await connection.send(messages.error_message("internal_error", "internal error"))
     finally:
         join_timer.cancel()
+        if unjoined:
+            limits.joined_or_closed(address)
         app[SOCKETS].discard(ws)
         if session is not None and participant is not None:
-            await session.leave(participant, connection)
+            try:
+                await asyncio.wait_for(session.leave(participant, connection), LEAVE_TIMEOUT)
+            except TimeoutError:
+                logger.warning(
+                    "[%s/%s] leaving took longer than %.0f s (peer close)",
+                    session.id,
+                    participant.id,
+                    LEAVE_TIMEOUT,
+                )
     return ws

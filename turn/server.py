@@ -212,7 +212,10 @@ class _StreamConnection(asyncio.Protocol):
             buf += data[pos:]
 
     def _garbage(self, why: str) -> None:
-        logger.info("closing %s connection from %s: %s", self.kind, self.ft and self.ft.client, why)
+        # DEBUG: anyone can open connections and send garbage (counted in malformed_messages)
+        logger.debug(
+            "closing %s connection from %s: %s", self.kind, self.ft and self.ft.client, why
+        )
         self.server.handler.counters.malformed_messages += 1
         self.buffer.clear()
         if self.transport is not None:

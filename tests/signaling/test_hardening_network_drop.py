@@ -24,11 +24,6 @@ def lose_every_datagram(pc: RTCPeerConnection) -> None:
             protocol.transport.sendto = lambda *args, **kwargs: None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the relayfix branch: a leg that aiortc closes (not 'failed') is reported; "
-    "remove this marker when that is merged",
-)
 async def test_a_dead_leg_is_reported_to_the_page_and_the_participant_listed_as_gone(
     service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 
+from parley.bench.signaling_client import ws_url
+from parley.signaling import ws as ws_module
 from parley.signaling.app import create_metrics_app
-from parley.signaling.keys import SOCKETS
-from tests.signaling.conftest import ServiceFactory
-from tests.signaling.ws_client import WsParticipant, ws_url
+from parley.signaling.keys import SESSIONS, SOCKETS
+from tests.signaling.conftest import Service, ServiceFactory
+from tests.signaling.ws_client import WsParticipant
 
 
 async def test_sockets_that_never_join_are_closed_and_joined_ones_stay(
@@ -21,7 +24,7 @@ async def test_sockets_that_never_join_are_closed_and_joined_ones_stay(
     session = await service.create_session()
     agent = WsParticipant(service.base_url, session["agent_url"], "Ann")
     assert (await agent.join(media=False))["type"] == "welcome"
-    idle = [await service.http.ws_connect(ws_url(service.base_url)) for _ in range(50)]
+    idle = [await service.http.ws_connect(ws_url(service.base_url)) for _ in range(20)]
     try:
         for ws in idle:
             msg = await asyncio.wait_for(ws.receive(), 10)
@@ -188,3 +191,66 @@ async def test_metrics_on_a_separate_listener_are_not_on_the_api_port(
             assert 'parley_sessions{state="waiting"} 1.0' in await response.text()
     finally:
         await metrics.close()
+
+
+async def test_guessing_api_keys_is_rate_limited_per_address(service: Service) -> None:
+    statuses = []
+    for i in range(35):
+        async with service.http.post(
+            f"{service.base_url}/api/v1/sessions",
+            json={"conversation_id": "guess"},
+            headers={"Authorization": f"Bearer guess-{i}"},
+        ) as response:
+            statuses.append(response.status)
+            if response.status == 429:
+                assert response.headers["Retry-After"]
+    assert statuses[:30] == [401] * 30 and set(statuses[30:]) == {429}
+    await service.create_session()  # the right key still works
+
+
+async def test_a_socket_that_stops_answering_pings_is_reaped(
+    service_factory: ServiceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ws_module, "HEARTBEAT", 0.4)
+    service = await service_factory()
+    session = await service.create_session()
+    # a half-open client: joined, then never reads again (so never answers a ping)
+    ws = await service.http.ws_connect(ws_url(service.base_url), autoping=False)
+    await ws.send_json({"type": "join", "token": session["agent_url"].rsplit("/", 1)[1]})
+    assert (await ws.receive_json(timeout=10))["type"] == "welcome"
+    state = service.app[SESSIONS].get(session["session_id"])
+    for _ in range(100):
+        if not state.connected():
+            break
+        await asyncio.sleep(0.1)
+    assert not state.connected()
+    assert len(service.app[SOCKETS]) == 0
+    await ws.close()
+
+
+async def test_one_address_cannot_hold_many_sockets_that_never_join(service: Service) -> None:
+    session = await service.create_session()
+    idle = [await service.http.ws_connect(ws_url(service.base_url)) for _ in range(20)]
+    try:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await service.http.ws_connect(ws_url(service.base_url))
+        assert refused.value.status == 429
+        # joining frees the slot: another socket may open
+        await idle[0].send_json({"type": "join", "token": session["agent_url"].rsplit("/", 1)[1]})
+        assert (await idle[0].receive_json(timeout=10))["type"] == "welcome"
+        extra = await service.http.ws_connect(ws_url(service.base_url))
+        await extra.close()
+        # and closing one frees its slot too
+        await idle[1].close()
+        for _ in range(50):
+            try:
+                another = await service.http.ws_connect(ws_url(service.base_url))
+                break
+            except aiohttp.WSServerHandshakeError:
+                await asyncio.sleep(0.05)
+        await another.close()
+    finally:
+        for ws in idle:
+            await ws.close()
+    async with service.http.get(f"{service.base_url}/metrics") as response:
+        assert 'parley_rate_limited_total{limit="unjoined_sockets"} 1.0' in await response.text()
