@@ -199,7 +199,10 @@ class RecordingService:
                     logger.info(
                         "finalising recording %s left by a previous run", manifest.recording_id
                     )
-                    await run_worker("finalize", directory / f"{manifest.recording_id}.json")
+                    try:
+                        await run_worker("finalize", directory / f"{manifest.recording_id}.json")
+                    except TimeoutError:
+                        logger.warning("finalising %s timed out", manifest.recording_id)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
