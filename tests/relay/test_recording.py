@@ -465,3 +465,19 @@ def test_depacketizers_follow_the_payload_formats() -> None:
     assert h264_depacketize(b"\x7c\x85\x11") == (b"\x00\x00\x00\x01\x65\x11", True, True)
     assert h264_depacketize(b"\x7c\x05\x22") == (b"\x22", False, False)
     assert opus_duration(OPUS_SILENCE) == 0.02
+
+
+async def test_audio_only_participant_is_recorded_into_ogg(tmp_path: Path) -> None:
+    async with session("ann", "bob") as (router, p):
+        ann, bob = p["ann"], p["bob"]
+        bob.client.tracks.clear()
+        ann.client.tracks[:] = [BeepAudioTrack(time.monotonic())]
+        await ann.publish()
+        await flowing(bob, "ann", "audio")
+        recorder = recorder_for(router, tmp_path)
+        elapsed = await record_for(recorder, 3.0)
+        path = ready_files(recorder)[("ann", "camera")]
+        assert path.suffix == ".ogg"
+        info = assert_playable(path, video=False)
+        assert abs(float(info["format"]["duration"]) - elapsed) <= 0.05 * elapsed
+        assert len(beep_times(path)) >= 2
