@@ -199,7 +199,10 @@ class RecordingService:
                     logger.info(
                         "finalising recording %s left by a previous run", manifest.recording_id
                     )
-                    await run_worker("finalize", directory / f"{manifest.recording_id}.json")
+                    try:
+                        await run_worker("finalize", directory / f"{manifest.recording_id}.json")
+                    except TimeoutError:
+                        logger.warning("finalising %s timed out", manifest.recording_id)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -375,6 +378,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export.add_argument(
         "target", help="a session id (under --recordings-dir) or a session directory"
     )
+    export.add_argument(
+        "--compose", action="store_true", help="also make the composed file of the session"
+    )
     add_dir_argument(export)
 
 
@@ -409,7 +415,7 @@ class ProgressBar:
             sys.stderr.write("\n")
 
 
-def export(target: str, root: Path) -> int:
+def export(target: str, root: Path, compose: bool = False) -> int:
     """Finalise every unfinished recording of one session; 0 when all are ready."""
     directory = Path(target)
     if not directory.is_dir():
@@ -445,8 +451,18 @@ def export(target: str, root: Path) -> int:
     if session is not None and session.get("state") == "recording":
         session["state"] = "stopped"
         write_json(directory / SESSION_FILE, session)
+    if compose:
+        from parley.relay.recorder.compose import compose as make_composed
+
+        try:
+            state = make_composed(directory, ProgressBar("composed"))
+        except Exception as exc:
+            state = {"state": "failed", "reason": f"cannot compose: {exc}"}
+            failed += 1
+        write_json(directory / COMPOSED_STATE, state)
+        print(f"composed: {state['state']} -> {directory / COMPOSED_FILE}")
     return 1 if failed else 0
 
 
 def main(args: argparse.Namespace) -> int:
-    return export(args.target, Path(args.recordings_dir))
+    return export(args.target, Path(args.recordings_dir), args.compose)

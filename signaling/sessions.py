@@ -224,7 +224,10 @@ class Session:
         )
         await self.router.close()
         for hook in self.on_end:
-            await hook(self)
+            try:
+                await hook(self)
+            except Exception:  # a failing hook never stops the session from ending
+                logger.exception("[%s] an end-of-session hook failed", self.id)
 
     async def broadcast(self, message: dict[str, Any], exclude: Participant | None = None) -> None:
         for participant in self.connected():

@@ -40,7 +40,10 @@ MIN_FRAME_SPACING = 0.010
 millisecond rounding of Matroska)."""
 HELD_FRAME_AFTER = 0.05
 """Video that starts this much after the file: its first keyframe is also shown from 0."""
-MAX_CLOCK_DISAGREEMENT = 2.0
+RESYNC_GAP = 0.3
+"""Seconds the arrival of a frame may lag its RTP time beyond the best so far before the RTP
+clock counts as paused (a new run, re-anchored by its own sender report)."""
+MAX_CLOCK_DISAGREEMENT = 0.5
 """Seconds two tracks of one publisher may disagree on its clock before one is not trusted."""
 ANNEX_B = b"\x00\x00\x00\x01"
 
@@ -92,18 +95,16 @@ def ntp_seconds(ntp: int) -> float:
     return (ntp >> 32) - NTP_EPOCH_OFFSET + (ntp & 0xFFFFFFFF) / 2**32
 
 
-def build_segment(contents: JournalContents) -> Segment | None:
+def build_segments(contents: JournalContents) -> list[Segment]:
+    """One journal's packets, de-duplicated and ordered, cut into runs wherever the publisher's
+    RTP clock stopped following the wall clock (a pause with continuous timestamps); each run
+    gets the first sender report that belongs to it."""
     header = contents.header
-    segment = Segment(
-        kind=str(header.get("kind", "")),
-        mime=str(header.get("mime", "")).lower(),
-        clock_rate=int(
-            header.get("clock_rate")
-            or (AUDIO_RATE if header.get("kind") == "audio" else VIDEO_RATE)
-        ),
-    )
+    kind = str(header.get("kind", ""))
+    clock_rate = int(header.get("clock_rate") or (AUDIO_RATE if kind == "audio" else VIDEO_RATE))
+    mime = str(header.get("mime", "")).lower()
     if not contents.packets:
-        return None
+        return []
     by_seq: dict[int, Any] = {}
     last_seq = contents.packets[0].seq
     ext_seq = last_seq
@@ -112,21 +113,51 @@ def build_segment(contents: JournalContents) -> Segment | None:
         last_seq = packet.seq
         if ext_seq not in by_seq and packet.payload:
             by_seq[ext_seq] = packet  # a retransmitted duplicate is never written twice
+    if not by_seq:
+        return []
     ordered = sorted(by_seq.items())
     first_ts = ordered[0][1].ts
     ext_ts = first_ts
     last_ts = first_ts
+    packets = []
     for seq, packet in ordered:
         ext_ts += _signed(packet.ts - last_ts, 32)
         last_ts = packet.ts
-        segment.packets.append((seq, ext_ts, packet.marker, packet.payload, packet.arrival_us))
-    # a sender report before the first packet was sent carries NTP 0 (aiortc): unusable
+        packets.append((seq, ext_ts, packet.marker, packet.payload, packet.arrival_us))
+    # cut where (arrival - RTP time) of a frame's first packet jumps up: the RTP clock paused
+    runs: list[list[tuple[int, int, int, bytes, int]]] = [[]]
+    floor: float | None = None
+    index = 0
+    while index < len(packets):
+        end = index
+        while end < len(packets) and packets[end][1] == packets[index][1]:
+            end += 1
+        group = packets[index:end]
+        lag = min(p[4] for p in group) / 1e6 - group[0][1] / clock_rate
+        if floor is not None and lag - floor > RESYNC_GAP:
+            runs.append([])
+            floor = lag
+        floor = lag if floor is None else min(floor, lag)
+        runs[-1].extend(group)
+        index = end
+    # a sender report before the first packet was sent carries NTP 0 (aiortc): unusable; one
+    # sent during a pause repeats the last packet's clocks and arrives late for them: stale
     reports = [r for r in contents.sender_reports if r[1] >> 32]
     if reports:
-        _, ntp, rtp = reports[0]
-        segment.sr_ntp = ntp_seconds(ntp)
-        segment.sr_rtp = first_ts + _signed(rtp - first_ts, 32)
-    return segment
+        best = min(r[0] / 1e6 - ntp_seconds(r[1]) for r in reports)
+        reports = [r for r in reports if r[0] / 1e6 - ntp_seconds(r[1]) - best <= RESYNC_GAP]
+    segments = []
+    for number, run in enumerate(runs):
+        segment = Segment(kind=kind, mime=mime, clock_rate=clock_rate, packets=run)
+        first_arrival = -1 if number == 0 else min(p[4] for p in run)
+        last_arrival = max(p[4] for p in run)
+        report = next((r for r in reports if first_arrival <= r[0] <= last_arrival), None)
+        if report is not None:
+            _, ntp, rtp = report
+            segment.sr_ntp = ntp_seconds(ntp)
+            segment.sr_rtp = run[0][1] + _signed(rtp - run[0][1], 32)
+        segments.append(segment)
+    return segments
 
 
 # --- depacketizers --------------------------------------------------------------------------
@@ -213,21 +244,23 @@ def audio_frames(segment: Segment, offset: float) -> list[Frame]:
     ]
 
 
-def video_frames(segment: Segment, offset: float) -> list[Frame]:
-    """Complete frames only; after an incomplete one, nothing until the next keyframe."""
-    h264 = segment.mime == "video/h264"
-    groups: list[list[tuple[int, int, int, bytes, int]]] = []
-    for packet in segment.packets:
-        if groups and groups[-1][0][1] == packet[1]:
-            groups[-1].append(packet)
-        else:
-            groups.append([packet])
+def video_frames(runs: list[tuple[Segment, float]]) -> list[Frame]:
+    """Complete frames of one journal's runs (each with its clock offset); after an incomplete
+    frame, nothing until the next keyframe; the journal starts on a keyframe."""
+    groups: list[tuple[list[tuple[int, int, int, bytes, int]], Segment, float]] = []
+    for segment, offset in runs:
+        for packet in segment.packets:
+            if groups and groups[-1][0][0][1] == packet[1] and groups[-1][1] is segment:
+                groups[-1][0].append(packet)
+            else:
+                groups.append(([packet], segment, offset))
     frames: list[Frame] = []
     need_keyframe = True
-    for index, group in enumerate(groups):
+    for index, (group, segment, offset) in enumerate(groups):
+        h264 = segment.mime == "video/h264"
         first_seq, last = group[0][0], group[-1]
         complete = last[0] - first_seq + 1 == len(group) and (
-            bool(last[2]) or (index + 1 < len(groups) and groups[index + 1][0][0] == last[0] + 1)
+            bool(last[2]) or (index + 1 < len(groups) and groups[index + 1][0][0][0] == last[0] + 1)
         )
         data = b""
         keyframe = False
@@ -301,33 +334,40 @@ class Tracks:
 
 def load_tracks(journals: Iterable[Path]) -> Tracks:
     """Read, order and place every segment of one recording."""
-    segments: list[Segment] = []
+    journals_runs: list[list[Segment]] = []
     for path in journals:
         try:
-            segment = build_segment(read_journal(path))
+            runs = build_segments(read_journal(path))
         except (OSError, JournalError) as exc:
             logger.warning("skipping %s: %s", path.name, exc)
             continue
-        if segment is not None and segment.kind in ("audio", "video"):
-            segments.append(segment)
-    with_sr = [s.min_delay() for s in segments if s.sr_ntp is not None]
+        if runs and runs[0].kind in ("audio", "video"):
+            journals_runs.append(runs)
+    every = [run for runs in journals_runs for run in runs]
+    with_sr = [s.min_delay() for s in every if s.sr_ntp is not None]
     shared = min(with_sr) if with_sr else None
-    video_mime = next((s.mime for s in segments if s.kind == "video"), None)
-    audio: list[Frame] = []
-    video: list[Frame] = []
-    for segment in segments:
+    video_mime = next((s.mime for s in every if s.kind == "video"), None)
+
+    def offset_of(segment: Segment) -> float:
         offset = segment.min_delay()
         if shared is not None and segment.sr_ntp is not None:
             if abs(offset - shared) <= MAX_CLOCK_DISAGREEMENT:
-                offset = shared
-            else:  # a sender report from another clock: trust arrival times instead
-                segment.sr_ntp = segment.sr_rtp = None
-                offset = segment.min_delay()
-        if segment.kind == "audio":
-            if segment.mime == "audio/opus":
-                audio.extend(audio_frames(segment, offset))
-        elif segment.mime == video_mime and segment.mime in ("video/vp8", "video/h264"):
-            video.extend(video_frames(segment, offset))
+                return shared
+            # a sender report from another clock: trust arrival times instead
+            segment.sr_ntp = segment.sr_rtp = None
+            offset = segment.min_delay()
+        return offset
+
+    audio: list[Frame] = []
+    video: list[Frame] = []
+    for runs in journals_runs:
+        first = runs[0]
+        if first.kind == "audio":
+            if first.mime == "audio/opus":
+                for run in runs:
+                    audio.extend(audio_frames(run, offset_of(run)))
+        elif first.mime == video_mime and first.mime in ("video/vp8", "video/h264"):
+            video.extend(video_frames([(run, offset_of(run)) for run in runs]))
     audio.sort(key=lambda f: f.time)
     video.sort(key=lambda f: f.time)
     firsts = [f[0].time for f in (audio, video) if f]

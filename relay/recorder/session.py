@@ -36,6 +36,8 @@ _workers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore
     weakref.WeakKeyDictionary()
 )
 """One remux/compose process at a time per loop (CPU work on a shared machine)."""
+WORKER_TIMEOUT = 3 * 3600.0
+"""Seconds a remux/compose worker may take before it is killed (the recording then fails)."""
 
 
 def group_of(source: str) -> str:
@@ -63,19 +65,21 @@ async def run_worker(
         assert proc.stdout is not None and proc.stderr is not None
         stderr_task = asyncio.ensure_future(proc.stderr.read())
         try:
-            while line := await proc.stdout.readline():
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    continue
-                if "progress" in message:
-                    progress(float(message["progress"]))
-                elif "done" in message:
-                    done = message["done"]
-            await proc.wait()
-        except asyncio.CancelledError:
+            async with asyncio.timeout(WORKER_TIMEOUT):
+                while line := await proc.stdout.readline():
+                    try:
+                        message = json.loads(line)
+                    except ValueError:
+                        continue
+                    if "progress" in message:
+                        progress(float(message["progress"]))
+                    elif "done" in message:
+                        done = message["done"]
+                await proc.wait()
+        except (asyncio.CancelledError, TimeoutError):
             proc.kill()
             await proc.wait()
+            stderr_task.cancel()
             raise
         errors = await stderr_task
         if proc.returncode != 0:

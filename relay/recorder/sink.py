@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 
 KEYFRAME_RETRY = 0.2
 """Seconds between keyframe requests while the recording waits for its first keyframe."""
+LOSS_WAIT = 0.3
+"""Seconds a video packet may stay missing (NACK repair) before the recording asks for a
+keyframe: the file cannot show anything after a lost packet until the next keyframe."""
+MAX_MISSING = 128
 
 
 class TrackSink:
@@ -31,6 +35,9 @@ class TrackSink:
         "_last_request",
         "_sender_report",
         "_on_close",
+        "_next_seq",
+        "_missing",
+        "_missing_since",
     )
 
     def __init__(
@@ -50,6 +57,9 @@ class TrackSink:
         self._last_request = time.monotonic()
         self._sender_report: tuple[int, int] | None = None
         self._on_close = on_close
+        self._next_seq = -1
+        self._missing: set[int] = set()
+        self._missing_since = 0.0
         if self._waiting:
             producer.request_keyframe()
         producer.sinks = (*producer.sinks, self)
@@ -86,8 +96,29 @@ class TrackSink:
         )
         journal.append(payload)
         self.packets += 1
+        if self._is_keyframe is not None:
+            self._track_loss(packet.sequence_number)
         if not self.packets & 0xFF and journal.queued > MAX_QUEUED:
             journal.fail("the disk is too slow: the write queue overflowed")
+
+    def _track_loss(self, seq: int) -> None:
+        """Missing video packets that NACK did not bring back in time: ask for a keyframe."""
+        expected = self._next_seq
+        if seq == expected or expected < 0:
+            self._next_seq = (seq + 1) & 0xFFFF
+        else:
+            ahead = (seq - expected) & 0xFFFF
+            if ahead < 0x8000:  # packets skipped
+                if not self._missing:
+                    self._missing_since = time.monotonic()
+                if len(self._missing) < MAX_MISSING:
+                    self._missing.update((expected + i) & 0xFFFF for i in range(min(ahead, 64)))
+                self._next_seq = (seq + 1) & 0xFFFF
+            else:  # an older one: the retransmission of a missing packet
+                self._missing.discard(seq)
+        if self._missing and time.monotonic() - self._missing_since > LOSS_WAIT:
+            self._missing.clear()
+            self.producer.request_keyframe()
 
     def close(self) -> None:
         if self.closed:

@@ -198,17 +198,18 @@ async def test_composed_file_is_made_at_session_end(
     composed_path = f"/api/v1/sessions/{sid}/recordings/composed"
 
     async def composed() -> bytes:
-        seen = set()
         while True:
             status, body = await api(service, "GET", composed_path)
             if status == 200:
-                assert "composing" in seen or "ready" in str(body) or True
                 return bytes(body)
             assert status == 202, body
+            assert 0.0 <= body["composed"]["progress"] <= 1.0
             seen.add(body["composed"]["state"])
             await asyncio.sleep(0.3)
 
+    seen: set[str] = set()
     content = await asyncio.wait_for(composed(), 90)
+    assert seen == {"composing"}  # the job starts when the session ends
     file = tmp_path / "composed-download.webm"
     file.write_bytes(content)
     info = assert_playable(file)

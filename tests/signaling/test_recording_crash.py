@@ -187,6 +187,9 @@ async def test_export_finalises_a_killed_recording_with_a_torn_journal(tmp_path:
     file = next(crashed.glob("r_*.webm"))
     assert_playable(file)
     assert float(probe(file)["format"]["duration"]) >= 2.5
-    second = subprocess.run(command, capture_output=True, timeout=60)
+    mtime = file.stat().st_mtime
+    second = subprocess.run([*command, "--compose"], capture_output=True, timeout=90)
     assert second.returncode == 0 and b"already ready" in second.stdout, second.stdout
-    assert next(crashed.glob("r_*.webm")).stat().st_mtime == file.stat().st_mtime
+    assert file.stat().st_mtime == mtime
+    assert b"composed [" in second.stderr and b"composed: ready" in second.stdout
+    assert_playable(crashed / "composed.webm")
