@@ -20,9 +20,10 @@ from typing import Any
 from aiohttp import web
 
 from parley.relay.recorder import SessionRecorder, run_worker
-from parley.relay.recorder.compose import COMPOSED_FILE, COMPOSED_STATE
 from parley.relay.recorder.finalize import finalize, needs_finalizing
 from parley.relay.recorder.manifest import (
+    COMPOSED_FILE,
+    COMPOSED_STATE,
     SESSION_FILE,
     RecordingManifest,
     is_recording_id,

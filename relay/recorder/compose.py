@@ -14,11 +14,9 @@ from typing import Any
 
 import numpy
 
-from .manifest import RecordingManifest, load_recordings
+from .manifest import COMPOSED_FILE, RecordingManifest, load_recordings
 from .remux import Progress, RemuxError
 
-COMPOSED_FILE = "composed.webm"
-COMPOSED_STATE = "composed.json"
 TILE = (320, 240)
 FPS = 15
 RATE = 48000

@@ -16,6 +16,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+COMPOSED_FILE = "composed.webm"
+"""The composed file of a session (grid video, mixed audio), in its recordings folder."""
+COMPOSED_STATE = "composed.json"
+
 SESSION_FILE = "session.json"
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 RECORDING_ID = re.compile(r"^r_[0-9a-f]{12}$")

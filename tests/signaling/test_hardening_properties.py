@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from parley.relay import MediaConfig, RelayError
 from parley.relay.errors import InvalidSdp
+from parley.relay.fanout import FanOut
 from parley.relay.transport import (
     DIRECTIONS,
     PublishTransport,
@@ -183,6 +184,7 @@ class PublishBench:
             on_producer=lambda producer: None,
             on_producer_closed=lambda producer: None,
             on_failed=lambda: None,
+            fanout=FanOut(),
         )
         outcomes = []
         try:

@@ -9,15 +9,16 @@ import signal
 import aiohttp
 import pytest
 
-from parley.signaling.cli import add_serve_arguments, config_from_args
+from parley.signaling.cli import add_serve_arguments, config_from_args, resolve_serve_options
 from tests.signaling.test_cli import free_port
 from tests.signaling.test_hardening_shutdown import start_serve
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
+    """Flags and the (monkeypatched) environment, resolved as ``parley serve`` does."""
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
-    return parser.parse_args(argv)
+    return resolve_serve_options(parser.parse_args(argv)).namespace()
 
 
 def test_flags_and_environment_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:

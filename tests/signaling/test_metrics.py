@@ -42,6 +42,7 @@ RELAY_TYPES = {
     "parley_rtx_sent_packets": "gauge",
     "parley_keyframe_requests": "gauge",
     "parley_media_rejected_datagrams": "counter",
+    "parley_rate_limited": "counter",
 }
 
 
