@@ -12,6 +12,7 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ "$want_test" = test ]; then
     command -v chromium >/dev/null || need+=(chromium)
     command -v turnserver >/dev/null || need+=(coturn)
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)  # store tests
     command -v openssl >/dev/null || need+=(openssl)
     command -v ip >/dev/null || need+=(iproute2)
     command -v unshare >/dev/null || need+=(util-linux)

@@ -79,6 +79,10 @@ def create_app(config: ServiceConfig) -> web.Application:
     app.router.add_get("/join/{token}", _page("join.html"))
     app.router.add_static("/static/", STATIC, show_index=False)
     app.cleanup_ctx.append(_turn_server)
+    if config.store.persistent:  # issue 9: store, webhooks, reports (before _sessions)
+        from .store_journal import store_context
+
+        app.cleanup_ctx.append(store_context)
     app.cleanup_ctx.append(_sessions)
     return app
 

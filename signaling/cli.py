@@ -17,7 +17,7 @@ from aiohttp.web import BaseRequest, StreamResponse
 
 from parley.relay.config import MediaConfig
 
-from .config import ServiceConfig, TurnSettings
+from .config import ServiceConfig, StoreSettings, TurnSettings
 
 
 def _port_range(text: str) -> tuple[int, int]:
@@ -137,17 +137,100 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="'relay' makes clients use TURN only",
     )
     p.add_argument("--log-level", default=env("PARLEY_LOG_LEVEL", "INFO"))
+    add_store_arguments(p)
+
+
+# --- store, webhooks, reports (issue 9) ------------------------------------------------------
+
+
+def add_store_arguments(p: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    p.add_argument(
+        "--data-dir",
+        default=env("PARLEY_DATA_DIR", "parley-data"),
+        help="folder of the SQLite store and the kept secrets (env PARLEY_DATA_DIR; "
+        "default ./parley-data)",
+    )
+    p.add_argument(
+        "--database-url",
+        default=env("PARLEY_DATABASE_URL", ""),
+        help="postgresql://user:password@host/db instead of SQLite (env PARLEY_DATABASE_URL)",
+    )
+    p.add_argument(
+        "--webhook-url",
+        action="append",
+        default=[u for u in env("PARLEY_WEBHOOK_URLS", "").split(",") if u],
+        help="POST signed events here (repeatable; env PARLEY_WEBHOOK_URLS, comma-separated)",
+    )
+    p.add_argument(
+        "--webhook-secret",
+        default=env("PARLEY_WEBHOOK_SECRET", ""),
+        help="Standard Webhooks secret, whsec_<base64> (env PARLEY_WEBHOOK_SECRET; "
+        "generated into the data directory if unset)",
+    )
+    p.add_argument(
+        "--webhook-backoff",
+        type=float,
+        default=float(env("PARLEY_WEBHOOK_BACKOFF", "5")),
+        help="seconds before the first webhook retry, doubled per attempt (default 5)",
+    )
+    p.add_argument(
+        "--report-interval",
+        type=float,
+        default=float(env("PARLEY_REPORT_INTERVAL", "5")),
+        help="seconds between quality samples of each track (default 5)",
+    )
+
+
+def store_settings_from_args(args: argparse.Namespace, notes: list[str]) -> StoreSettings:
+    from . import keyfile
+    from .webhooks import new_secret
+
+    secret = args.webhook_secret
+    if args.webhook_url and not secret:
+        secret, made = keyfile.load_or_create(
+            args.data_dir, keyfile.WEBHOOK_SECRET_FILE, new_secret()
+        )
+        where = os.path.join(args.data_dir, keyfile.WEBHOOK_SECRET_FILE)
+        notes.append(f"webhook secret {'generated into' if made else 'read from'} {where}")
+    return StoreSettings(
+        data_dir=args.data_dir,
+        database_url=args.database_url,
+        webhook_urls=tuple(args.webhook_url),
+        webhook_secret=secret,
+        webhook_backoff_base=args.webhook_backoff,
+        report_interval=args.report_interval,
+    )
+
+
+def kept_secret(args: argparse.Namespace, name: str, make: str) -> tuple[str, bool]:
+    """A secret from the data directory (created there when missing), or ``make`` when there is
+    no data directory."""
+    from . import keyfile
+
+    if not args.data_dir:
+        return make, True
+    return keyfile.load_or_create(args.data_dir, name, make)
+
+
+# --- end of issue 9 block ----------------------------------------------------------------------
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[ServiceConfig, list[str]]:
     """The service config, and notes for the banner about generated secrets."""
-    notes = []
+    notes: list[str] = []
     api_key = args.api_key
     if not api_key:
-        api_key = "pk_" + secrets.token_urlsafe(24)  # never starts with "-"
-        notes.append(f"generated API key: {api_key}")
-    turn_secret = args.turn_secret or secrets.token_urlsafe(24)
-    token_secret = (args.token_secret or secrets.token_urlsafe(32)).encode()
+        # never starts with "-"; kept in the data directory (issue 9)
+        api_key, made = kept_secret(args, "api-key", "pk_" + secrets.token_urlsafe(24))
+        if made:
+            notes.append(f"generated API key: {api_key}")
+        else:
+            notes.append(f"API key read from {os.path.join(args.data_dir, 'api-key')}")
+    turn_secret = args.turn_secret or kept_secret(args, "turn-secret", secrets.token_urlsafe(24))[0]
+    token_secret = (
+        args.token_secret or kept_secret(args, "token-secret", secrets.token_urlsafe(32))[0]
+    ).encode()
     turn = TurnSettings(
         enabled=args.turn_port != 0,
         port=args.turn_port,
@@ -177,6 +260,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[ServiceConfig, list[str]
         ice_transport_policy=args.ice_transport_policy,
         media=media,
         turn=turn,
+        store=store_settings_from_args(args, notes),
     )
     return config, notes
 

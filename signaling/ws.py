@@ -22,8 +22,10 @@ HEARTBEAT = 10.0
 class WebSocketConnection:
     """:class:`~signaling.sessions.Connection` over an aiohttp WebSocket."""
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, user_agent: str = "") -> None:
         self.ws = ws
+        self.user_agent = user_agent
+        """Kept in the store with each join (signaling/store_journal.py)."""
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.ws.closed:
@@ -46,7 +48,7 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=messages.MAX_MESSAGE_BYTES)
     await ws.prepare(request)
     app[SOCKETS].add(ws)
-    connection = WebSocketConnection(ws)
+    connection = WebSocketConnection(ws, request.headers.get("User-Agent", "")[:300])
     session: Session | None = None
     participant: Participant | None = None
     try:

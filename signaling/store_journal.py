@@ -1,0 +1,285 @@
+"""The bridge between live sessions and the store: a :class:`~signaling.sessions.SessionListener`
+that writes every change and emits the webhook events, the restore of open sessions at start-up,
+and the application context that starts and stops the store, webhooks and reports."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from parley.relay import Router
+
+from .config import StoreSettings
+from .sessions import Connection, Participant, Session, SessionManager, iso
+from .store import Store, database_url, redacted
+from .webhooks import Deliverer, Webhooks
+
+logger = logging.getLogger(__name__)
+
+SummaryProvider = Callable[[Session], Awaitable[dict[str, Any]]]
+
+
+def session_row(session: Session) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "conversation_id": session.conversation_id,
+        "created_at": session.created_at,
+        "expires_at": session.expires_at,
+        "started_at": session.started_at,
+        "ended_at": session.ended_at,
+        "end_reason": session.end_reason,
+        "settings": {"max_participants": session.max_participants},
+    }
+
+
+def session_json(row: dict[str, Any], live: Session | None = None) -> dict[str, Any]:
+    """A stored session in the shape of ``Session.to_json`` (live state when in memory)."""
+    if live is not None:
+        return live_json(live)
+    return {
+        "session_id": row["id"],
+        "conversation_id": row["conversation_id"],
+        "state": "ended" if row["ended_at"] is not None else "waiting",
+        "created_at": iso(row["created_at"]),
+        "expires_at": iso(row["expires_at"]),
+        "ended_at": iso(row["ended_at"]),
+        "started_at": iso(row["started_at"]),
+        "end_reason": row["end_reason"],
+        "participants": [
+            {
+                "participant_id": p["participant_id"],
+                "role": p["role"],
+                "name": p["name"],
+                "joined_at": iso(p["joined_at"]),
+                "left_at": iso(p["left_at"]),
+            }
+            for p in row.get("participants", [])
+            if p["joined_at"] is not None
+        ],
+    }
+
+
+def live_json(session: Session) -> dict[str, Any]:
+    return {
+        **session.to_json(),
+        "started_at": iso(session.started_at),
+        "end_reason": session.end_reason,
+    }
+
+
+class Journal:
+    """Writes sessions, participants and connections; emits the lifecycle events."""
+
+    def __init__(
+        self,
+        store: Store,
+        webhooks: Webhooks,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.webhooks = webhooks
+        self.clock = clock
+        self.summary: SummaryProvider | None = None
+        """Set by the reports: the summary carried by ``session.ended``."""
+        self.connection_ids: dict[tuple[str, str], int] = {}
+        """Open ``connections`` rows by (session id, participant id)."""
+        self._lock = asyncio.Lock()
+
+    async def created(self, session: Session) -> None:
+        """A new session (raises: the API must not hand out URLs the store does not know)."""
+        await self.store.save_session(session_row(session))
+        await self.webhooks.emit("session.created", live_json(session))
+
+    async def joined(
+        self, session: Session, participant: Participant, connection: Connection
+    ) -> None:
+        try:
+            async with self._lock:
+                await self._joined(session, participant, connection)
+        except Exception:
+            logger.warning(
+                "[%s/%s] store: join not recorded", session.id, participant.id, exc_info=True
+            )
+
+    async def _joined(
+        self, session: Session, participant: Participant, connection: Connection
+    ) -> None:
+        now = self.clock()
+        first = participant.joins == 1 and not any(
+            p.joins for p in session.participants.values() if p is not participant
+        )
+        await self.store.save_session(session_row(session))
+        await self.store.save_participant(_participant_row(session, participant))
+        key = (session.id, participant.id)
+        self.connection_ids[key] = await self.store.add_connection(
+            {
+                "session_id": session.id,
+                "participant_id": participant.id,
+                "joined_at": now,
+                "user_agent": str(getattr(connection, "user_agent", "") or "")[:300],
+                "signaling": str(getattr(connection, "kind", "websocket")),
+            }
+        )
+        if first and session.started_at is not None and participant.joins == 1:
+            await self.webhooks.emit("session.started", live_json(session))
+        await self.webhooks.emit(
+            "participant.joined",
+            live_json(session),
+            self.participant_json(session, participant, connection),
+        )
+
+    async def left(self, session: Session, participant: Participant) -> None:
+        try:
+            async with self._lock:
+                connection_id = self.connection_ids.pop((session.id, participant.id), None)
+                if connection_id is not None:
+                    await self.store.update_connection(connection_id, left_at=participant.left_at)
+                await self.store.save_participant(_participant_row(session, participant))
+                await self.webhooks.emit(
+                    "participant.left",
+                    live_json(session),
+                    self.participant_json(session, participant),
+                )
+        except Exception:
+            logger.warning(
+                "[%s/%s] store: leave not recorded", session.id, participant.id, exc_info=True
+            )
+
+    async def ended(self, session: Session) -> None:
+        try:
+            async with self._lock:
+                await self.store.save_session(session_row(session))
+                summary: dict[str, Any] = {}
+                if self.summary is not None:
+                    summary = await self.summary(session)
+                await self.webhooks.emit(
+                    "session.ended", live_json(session), data={"report": summary}
+                )
+        except Exception:
+            logger.warning("[%s] store: end not recorded", session.id, exc_info=True)
+
+    def participant_json(
+        self, session: Session, participant: Participant, connection: Connection | None = None
+    ) -> dict[str, Any]:
+        data = participant.to_json()
+        if connection is not None:
+            data["user_agent"] = str(getattr(connection, "user_agent", "") or "")[:300]
+        return data
+
+    async def restore(self, manager: SessionManager) -> int:
+        """Put every session that was waiting or active back into ``manager``."""
+        now = self.clock()
+        rows = await self.store.open_sessions()
+        for row in rows:
+            session = Session(
+                id=row["id"],
+                conversation_id=row["conversation_id"],
+                created_at=row["created_at"],
+                expires_at=row["expires_at"],
+                max_participants=int(
+                    row["settings"].get("max_participants", manager.max_participants)
+                ),
+                router=Router(row["id"], manager.media),
+                clock=manager.clock,
+                started_at=row["started_at"],
+            )
+            for p in row["participants"]:
+                session.participants[p["participant_id"]] = Participant(
+                    id=p["participant_id"],
+                    role=p["role"],
+                    name=p["name"],
+                    joined_at=p["joined_at"],
+                    left_at=p["left_at"] if p["left_at"] is not None else now,
+                    joins=1 if p["joined_at"] is not None else 0,
+                )
+            for c in await self.store.connections_of(session.id):
+                if c["left_at"] is None:  # parley stopped without a clean shutdown
+                    await self.store.update_connection(c["id"], left_at=now)
+            manager.restore(session)
+        if rows:
+            logger.info("store: %d open sessions restored", len(rows))
+        return len(rows)
+
+
+def _participant_row(session: Session, participant: Participant) -> dict[str, Any]:
+    return {
+        "session_id": session.id,
+        "participant_id": participant.id,
+        "role": participant.role,
+        "name": participant.name[:80],
+        "joined_at": participant.joined_at,
+        "left_at": participant.left_at,
+    }
+
+
+STORE = web.AppKey("store", Store)
+JOURNAL = web.AppKey("journal", Journal)
+WEBHOOKS = web.AppKey("webhooks", Webhooks)
+DELIVERER = web.AppKey("deliverer", Deliverer)
+
+
+def store_url(settings: StoreSettings) -> str:
+    return database_url(Path(settings.data_dir or "."), settings.database_url)
+
+
+async def store_context(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: open and migrate the store, restore sessions, deliver webhooks; registered
+    before the sessions context, so it closes after the last participant left."""
+    from .keys import CONFIG, SESSIONS
+
+    config = app[CONFIG]
+    settings = config.store
+    url = store_url(settings)
+    store = await Store.open(url)
+    logger.info("store: %s", redacted(url))
+    webhooks = Webhooks(store, settings)
+    deliverer = Deliverer(store, settings, webhooks.wake)
+    journal = Journal(store, webhooks)
+    manager = app[SESSIONS]
+    manager.listener = journal
+    app[STORE], app[JOURNAL], app[WEBHOOKS], app[DELIVERER] = store, journal, webhooks, deliverer
+    await journal.restore(manager)
+    deliverer.start()
+    try:
+        yield
+    finally:
+        await deliverer.close()
+        await store.close()
+
+
+# --- used by the HTTP API (api.py) -----------------------------------------------------------
+
+
+async def created(app: web.Application, session: Session) -> None:
+    journal = app.get(JOURNAL)
+    if journal is not None:
+        await journal.created(session)
+
+
+async def history(app: web.Application, conversation_id: str) -> list[dict[str, Any]] | None:
+    """A conversation's sessions from the store (None without a store)."""
+    from .keys import SESSIONS
+
+    store = app.get(STORE)
+    if store is None:
+        return None
+    live = app[SESSIONS].sessions
+    rows = await store.conversation_sessions(conversation_id)
+    return [session_json(row, live.get(row["id"])) for row in rows]
+
+
+async def stored_session(app: web.Application, session_id: str) -> dict[str, Any] | None:
+    """An ended session no longer in memory (None when live, unknown or without a store)."""
+    from .keys import SESSIONS
+
+    store = app.get(STORE)
+    if store is None or session_id in app[SESSIONS].sessions or len(session_id) > 40:
+        return None
+    row = await store.get_session(session_id)
+    return session_json(row) if row is not None else None
