@@ -378,3 +378,15 @@ async def _bind_udp(
         except OSError as exc:
             last = exc
     raise OSError(f"no free UDP port in {low}-{high} on {address}") from last
+
+
+# --- reports (issue 9) -------------------------------------------------------------------------
+
+
+def nominated_pair(pc: RTCPeerConnection) -> tuple[Candidate, Candidate] | None:
+    """(local, remote) candidates of the pair ICE nominated on ``pc``'s first transport."""
+    for dtls in getattr(pc, _PC_DTLS_TRANSPORTS):
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is not None:
+            return pair.local_candidate, pair.remote_candidate
+    return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from typing import TYPE_CHECKING, NoReturn
 
 from aiortc import MediaStreamTrack, RTCRtpTransceiver
@@ -32,7 +33,7 @@ from aiortc.rtp import (
     unpack_remb_fci,
 )
 
-from . import _aiortc
+from . import _aiortc, quality
 from .rtp import RtpIn, RtpRewriter, wrap_rtx
 
 if TYPE_CHECKING:
@@ -90,6 +91,8 @@ class Consumer:
         self.keyframe_requests = 0
         self.remb: int | None = None
         self.fraction_lost = 0
+        self.quality = quality.DownstreamQuality(producer.kind, producer.codec.clockRate)
+        """Report figures of this downstream leg (relay/quality.py)."""
         self._rewriter: RtpRewriter | None = None
         self._dtls: RTCDtlsTransport = transceiver.sender.transport
         self._send = _aiortc.fast_sender(self._dtls)
@@ -193,6 +196,8 @@ class Consumer:
     async def handle_rtcp(self, packet: AnyRtcpPacket) -> None:
         if self.closed:
             return
+        if self._rewriter is not None:
+            quality.on_rtcp(self.quality, packet, self._rewriter.ssrc, time.monotonic())
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             for seq in packet.lost:
                 await self._retransmit(seq)
@@ -247,6 +252,7 @@ class Consumer:
                     octet_count=self.octets & 0xFFFFFFFF,
                 )
                 out.append(packet)
+                self.quality.on_sender_report(mapping[0], time.monotonic())
             elif isinstance(packet, RtcpSdesPacket):
                 if out:
                     out.append(packet)

@@ -16,7 +16,7 @@ from aiohttp import WSCloseCode, web
 from parley.relay import _aiortc
 from parley.turn.credentials import rest_credentials
 
-from . import api, metrics
+from . import api, metrics, reports
 from .config import ServiceConfig
 from .keys import CONFIG, ICE_SERVERS, SESSIONS, SOCKETS, TURN_SERVER
 from .sessions import SessionManager
@@ -77,6 +77,9 @@ def create_app(config: ServiceConfig) -> web.Application:
     app.router.add_get("/metrics", metrics.handler)
     app.router.add_get("/", _page("console.html"))
     app.router.add_get("/join/{token}", _page("join.html"))
+    app.add_routes(reports.routes)  # issue 9: reports API and pages
+    app.router.add_get("/reports", _page("reports.html"))
+    app.router.add_get("/reports/{session_id}", _page("reports.html"))
     app.router.add_static("/static/", STATIC, show_index=False)
     app.cleanup_ctx.append(_turn_server)
     if config.store.persistent:  # issue 9: store, webhooks, reports (before _sessions)

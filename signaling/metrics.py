@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .keys import TURN_SERVER
+from .reports import ReportCollector
 from .sessions import SessionManager
 
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
@@ -69,6 +70,7 @@ class RelayCollector:
 def register(manager: SessionManager, app: web.Application) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(RelayCollector(manager, app))
+    registry.register(ReportCollector(app))  # issue 9: latency, scores, network paths
     app[REGISTRY] = registry
     return registry
 

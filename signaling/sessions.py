@@ -48,6 +48,9 @@ class SessionListener(Protocol):
 
     async def ended(self, session: Session) -> None: ...
 
+    def closing(self, session: Session, participant: Participant) -> None:
+        """The participant's media is about to close (its last report sample)."""
+
 
 def iso(ts: float | None) -> str | None:
     if ts is None:
@@ -199,6 +202,8 @@ class Session:
             await self.listener.left(self, participant)
 
     async def _disconnect(self, participant: Participant) -> None:
+        if self.listener is not None and participant.peer is not None:
+            self.listener.closing(self, participant)
         participant.connection = None
         peer, participant.peer = participant.peer, None
         if peer is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +16,12 @@ from aiohttp import web
 from parley.relay import Router
 
 from .config import StoreSettings
+from .reports import REPORTER, Reporter, TurnLookup, summary_of
 from .sessions import Connection, Participant, Session, SessionManager, iso
 from .store import Store, database_url, redacted
 from .webhooks import Deliverer, Webhooks
 
 logger = logging.getLogger(__name__)
-
-SummaryProvider = Callable[[Session], Awaitable[dict[str, Any]]]
 
 
 def session_row(session: Session) -> dict[str, Any]:
@@ -85,11 +84,11 @@ class Journal:
         self.store = store
         self.webhooks = webhooks
         self.clock = clock
-        self.summary: SummaryProvider | None = None
-        """Set by the reports: the summary carried by ``session.ended``."""
         self.connection_ids: dict[tuple[str, str], int] = {}
         """Open ``connections`` rows by (session id, participant id)."""
+        self.reporter: Reporter | None = None
         self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Future[None]] = set()
 
     async def created(self, session: Session) -> None:
         """A new session (raises: the API must not hand out URLs the store does not know)."""
@@ -155,14 +154,41 @@ class Journal:
         try:
             async with self._lock:
                 await self.store.save_session(session_row(session))
-                summary: dict[str, Any] = {}
-                if self.summary is not None:
-                    summary = await self.summary(session)
+                summary = await self.report_summary(session)
                 await self.webhooks.emit(
                     "session.ended", live_json(session), data={"report": summary}
                 )
         except Exception:
             logger.warning("[%s] store: end not recorded", session.id, exc_info=True)
+
+    def closing(self, session: Session, participant: Participant) -> None:
+        if self.reporter is not None:
+            self.reporter.flush(session, participant)
+
+    def network_path(self, session: Session, participant_id: str, path: str, turn: str) -> None:
+        """The reporter saw a (new) nominated path for the participant."""
+        connection_id = self.connection_ids.get((session.id, participant_id))
+        logger.info("[%s/%s] network path %s %s", session.id, participant_id, path, turn)
+        task = asyncio.ensure_future(
+            self.store.set_network_path(session.id, participant_id, connection_id, path, turn)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for the writes started from synchronous callbacks."""
+        pending = list(self._tasks)
+        if self.reporter is not None:
+            pending += list(self.reporter.writes)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def report_summary(self, session: Session) -> dict[str, Any]:
+        await self.drain()
+        row = await self.store.get_session(session.id)
+        if row is None:
+            return {}
+        return summary_of(row, await self.store.samples(session.id))
 
     def participant_json(
         self, session: Session, participant: Participant, connection: Connection | None = None
@@ -245,12 +271,42 @@ async def store_context(app: web.Application) -> AsyncIterator[None]:
     manager.listener = journal
     app[STORE], app[JOURNAL], app[WEBHOOKS], app[DELIVERER] = store, journal, webhooks, deliverer
     await journal.restore(manager)
+    reporter = Reporter(
+        store,
+        manager,
+        settings.report_interval,
+        turn_lookup=lambda: embedded_turn_lookup(app),
+        on_path=journal.network_path,
+    )
+    journal.reporter = reporter
+    app[REPORTER] = reporter
     deliverer.start()
+    reporter.start()
     try:
         yield
     finally:
+        await reporter.close()
+        await journal.drain()
         await deliverer.close()
         await store.close()
+
+
+def embedded_turn_lookup(app: web.Application) -> TurnLookup | None:
+    """Which transport a client uses to our TURN server, by the relayed address it got."""
+    from .keys import TURN_SERVER
+
+    server = app.get(TURN_SERVER)
+    if server is None:
+        return None
+    table = server.handler.allocations
+
+    def lookup(host: str, port: int) -> str | None:
+        allocation = table.by_relay.get((host, port))
+        if allocation is None:
+            allocation = next((a for a in table if tuple(a.advertised)[:2] == (host, port)), None)
+        return allocation.five_tuple.transport if allocation is not None else None
+
+    return lookup
 
 
 # --- used by the HTTP API (api.py) -----------------------------------------------------------
