@@ -116,6 +116,9 @@ class Journal:
         await self.store.save_session(session_row(session))
         await self.store.save_participant(_participant_row(session, participant))
         key = (session.id, participant.id)
+        replaced = self.connection_ids.pop(key, None)
+        if replaced is not None:  # the same link opened again: the old connection ends now
+            await self.store.update_connection(replaced, left_at=now)
         self.connection_ids[key] = await self.store.add_connection(
             {
                 "session_id": session.id,
