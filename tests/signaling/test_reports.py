@@ -166,8 +166,10 @@ async def test_report_shows_loss_rtt_network_path_and_talk_time(
         await customer.close()
 
     report = await api(service, f"/api/v1/sessions/{sid}/report")
-    if os.environ.get("PARLEY_DUMP_REPORT"):
-        Path(os.environ["PARLEY_DUMP_REPORT"]).write_text(json.dumps(report, indent=1))
+    if os.environ.get("PARLEY_DUMP_REPORT"):  # for a look at a real report
+        await asyncio.to_thread(
+            Path(os.environ["PARLEY_DUMP_REPORT"]).write_text, json.dumps(report, indent=1)
+        )
     ann = legs(report, agent.id)
     carl = legs(report, customer.id)
 
