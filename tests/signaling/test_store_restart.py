@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.media_client import wait_for
+from tests.signaling.postgres_server import create_database, postgres_server  # noqa: F401
 from tests.signaling.store_serve import ParleyProcess, RejoiningParticipant
 
 
@@ -20,8 +22,18 @@ def in_call(a: RejoiningParticipant, b: RejoiningParticipant, frames: int = 10) 
     )
 
 
-async def test_restart_during_a_call_keeps_session_urls_and_history(tmp_path: Path) -> None:
-    server = ParleyProcess(tmp_path / "data")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_args(request: pytest.FixtureRequest) -> list[str]:
+    """No flag (SQLite in the data directory, the default), or a real PostgreSQL."""
+    if request.param == "sqlite":
+        return []
+    return ["--database-url", create_database(request.getfixturevalue("postgres_server"))]
+
+
+async def test_restart_during_a_call_keeps_session_urls_and_history(
+    tmp_path: Path, store_args: list[str]
+) -> None:
+    server = ParleyProcess(tmp_path / "data", *store_args)
     await server.start()
     agent = customer = None
     try:
