@@ -342,3 +342,15 @@ async def stored_session(app: web.Application, session_id: str) -> dict[str, Any
         return None
     row = await store.get_session(session_id)
     return session_json(row) if row is not None else None
+
+
+async def recording_event(
+    app: web.Application, type: str, session: Session, recording: dict[str, Any]
+) -> None:
+    """For the recording feature: ``recording.started`` / ``recording.ready`` with a
+    ``recording`` object (id, format, size, duration, url...). No-op without a store."""
+    if type not in ("recording.started", "recording.ready"):
+        raise ValueError(f"not a recording event: {type!r}")
+    webhooks = app.get(WEBHOOKS)
+    if webhooks is not None:
+        await webhooks.emit(type, live_json(session), data={"recording": recording})
