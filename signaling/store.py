@@ -434,6 +434,28 @@ class Store:
         async with self.engine.connect() as conn:
             return [dict(r._mapping) for r in await conn.execute(query)]
 
+    async def claim(self, rows: list[dict[str, Any]], until: float) -> list[dict[str, Any]]:
+        """Take the due rows for this process until ``until`` (a lease: several machines on
+        one PostgreSQL never send the same row at once; a crashed sender's rows come back
+        when the lease ends). Returns the rows this call won."""
+        won = []
+        async with self.engine.begin() as conn:
+            for row in rows:
+                result = await conn.execute(
+                    update(webhook_deliveries)
+                    .where(
+                        and_(
+                            webhook_deliveries.c.id == row["id"],
+                            webhook_deliveries.c.next_attempt_at == row["next_attempt_at"],
+                            webhook_deliveries.c.delivered_at.is_(None),
+                        )
+                    )
+                    .values(next_attempt_at=until)
+                )
+                if result.rowcount == 1:
+                    won.append(row)
+        return won
+
     async def next_delivery_at(self) -> float | None:
         """When the earliest pending delivery is due (None: nothing pending)."""
         async with self.engine.connect() as conn:

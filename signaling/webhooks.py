@@ -183,7 +183,9 @@ class Deliverer:
         while True:
             self.wake.clear()
             try:
-                due = await self.store.due_deliveries(self.clock())
+                now = self.clock()
+                due = await self.store.due_deliveries(now)
+                due = await self.store.claim(due, now + self.settings.webhook_timeout + 5.0)
                 if due:
                     await asyncio.gather(*(self._deliver(row) for row in due))
                     continue  # the next events of those sessions may be due now

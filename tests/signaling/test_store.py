@@ -119,6 +119,12 @@ async def test_outbox_sends_a_session_in_order(database: str) -> None:  # noqa: 
             ("http://b.test/hook", "evt_0"),
             ("http://b.test/hook", "evt_1"),
         ]
+        # two senders (machines) claim the same rows: each row goes to one of them
+        won = await store.claim(due[:2], until=130.0)
+        assert won == due[:2] and await store.claim(due[:2], until=140.0) == []
+        assert {d["event_id"] for d in won} == {"evt_0"}
+        assert {d["event_id"] for d in await store.due_deliveries(now=100.0)} == {"evt_1"}
+        assert len(await store.due_deliveries(now=135.0)) == 4  # the lease ran out
         first_a = next(d for d in due if d["url"] == urls[0] and d["event_id"] == "evt_0")
         await store.delivery_failed(
             first_a["id"], next_attempt_at=200.0, status=503, error="HTTP 503"
@@ -127,7 +133,7 @@ async def test_outbox_sends_a_session_in_order(database: str) -> None:  # noqa: 
             d["event_id"] != "evt_2" or d["url"] != urls[0]
             for d in await store.due_deliveries(150.0)
         )
-        assert await store.next_delivery_at() == 10.0
+        assert await store.next_delivery_at() == 11.0  # evt_1; the evt_0 rows are leased
         for d in due:
             if d is not first_a:
                 await store.delivery_done(d["id"], 101.0, 204)
