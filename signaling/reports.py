@@ -267,12 +267,38 @@ def talk_time(
     return out, round(both, 2)
 
 
+def summary_line(
+    row: dict[str, Any], scores: tuple[float, float] | None, now: float | None = None
+) -> dict[str, Any]:
+    """One line of the report list: no samples needed, the scores come aggregated."""
+    joined = [p for p in row.get("participants", []) if p["joined_at"] is not None]
+    return {
+        "session_id": row["id"],
+        "conversation_id": row["conversation_id"],
+        "created_at": iso(row["created_at"]),
+        "started_at": iso(row["started_at"]),
+        "ended_at": iso(row["ended_at"]),
+        "end_reason": row["end_reason"],
+        "duration_seconds": round(_duration(row, now), 1),
+        "participants": len(joined),
+        "worst_score": round(scores[0], 2) if scores else None,
+        "mean_score": round(scores[1], 2) if scores else None,
+        "network_paths": sorted({p["network_path"] for p in joined if p["network_path"]}),
+        "recorded": False,
+    }
+
+
+def _duration(row: dict[str, Any], now: float | None) -> float:
+    if row["started_at"] is None:
+        return 0.0
+    end = row["ended_at"] or (now if now is not None else time.time())
+    return max(0.0, end - row["started_at"])
+
+
 def summary_of(
     row: dict[str, Any], samples: list[dict[str, Any]], now: float | None = None
 ) -> dict[str, Any]:
-    start = row["started_at"] or row["created_at"]
-    end = row["ended_at"] or (now if now is not None else time.time())
-    duration = max(0.0, end - start) if row["started_at"] is not None else 0.0
+    duration = _duration(row, now)
     scores = [s["score"] for s in samples if s["score"] is not None]
     talk, both = talk_time(samples, duration)
     joined = [p for p in row.get("participants", []) if p["joined_at"] is not None]
@@ -481,7 +507,8 @@ async def list_reports(request: web.Request) -> web.Response:
         after=_cursor(cursor) if cursor else None,
     )
     more, rows = len(rows) > limit, rows[:limit]
-    lines = [summary_of(row, await store.samples(row["id"])) for row in rows]
+    scores = await store.score_summaries([row["id"] for row in rows])
+    lines = [summary_line(row, scores.get(row["id"])) for row in rows]
     next_cursor = None
     if more and rows:
         last = rows[-1]

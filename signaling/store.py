@@ -373,6 +373,19 @@ class Store:
             )
             return [dict(r._mapping) for r in result]
 
+    async def score_summaries(self, session_ids: list[str]) -> dict[str, tuple[float, float]]:
+        """(worst, mean) sample score of each session that has scored samples."""
+        if not session_ids:
+            return {}
+        c = quality_samples.c
+        query = (
+            select(c.session_id, func.min(c.score), func.avg(c.score))
+            .where(c.session_id.in_(session_ids), c.score.is_not(None))
+            .group_by(c.session_id)
+        )
+        async with self.engine.connect() as conn:
+            return {sid: (float(low), float(mean)) for sid, low, mean in await conn.execute(query)}
+
     # --- events and the webhook outbox -------------------------------------------------------
 
     async def add_event(self, row: dict[str, Any], urls: Iterable[str], now: float) -> int:

@@ -95,6 +95,35 @@ async def test_sessions_participants_and_history(database: str) -> None:  # noqa
         await store.close()
 
 
+async def test_samples_and_events_keep_their_json(database: str) -> None:  # noqa: F811
+    store = await Store.open(database_url("", database))
+    try:
+        await store.save_session(session_row("s_q", "chat-q", 100.0))
+        rows = [
+            {"session_id": "s_q", "participant_id": "p_a", "track_id": "t1", "kind": "audio",
+             "leg": leg, "at": 100.0 + n, "score": score,
+             "data": {"loss": 1.5, "speech": [[100.0, 100.5]], "rtt_ms": None}}
+            for n, (leg, score) in enumerate([("up", 4.5), ("p_b", 3.1), ("p_b", None)])
+        ]  # fmt: skip
+        await store.add_samples(rows)
+        got = await store.samples("s_q")
+        assert [(r["leg"], r["score"]) for r in got] == [("up", 4.5), ("p_b", 3.1), ("p_b", None)]
+        assert got[0]["data"] == {"loss": 1.5, "speech": [[100.0, 100.5]], "rtt_ms": None}
+        worst, mean = (await store.score_summaries(["s_q", "s_none"]))["s_q"]
+        assert worst == 3.1 and abs(mean - 3.8) < 1e-9
+        await store.add_event(
+            {"id": "evt_q", "session_id": "s_q", "type": "session.created", "created_at": 100.0,
+             "payload": {"id": "evt_q", "session": {"session_id": "s_q"}}},
+            [],
+            100.0,
+        )  # fmt: skip
+        (event,) = await store.events_of("s_q")
+        assert event["payload"]["session"] == {"session_id": "s_q"}
+        assert await store.deliveries() == []  # no webhook URL, no outbox row
+    finally:
+        await store.close()
+
+
 async def test_outbox_sends_a_session_in_order(database: str) -> None:  # noqa: F811
     store = await Store.open(database_url("", database))
     try:
