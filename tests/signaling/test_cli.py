@@ -54,6 +54,7 @@ async def test_parley_serve_with_embedded_defaults_serves_a_two_party_call(tmp_p
                 if found:
                     api_key = found.group(1).decode()
         assert f"http://127.0.0.1:{port}/".encode() in output
+        assert (tmp_path / "parley-data" / "parley.db").is_file()  # the default store
         assert api_key is not None
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as http:

@@ -219,3 +219,37 @@ async def test_report_shows_loss_rtt_network_path_and_talk_time(
     assert "parley_relay_forward_latency_seconds_bucket" in metrics
     assert 'parley_quality_score_bucket{direction="down",kind="audio"' in metrics
     assert "parley_participants_by_network_path" in metrics
+
+
+async def test_report_api_checks_its_input(service_factory: ServiceFactory, tmp_path: Path) -> None:
+    service = await service_factory(store=StoreSettings(data_dir=str(tmp_path)))
+    base = service.base_url
+    async with service.http.get(f"{base}/api/v1/reports") as r:
+        assert r.status == 401
+    for query, code in [
+        ("limit=0", "bad_request"),
+        ("limit=x", "bad_request"),
+        ("from=yesterday", "bad_request"),
+        ("cursor=%%%", "bad_request"),
+    ]:
+        async with service.http.get(f"{base}/api/v1/reports?{query}", headers=service.auth()) as r:
+            assert r.status == 400 and (await r.json())["error"]["code"] == code, query
+    async with service.http.get(
+        f"{base}/api/v1/sessions/s_nope/report", headers=service.auth()
+    ) as r:
+        assert r.status == 404 and (await r.json())["error"]["code"] == "session_not_found"
+    ids = [(await service.create_session(f"chat-{n}"))["session_id"] for n in range(3)]
+    page = await api(service, "/api/v1/reports?limit=2&from=2000-01-01T00:00:00Z")
+    assert [r["session_id"] for r in page["reports"]] == ids[::-1][:2] and page["next_cursor"]
+    rest = await api(service, f"/api/v1/reports?limit=2&cursor={page['next_cursor']}")
+    assert [r["session_id"] for r in rest["reports"]] == [ids[0]] and rest["next_cursor"] is None
+    assert (await api(service, "/api/v1/reports?to=2000-01-01T00:00:00Z"))["reports"] == []
+    async with service.http.get(
+        f"{base}/api/v1/sessions/{ids[0]}/report?format=xml", headers=service.auth()
+    ) as r:
+        assert r.status == 400
+
+
+async def test_reports_need_the_store(service: Service) -> None:
+    async with service.http.get(f"{service.base_url}/api/v1/reports", headers=service.auth()) as r:
+        assert r.status == 404

@@ -112,3 +112,42 @@ async def test_restart_during_a_call_keeps_session_urls_and_history(
     # join tokens are secrets: never in the output
     for url in (session["agent_url"], session["customer_url"]):
         assert url.rsplit("/", 1)[-1].encode() not in server.output
+
+
+async def test_a_killed_parley_comes_back_with_its_waiting_session(tmp_path: Path) -> None:
+    """No clean shutdown (SIGKILL): the session and its URLs are still there."""
+    import signal
+
+    from tests.signaling.ws_client import WsParticipant
+
+    server = ParleyProcess(tmp_path / "data")
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{server.base_url}/api/v1/sessions",
+                json={"conversation_id": "chat-kill"},
+                headers=server.auth(),
+            ) as response:
+                session = await response.json()
+            first = WsParticipant(server.base_url, session["agent_url"], "Ann")
+            assert (await first.join(media=False))["type"] == "welcome"
+            await server.stop(signal.SIGKILL)
+            await first.close()
+            await server.start()
+            again = WsParticipant(server.base_url, session["agent_url"], "Ann")
+            try:
+                welcome = await again.join(media=False)
+                assert (
+                    welcome["type"] == "welcome" and welcome["session_id"] == session["session_id"]
+                )
+                assert welcome["participant_id"] == first.id
+            finally:
+                await again.close()
+            async with http.get(
+                f"{server.base_url}/api/v1/conversations/chat-kill/sessions", headers=server.auth()
+            ) as r:
+                (listed,) = (await r.json())["sessions"]
+            assert listed["session_id"] == session["session_id"]
+    finally:
+        await server.stop()
