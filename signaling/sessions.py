@@ -239,11 +239,16 @@ class Session:
     async def suspend(self) -> None:
         """Server shutdown with a store: drop every connection and the media, keep the session
         open (it is restored at the next start and its participants rejoin by themselves)."""
-        for participant in self.connected():
+        for participant in list(self.participants.values()):
             connection = participant.connection
-            assert connection is not None
-            await self.leave(participant, connection)
-            await connection.close(1001, "server restarting")
+            if connection is not None:
+                await self.leave(participant, connection)
+                await connection.close(1001, "server restarting")
+            elif participant.joined_at is not None and participant.left_at is None:
+                # its socket handler was cancelled by the shutdown while leaving
+                participant.left_at = self.clock()
+                if self.listener is not None:
+                    await self.listener.left(self, participant)
         await self.router.close()
 
     async def broadcast(self, message: dict[str, Any], exclude: Participant | None = None) -> None:

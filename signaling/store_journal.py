@@ -89,6 +89,9 @@ class Journal:
         self.reporter: Reporter | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Future[None]] = set()
+        """Writes started from synchronous callbacks (network paths)."""
+        self._shields: set[asyncio.Future[None]] = set()
+        """Membership writes in flight (see _shielded)."""
 
     async def created(self, session: Session) -> None:
         """A new session (raises: the API must not hand out URLs the store does not know)."""
@@ -99,12 +102,38 @@ class Journal:
         self, session: Session, participant: Participant, connection: Connection
     ) -> None:
         try:
-            async with self._lock:
-                await self._joined(session, participant, connection)
+            await self._shielded(self._joined(session, participant, connection))
         except Exception:
             logger.warning(
                 "[%s/%s] store: join not recorded", session.id, participant.id, exc_info=True
             )
+
+    async def left(self, session: Session, participant: Participant) -> None:
+        try:
+            await self._shielded(self._left(session, participant))
+        except Exception:
+            logger.warning(
+                "[%s/%s] store: leave not recorded", session.id, participant.id, exc_info=True
+            )
+
+    async def ended(self, session: Session) -> None:
+        try:
+            await self._shielded(self._ended(session))
+        except Exception:
+            logger.warning("[%s] store: end not recorded", session.id, exc_info=True)
+
+    async def _shielded(self, coro: Any) -> None:
+        """Run one write under the lock to its end even when the caller is cancelled (a socket
+        handler at shutdown); :meth:`drain` waits for it."""
+
+        async def locked() -> None:
+            async with self._lock:
+                await coro
+
+        task = asyncio.ensure_future(locked())
+        self._shields.add(task)
+        task.add_done_callback(self._shields.discard)
+        await asyncio.shield(task)
 
     async def _joined(
         self, session: Session, participant: Participant, connection: Connection
@@ -136,33 +165,23 @@ class Journal:
             self.participant_json(session, participant, connection),
         )
 
-    async def left(self, session: Session, participant: Participant) -> None:
-        try:
-            async with self._lock:
-                connection_id = self.connection_ids.pop((session.id, participant.id), None)
-                if connection_id is not None:
-                    await self.store.update_connection(connection_id, left_at=participant.left_at)
-                await self.store.save_participant(_participant_row(session, participant))
-                await self.webhooks.emit(
-                    "participant.left",
-                    live_json(session),
-                    self.participant_json(session, participant),
-                )
-        except Exception:
-            logger.warning(
-                "[%s/%s] store: leave not recorded", session.id, participant.id, exc_info=True
-            )
+    async def _left(self, session: Session, participant: Participant) -> None:
+        key = (session.id, participant.id)
+        connection_id = self.connection_ids.get(key)
+        if connection_id is None:
+            return  # recorded already (a shutdown racing the socket's own leave)
+        await self.store.update_connection(connection_id, left_at=participant.left_at)
+        await self.store.save_participant(_participant_row(session, participant))
+        await self.webhooks.emit(
+            "participant.left", live_json(session), self.participant_json(session, participant)
+        )
+        if self.connection_ids.get(key) == connection_id:
+            del self.connection_ids[key]
 
-    async def ended(self, session: Session) -> None:
-        try:
-            async with self._lock:
-                await self.store.save_session(session_row(session))
-                summary = await self.report_summary(session)
-                await self.webhooks.emit(
-                    "session.ended", live_json(session), data={"report": summary}
-                )
-        except Exception:
-            logger.warning("[%s] store: end not recorded", session.id, exc_info=True)
+    async def _ended(self, session: Session) -> None:
+        await self.store.save_session(session_row(session))
+        summary = await self.report_summary(session)
+        await self.webhooks.emit("session.ended", live_json(session), data={"report": summary})
 
     def closing(self, session: Session, participant: Participant) -> None:
         if self.reporter is not None:
@@ -178,16 +197,19 @@ class Journal:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def drain(self) -> None:
-        """Wait for the writes started from synchronous callbacks."""
+    async def drain(self, membership: bool = True) -> None:
+        """Wait for the writes in flight: samples, network paths and (unless called from one of
+        them, which hold the lock) the membership writes."""
         pending = list(self._tasks)
+        if membership:
+            pending += list(self._shields)
         if self.reporter is not None:
             pending += list(self.reporter.writes)
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def report_summary(self, session: Session) -> dict[str, Any]:
-        await self.drain()
+        await self.drain(membership=False)
         row = await self.store.get_session(session.id)
         if row is None:
             return {}
@@ -227,10 +249,18 @@ class Journal:
                     left_at=p["left_at"] if p["left_at"] is not None else now,
                     joins=1 if p["joined_at"] is not None else 0,
                 )
+            manager.restore(session)
             for c in await self.store.connections_of(session.id):
                 if c["left_at"] is None:  # parley stopped without a clean shutdown
                     await self.store.update_connection(c["id"], left_at=now)
-            manager.restore(session)
+                    participant = session.participants.get(c["participant_id"])
+                    if participant is not None:
+                        await self.store.save_participant(_participant_row(session, participant))
+                        await self.webhooks.emit(
+                            "participant.left",
+                            live_json(session),
+                            self.participant_json(session, participant),
+                        )
         if rows:
             logger.info("store: %d open sessions restored", len(rows))
         return len(rows)

@@ -84,6 +84,14 @@ async def test_restart_during_a_call_keeps_session_urls_and_history(
             assert [s["session_id"] for s in history] == [sid]
             async with http.get(session["customer_url"]) as page:
                 assert page.status == 200
+            # the shutdown recorded both leaves before the rejoins
+            async with http.get(
+                f"{server.base_url}/api/v1/sessions/{sid}/report", headers=server.auth()
+            ) as r:
+                types = [e["type"] for e in (await r.json())["timeline"]]
+            members = [t for t in types if t.startswith("participant.")]
+            assert members[2:4] == ["participant.left"] * 2, types
+            assert members.count("participant.joined") >= 4, types
 
             # the history of ended sessions survives a restart too
             async with http.delete(
