@@ -202,7 +202,7 @@ class Store:
         """Connect and migrate to the latest schema."""
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database:
-            await asyncio.to_thread(_make_private_dir, Path(parsed.database).parent)
+            await asyncio.to_thread(_make_private_file, Path(parsed.database))
         store = cls(url)
         try:
             await store.migrate()
@@ -544,8 +544,11 @@ def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
     cursor.close()
 
 
-def _make_private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+def _make_private_file(path: Path) -> None:
+    # the database holds names and user agents: only our user reads it (SQLite gives its
+    # -wal and -shm files the database file's mode)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 def _now() -> float:

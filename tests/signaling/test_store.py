@@ -29,6 +29,8 @@ def session_row(sid: str, conversation: str, created: float, **extra: object) ->
 
 async def test_store_migrates_once_and_reopens(database: str) -> None:  # noqa: F811
     store = await Store.open(database_url("", database))
+    if database.startswith("sqlite:///"):
+        assert stat.S_IMODE(os.stat(database[len("sqlite:///") :]).st_mode) == 0o600
     try:
         assert await store.migrate() == len(MIGRATIONS)
         await store.save_session(session_row("s_1", "chat-1", 100.0))
