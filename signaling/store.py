@@ -292,6 +292,10 @@ class Store:
         """Sessions not ended (waiting or active when parley stopped), with participants."""
         return await self._sessions_where(sessions.c.ended_at.is_(None))
 
+    async def ended_since(self, since: float) -> list[dict[str, Any]]:
+        """Sessions that ended at or after ``since`` (their join tokens may still be valid)."""
+        return await self._sessions_where(sessions.c.ended_at >= since)
+
     async def conversation_sessions(self, conversation_id: str) -> list[dict[str, Any]]:
         return await self._sessions_where(sessions.c.conversation_id == conversation_id)
 

@@ -227,28 +227,11 @@ class Journal:
         """Put every session that was waiting or active back into ``manager``."""
         now = self.clock()
         rows = await self.store.open_sessions()
+        for row in await self.store.ended_since(now - manager.token_ttl):
+            # kept so that their links answer "session ended", not "no such session"
+            manager.restore(_restored(row, manager, now))
         for row in rows:
-            session = Session(
-                id=row["id"],
-                conversation_id=row["conversation_id"],
-                created_at=row["created_at"],
-                expires_at=row["expires_at"],
-                max_participants=int(
-                    row["settings"].get("max_participants", manager.max_participants)
-                ),
-                router=Router(row["id"], manager.media),
-                clock=manager.clock,
-                started_at=row["started_at"],
-            )
-            for p in row["participants"]:
-                session.participants[p["participant_id"]] = Participant(
-                    id=p["participant_id"],
-                    role=p["role"],
-                    name=p["name"],
-                    joined_at=p["joined_at"],
-                    left_at=p["left_at"] if p["left_at"] is not None else now,
-                    joins=1 if p["joined_at"] is not None else 0,
-                )
+            session = _restored(row, manager, now)
             manager.restore(session)
             for c in await self.store.connections_of(session.id):
                 if c["left_at"] is None:  # parley stopped without a clean shutdown
@@ -264,6 +247,31 @@ class Journal:
         if rows:
             logger.info("store: %d open sessions restored", len(rows))
         return len(rows)
+
+
+def _restored(row: dict[str, Any], manager: SessionManager, now: float) -> Session:
+    session = Session(
+        id=row["id"],
+        conversation_id=row["conversation_id"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        max_participants=int(row["settings"].get("max_participants", manager.max_participants)),
+        router=Router(row["id"], manager.media),
+        clock=manager.clock,
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        end_reason=row["end_reason"],
+    )
+    for p in row["participants"]:
+        session.participants[p["participant_id"]] = Participant(
+            id=p["participant_id"],
+            role=p["role"],
+            name=p["name"],
+            joined_at=p["joined_at"],
+            left_at=p["left_at"] if p["left_at"] is not None else now,
+            joins=1 if p["joined_at"] is not None else 0,
+        )
+    return session
 
 
 def _participant_row(session: Session, participant: Participant) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import pytest
 from tests.media_client import wait_for
 from tests.signaling.postgres_server import create_database, postgres_server  # noqa: F401
 from tests.signaling.store_serve import ParleyProcess, RejoiningParticipant
+from tests.signaling.ws_client import WsParticipant
 
 
 def in_call(a: RejoiningParticipant, b: RejoiningParticipant, frames: int = 10) -> bool:
@@ -112,6 +113,12 @@ async def test_restart_during_a_call_keeps_session_urls_and_history(
                 f"{server.base_url}/api/v1/sessions/{sid}", headers=server.auth()
             ) as r:
                 assert (await r.json())["state"] == "ended"
+            late = WsParticipant(server.base_url, session["agent_url"], "Ann")
+            try:  # its link still answers, with "ended" rather than "no such session"
+                reply = await late.join(media=False)
+                assert reply["type"] == "error" and reply["code"] == "session_ended", reply
+            finally:
+                await late.close()
     finally:
         for p in (agent, customer):
             if p is not None:
@@ -125,8 +132,6 @@ async def test_restart_during_a_call_keeps_session_urls_and_history(
 async def test_a_killed_parley_comes_back_with_its_waiting_session(tmp_path: Path) -> None:
     """No clean shutdown (SIGKILL): the session and its URLs are still there."""
     import signal
-
-    from tests.signaling.ws_client import WsParticipant
 
     server = ParleyProcess(tmp_path / "data")
     await server.start()
