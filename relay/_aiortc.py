@@ -766,3 +766,16 @@ async def _probe_pair(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -
         raise HookError("aiortc NackGenerator no longer reports missing packets as expected")
     if _attr(stats, "packets_received") != 3:
         raise HookError("aiortc StreamStatistics no longer counts packets as expected")
+
+
+# --- reports (issue 9) -------------------------------------------------------------------------
+
+
+def nominated_pair(pc: RTCPeerConnection) -> tuple[Candidate, Candidate] | None:
+    """(local, remote) candidates of the pair ICE nominated on ``pc``'s first transport (None
+    before ICE has nominated one)."""
+    for _, connection in _connections(pc):
+        pair = _attr(connection, "_nominated").get(1)
+        if pair is not None:
+            return _attr(pair, "local_candidate"), _attr(pair, "remote_candidate")
+    return None

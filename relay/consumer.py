@@ -34,7 +34,7 @@ from aiortc.rtp import (
     unpack_remb_fci,
 )
 
-from . import _aiortc
+from . import _aiortc, quality
 from .rtp import RtpIn, RtpRewriter, wrap_rtx
 
 if TYPE_CHECKING:
@@ -112,6 +112,8 @@ class Consumer:
         self.keyframe_requests = 0
         self.remb: int | None = None
         self.fraction_lost = 0
+        self.quality = quality.DownstreamQuality(producer.kind, producer.codec.clockRate)
+        """Report figures of this downstream leg (relay/quality.py)."""
         self._rewriter: RtpRewriter | None = None
         self._dtls: RTCDtlsTransport = transceiver.sender.transport
         self._send = _aiortc.fast_sender(self._dtls)
@@ -228,6 +230,8 @@ class Consumer:
             )
 
     async def _handle_rtcp(self, packet: AnyRtcpPacket) -> None:
+        if self._rewriter is not None:
+            quality.on_rtcp(self.quality, packet, self._rewriter.ssrc, time.monotonic())
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             for seq in packet.lost:
                 await self._retransmit(seq)
@@ -282,6 +286,7 @@ class Consumer:
                     octet_count=self.octets & 0xFFFFFFFF,
                 )
                 out.append(packet)
+                self.quality.on_sender_report(mapping[0], time.monotonic())
             elif isinstance(packet, RtcpSdesPacket):
                 if out:
                     out.append(packet)

@@ -28,6 +28,7 @@ from aiortc.rtp import (
 from . import _aiortc
 from .config import MediaConfig
 from .fanout import FanOut
+from .quality import FORWARD_LATENCY, UpstreamQuality
 from .rtp import KeyframeDetector, RtpIn, keyframe_detector, unwrap_rtx_in
 
 if TYPE_CHECKING:
@@ -96,6 +97,8 @@ class Producer:
         """RTX packets received from the publisher (unwrapped and forwarded)."""
         self.sender_report: tuple[int, int] | None = None
         """The publisher's last (NTP, RTP) timestamp pair from its sender report."""
+        self.quality = UpstreamQuality(kind, primary.mimeType, primary.clockRate)
+        """Report figures of this upstream leg (relay/quality.py)."""
 
         self._receiver = receiver
         self._config = config
@@ -127,6 +130,10 @@ class Producer:
         if ssrcs or rtx_ssrcs:
             _aiortc.register_ssrcs(receiver, [*ssrcs, *rtx_ssrcs])
 
+    def media_statistics(self) -> _aiortc.StreamStatistics | None:
+        """Sequence and jitter statistics of the media SSRC (not RTX), for reports."""
+        return self._streams.get(self._media_ssrc) if self._media_ssrc is not None else None
+
     @property
     def consumers(self) -> tuple[Consumer, ...]:
         """This producer's consumers: a view of the router's fan-out table."""
@@ -150,8 +157,12 @@ class Producer:
         """Every decrypted packet of this track, from the fast path or aiortc's path."""
         if self.closed:
             return
+        arrived = time.monotonic()
         try:
+            if packet.payload_type == self.payload_type:
+                self.quality.on_packet(packet, arrived)
             self._forward(packet)
+            FORWARD_LATENCY.observe(time.monotonic() - arrived)
         except Exception:
             # never raise into aiortc's receive loop: it would close the publisher's
             # transport. A bug here costs one packet, not the call.

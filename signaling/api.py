@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import recordings
+from . import recordings, store_journal
 from .errors import (
     BadRequest,
     InvalidJson,
@@ -102,6 +102,7 @@ async def create_session(request: web.Request) -> web.Response:
     recording = recordings.parse_options(body)
     session = manager.create(conversation_id, max_participants)
     recordings.attach(request.app, session, recording)
+    await store_journal.created(request.app, session)
     agent = manager.invite(session, "agent")
     customer = manager.invite(session, "customer")
     payload = {
@@ -133,6 +134,9 @@ async def create_invite(request: web.Request) -> web.Response:
 @routes.get("/api/v1/sessions/{session_id}")
 async def get_session(request: web.Request) -> web.Response:
     _authorize(request)
+    stored = await store_journal.stored_session(request.app, request.match_info["session_id"])
+    if stored is not None:
+        return web.json_response(stored)
     return web.json_response(_session(request).to_json())
 
 
@@ -146,6 +150,9 @@ async def delete_session(request: web.Request) -> web.Response:
 @routes.get("/api/v1/conversations/{conversation_id}/sessions")
 async def conversation_sessions(request: web.Request) -> web.Response:
     _authorize(request)
+    history = await store_journal.history(request.app, request.match_info["conversation_id"])
+    if history is not None:
+        return web.json_response({"sessions": history})
     sessions = request.app[SESSIONS].for_conversation(request.match_info["conversation_id"])
     return web.json_response({"sessions": [s.to_json() for s in sessions]})
 

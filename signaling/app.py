@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily
 from parley.relay import _aiortc
 from parley.turn.credentials import rest_credentials
 
-from . import api, metrics, recordings
+from . import api, metrics, recordings, reports
 from .config import ServiceConfig
 from .errors import Unauthorized
 from .keys import CONFIG, DRAINING, ICE_SERVERS, LIMITS, SESSIONS, SOCKETS, TURN_SERVER
@@ -92,9 +92,17 @@ def create_app(config: ServiceConfig) -> web.Application:
         app.router.add_get("/metrics", metrics_handler(app))
     app.router.add_get("/", _page("console.html"))
     app.router.add_get("/join/{token}", _page("join.html"))
+    app.add_routes(reports.routes)  # issue 9: reports API and pages
+    app.router.add_get("/reports", _page("reports.html"))
+    app.router.add_get("/reports/{session_id}", _page("reports.html"))
     app.router.add_static("/static/", STATIC, show_index=False)
     metrics.register(app[SESSIONS], app)
     app.cleanup_ctx.append(_turn_server)
+    if config.store.persistent:  # issue 9: store, webhooks, reports (before recordings and _sessions,
+        # so that it closes after them)
+        from .store_journal import store_context
+
+        app.cleanup_ctx.append(store_context)
     recordings.setup(app)  # before _sessions: its cleanup runs after the sessions ended
     app.cleanup_ctx.append(_sessions)
     app.on_shutdown.append(shutdown)

@@ -22,7 +22,7 @@ from parley.relay.config import MediaConfig
 
 from . import options
 from . import recordings as recordings_cli
-from .config import ServiceConfig, TurnSettings
+from .config import ServiceConfig, StoreSettings, TurnSettings
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,6 +52,38 @@ def hardening_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"metrics_host": metrics_host, "metrics_port": metrics_port}
 
 
+def kept_secret(args: argparse.Namespace, name: str, make: str) -> tuple[str, bool]:
+    """A secret kept in the data directory (created there, 0600, when missing), so that join
+    URLs and the API key survive a restart; ``make`` when there is no data directory."""
+    from . import keyfile
+
+    if not args.data_dir:
+        return make, True
+    return keyfile.load_or_create(args.data_dir, name, make)
+
+
+def store_settings_from_args(args: argparse.Namespace, notes: list[str]) -> StoreSettings:
+    """The store section; the webhook secret is kept in the data directory when not given."""
+    from . import keyfile
+    from .webhooks import new_secret
+
+    secret = args.webhook_secret
+    if args.webhook_url and not secret:
+        secret, made = keyfile.load_or_create(
+            args.data_dir, keyfile.WEBHOOK_SECRET_FILE, new_secret()
+        )
+        where = os.path.join(args.data_dir, keyfile.WEBHOOK_SECRET_FILE)
+        notes.append(f"webhook secret {'generated into' if made else 'read from'} {where}")
+    return StoreSettings(
+        data_dir=args.data_dir,
+        database_url=args.database_url,
+        webhook_urls=tuple(args.webhook_url),
+        webhook_secret=secret,
+        webhook_backoff_base=args.webhook_backoff,
+        report_interval=args.report_interval,
+    )
+
+
 def config_from_args(args: argparse.Namespace) -> tuple[ServiceConfig, list[str]]:
     """The service config from resolved options, and notes for the banner about generated
     secrets. Options with a ``field`` go where it says; the others are composed here."""
@@ -60,24 +92,37 @@ def config_from_args(args: argparse.Namespace) -> tuple[ServiceConfig, list[str]
     for path, value in options.fields(values).items():
         section, _, name = path.rpartition(".")
         by_section[section][name] = value
-    notes = []
+    notes: list[str] = []
     api_key = args.api_key
     if not api_key:
-        api_key = "pk_" + secrets.token_urlsafe(24)  # never starts with "-"
-        notes.append(f"generated API key: {api_key}")
+        # never starts with "-"; kept in the data directory
+        api_key, made = kept_secret(args, "api-key", "pk_" + secrets.token_urlsafe(24))
+        if made:
+            notes.append(f"generated API key: {api_key}")
+        else:
+            notes.append(f"API key read from {os.path.join(args.data_dir, 'api-key')}")
+    turn_secret = args.turn_secret or kept_secret(args, "turn-secret", secrets.token_urlsafe(24))[0]
+    token_secret = (
+        args.token_secret or kept_secret(args, "token-secret", secrets.token_urlsafe(32))[0]
+    ).encode()
     turn = TurnSettings(
         **by_section["turn"],
         enabled=args.turn_port != 0,
         listen_host=args.turn_listen or args.host,
-        secret=args.turn_secret or secrets.token_urlsafe(24),
+        secret=turn_secret,
         transports=tuple(t.strip() for t in args.turn_transports.split(",") if t.strip()),
+    )
+    recordings_dir = args.recordings_dir or (
+        os.path.join(args.data_dir, "recordings") if args.data_dir else None
     )
     config = ServiceConfig(
         **by_section[""],
         api_key=api_key,
-        token_secret=(args.token_secret or secrets.token_urlsafe(32)).encode(),
+        token_secret=token_secret,
         media=MediaConfig(**by_section["media"]),
         turn=turn,
+        store=store_settings_from_args(args, notes),
+        recordings_dir=recordings_dir,
         **hardening_settings(args),
     )
     return config, notes

@@ -81,6 +81,54 @@ class TurnSettings:
         return self.tls_cert is not None
 
 
+# --- store, webhooks, reports (issue 9) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """What is kept across restarts, and who is told (signaling/store.py, webhooks.py)."""
+
+    data_dir: str = ""
+    """Folder of the SQLite database and the kept secrets; "" with no database URL: nothing
+    is persisted (embedding, unit tests)."""
+
+    database_url: str = ""
+    """postgresql://... (or sqlite://...) instead of SQLite in the data directory."""
+
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str = ""
+    """Standard Webhooks signing secret (``whsec_`` + base64)."""
+
+    webhook_backoff_base: float = 5.0
+    """Seconds before the first retry; doubled per attempt up to ``webhook_backoff_max``."""
+
+    webhook_backoff_max: float = 3600.0
+    webhook_retry_window: float = 72 * 3600.0
+    """Seconds an event is retried before it is abandoned (at least 24 h in production)."""
+
+    webhook_timeout: float = 10.0
+    report_interval: float = 5.0
+    """Seconds between two quality samples of each track."""
+
+    def __post_init__(self) -> None:
+        for url in self.webhook_urls:
+            if urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc:
+                raise ValueError(f"--webhook-url must be an http(s) URL, got {url!r}")
+        if self.webhook_urls and not self.webhook_secret:
+            raise ValueError("webhooks need a signing secret (--webhook-secret)")
+        if self.webhook_backoff_base <= 0 or self.webhook_backoff_max < self.webhook_backoff_base:
+            raise ValueError("webhook backoff must be positive and below its maximum")
+        if not 0.1 <= self.report_interval <= 3600:
+            raise ValueError("the report interval must be between 0.1 and 3600 seconds")
+
+    @property
+    def persistent(self) -> bool:
+        return bool(self.data_dir or self.database_url)
+
+
+# --- end of issue 9 block ----------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     host: str = "127.0.0.1"
@@ -154,6 +202,8 @@ class ServiceConfig:
     @property
     def scheme(self) -> str:
         return "https" if self.tls_enabled else "http"
+
+    store: StoreSettings = field(default_factory=StoreSettings)
 
     def __post_init__(self) -> None:
         self._check_limits()

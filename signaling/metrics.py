@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from parley.relay import _aiortc
 
+from .reports import ReportCollector
 from .sessions import SessionManager
 
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
@@ -81,6 +82,7 @@ def register(manager: SessionManager, app: web.Application) -> CollectorRegistry
     embedded TURN server starts and registers its own collector into it)."""
     registry = CollectorRegistry()
     registry.register(RelayCollector(manager, app))
+    registry.register(ReportCollector(app))  # issue 9: latency, scores, network paths
     app[REGISTRY] = registry
     return registry
 

@@ -332,9 +332,40 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--recordings-dir",
-        "where recordings are kept, created if missing (default ./parley-data/recordings)",
-        field="recordings_dir",
+        "where recordings are kept, created if missing (default: recordings in --data-dir)",
+    ),  # composed in signaling.cli.config_from_args
+    Option(
+        "--data-dir",
+        "folder of the SQLite store and the kept secrets (API key, token and TURN keys)",
+        default="parley-data",
     ),
+    Option(
+        "--database-url",
+        "postgresql://user:password@host/db instead of SQLite in --data-dir",
+        default="",
+        secret=True,
+    ),
+    Option(
+        "--webhook-url",
+        "POST signed events here (repeatable)",
+        many=True,
+        default=[],
+        env="PARLEY_WEBHOOK_URLS",
+    ),
+    Option(
+        "--webhook-secret",
+        "Standard Webhooks secret, whsec_<base64> (generated into --data-dir if unset)",
+        default="",
+        secret=True,
+    ),
+    Option(
+        "--webhook-backoff",
+        "seconds before the first webhook retry, doubled per attempt",
+        NUMBER,
+        5.0,
+    ),
+    Option("--report-interval", "seconds between quality samples of each track", NUMBER, 5.0),
+    # the store section is composed in signaling.cli.store_settings_from_args
     Option("--log-level", "log level", default="INFO"),  # for logging, not the service config
 )
 """Every ``parley serve`` option. One row per option gives the flag, the ``PARLEY_*`` variable,

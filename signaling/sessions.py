@@ -36,6 +36,22 @@ class Connection(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
 
+class SessionListener(Protocol):
+    """Told of membership changes, after they happened (the store and webhooks, store_journal).
+    Implementations never raise."""
+
+    async def joined(
+        self, session: Session, participant: Participant, connection: Connection
+    ) -> None: ...
+
+    async def left(self, session: Session, participant: Participant) -> None: ...
+
+    async def ended(self, session: Session) -> None: ...
+
+    def closing(self, session: Session, participant: Participant) -> None:
+        """The participant's media is about to close (its last report sample)."""
+
+
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -81,6 +97,9 @@ class Session:
     clock: Callable[[], float] = time.time
     on_end: list[Callable[[Session], Awaitable[None]]] = field(default_factory=list)
     """Called once the session ended and its media closed (the recorder finalises)."""
+    started_at: float | None = None
+    """When the first participant joined."""
+    listener: SessionListener | None = None
 
     @property
     def state(self) -> str:
@@ -143,6 +162,8 @@ class Session:
         participant.left_at = None
         participant.connection = connection
         participant.joins += 1
+        if self.started_at is None:
+            self.started_at = now
         await connection.send(welcome(participant))
 
         async def send_offer(sdp: str, tracks: list[dict[str, Any]]) -> None:
@@ -166,6 +187,8 @@ class Session:
             {"type": "participant_joined", "participant": participant.to_json()},
             exclude=participant,
         )
+        if self.listener is not None:
+            await self.listener.joined(self, participant, connection)
         return participant
 
     async def leave(self, participant: Participant, connection: Connection) -> None:
@@ -177,6 +200,8 @@ class Session:
         participant.left_at = self.clock()
         logger.info("[%s/%s] left", self.id, participant.id)
         await self.broadcast({"type": "participant_left", "participant_id": participant.id})
+        if self.listener is not None:
+            await self.listener.left(self, participant)
 
     async def _media_failed(self, participant: Participant, connection: Connection) -> None:
         """A media leg failed or closed under the relay (consent expired, DTLS closed): tell the
@@ -198,6 +223,8 @@ class Session:
         await connection.close(CLOSE_MEDIA_FAILED, "media failed")
 
     async def _disconnect(self, participant: Participant) -> None:
+        if self.listener is not None and participant.peer is not None:
+            self.listener.closing(self, participant)
         participant.connection = None
         peer, participant.peer = participant.peer, None
         if peer is not None:
@@ -211,12 +238,14 @@ class Session:
         self.end_reason = reason
         logger.info("[%s] ended (%s)", self.id, reason)
         connections = []
+        left = []
         for participant in self.connected():
             connection = participant.connection
             assert connection is not None
             connections.append(connection)
             await self._disconnect(participant)
             participant.left_at = self.ended_at
+            left.append(participant)
             await connection.send({"type": "session_ended", "reason": reason})
         await asyncio.gather(
             *(c.close(CLOSE_SESSION_ENDED, "session ended") for c in connections),
@@ -228,6 +257,25 @@ class Session:
                 await hook(self)
             except Exception:  # a failing hook never stops the session from ending
                 logger.exception("[%s] an end-of-session hook failed", self.id)
+        if self.listener is not None:
+            for participant in left:
+                await self.listener.left(self, participant)
+            await self.listener.ended(self)
+
+    async def suspend(self) -> None:
+        """Server shutdown with a store: drop every connection and the media, keep the session
+        open (it is restored at the next start and its participants rejoin by themselves)."""
+        for participant in list(self.participants.values()):
+            connection = participant.connection
+            if connection is not None:
+                await self.leave(participant, connection)
+                await connection.close(1001, "server restarting")
+            elif participant.joined_at is not None and participant.left_at is None:
+                # its socket handler was cancelled by the shutdown while leaving
+                participant.left_at = self.clock()
+                if self.listener is not None:
+                    await self.listener.left(self, participant)
+        await self.router.close()
 
     async def broadcast(self, message: dict[str, Any], exclude: Participant | None = None) -> None:
         for participant in self.connected():
@@ -283,6 +331,8 @@ class SessionManager:
         self.clock = clock
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.by_conversation: dict[str, list[str]] = {}
+        self.listener: SessionListener | None = None
+        """Set by the store (store_journal): sessions then outlive a restart."""
 
     def create(self, conversation_id: str, max_participants: int | None = None) -> Session:
         now = self.clock()
@@ -295,6 +345,7 @@ class SessionManager:
             max_participants=max_participants or self.max_participants,
             router=Router(session_id, self.media),
             clock=self.clock,
+            listener=self.listener,
         )
         self.sessions[session_id] = session
         self.by_conversation.setdefault(conversation_id, []).append(session_id)
@@ -351,10 +402,18 @@ class SessionManager:
             if session.id in ids:
                 ids.remove(session.id)
 
+    def restore(self, session: Session) -> None:
+        """Put back a session the store kept across a restart (store_journal)."""
+        session.listener = self.listener
+        self.sessions[session.id] = session
+        self.by_conversation.setdefault(session.conversation_id, []).append(session.id)
+
     async def close(self) -> None:
-        await asyncio.gather(
-            *(s.end("server_shutdown") for s in self.sessions.values() if s.ended_at is None)
-        )
+        open_sessions = [s for s in self.sessions.values() if s.ended_at is None]
+        if self.listener is not None:
+            await asyncio.gather(*(s.suspend() for s in open_sessions))
+            return
+        await asyncio.gather(*(s.end("server_shutdown") for s in open_sessions))
 
     async def shutdown(self) -> None:
         """The process is stopping: close every peer but keep the sessions (not ended), so that
@@ -362,6 +421,8 @@ class SessionManager:
         for session in self.sessions.values():
             for participant in session.connected():
                 participant.left_at = self.clock()
+                if session.listener is not None:
+                    await session.listener.left(session, participant)
         await asyncio.gather(
             *(
                 session._disconnect(participant)

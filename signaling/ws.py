@@ -29,8 +29,10 @@ GOING_AWAY_REASON = b"server restarting; reconnect"
 class WebSocketConnection:
     """:class:`~signaling.sessions.Connection` over an aiohttp WebSocket."""
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, user_agent: str = "") -> None:
         self.ws = ws
+        self.user_agent = user_agent
+        """Kept in the store with each join (signaling/store_journal.py)."""
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.ws.closed:
@@ -65,7 +67,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         limits.joined_or_closed(address)
         raise
     app[SOCKETS].add(ws)
-    connection = WebSocketConnection(ws)
+    connection = WebSocketConnection(ws, request.headers.get("User-Agent", "")[:300])
     session: Session | None = None
     participant: Participant | None = None
     bucket = limits.message_bucket()

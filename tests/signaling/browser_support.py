@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -99,6 +100,8 @@ class ParleyServer:
             str(self.turn_port),
             "--media-address",
             "127.0.0.1",
+            "--data-dir",  # the store and kept secrets: a fresh folder per server
+            tempfile.mkdtemp(prefix="parley-data-"),
             *self.extra,
         ]
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process

@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import sys
+from pathlib import Path
 
 import aiohttp
 
@@ -20,10 +21,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_parley_serve_with_embedded_defaults_serves_a_two_party_call() -> None:
+async def test_parley_serve_with_embedded_defaults_serves_a_two_party_call(tmp_path: Path) -> None:
     port, turn_port = free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("PARLEY_API_KEY", None)
+    env.pop("PARLEY_DATA_DIR", None)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -36,6 +38,7 @@ async def test_parley_serve_with_embedded_defaults_serves_a_two_party_call() -> 
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=env,
+        cwd=tmp_path,  # the default data directory ./parley-data lands there
     )
     output = b""
     session: dict[str, str] = {}
@@ -51,6 +54,7 @@ async def test_parley_serve_with_embedded_defaults_serves_a_two_party_call() -> 
                 if found:
                     api_key = found.group(1).decode()
         assert f"http://127.0.0.1:{port}/".encode() in output
+        assert (tmp_path / "parley-data" / "parley.db").is_file()  # the default store
         assert api_key is not None
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as http:

@@ -1,0 +1,337 @@
+"""Call quality as the relay sees it, without decoding: per-leg counters, RTCP receiver-report
+figures, round-trip times from our own sender reports, and a score per leg.
+
+Two kinds of legs (LiveKit's "upstream" / "downstream"):
+
+- :class:`UpstreamQuality`, one per producer (publisher -> relay): sequence gaps (the loss the
+  relay sees), interarrival jitter (RFC 3550 §6.4.1, from aiortc's ``StreamStatistics``), NACKs
+  and PLIs we sent, RTX received, frames (marker bits), keyframes and VP8 resolution, and the
+  talk time of audio (:mod:`relay.speech`).
+- :class:`DownstreamQuality`, one per consumer (relay -> subscriber): loss and jitter from the
+  subscriber's receiver reports, RTT = arrival − LSR − DLSR matched against the sender reports
+  the consumer sent (their NTP field is the publisher's clock, so the match is by value, and the
+  send time is ours), NACKs, PLIs and FIRs received.
+
+The score is LiveKit's simplified E-model MOS (1.0–4.5; pkg/sfu/connectionquality/scorer.go):
+R = 100 − delay effect − loss·w with delay d = RTT/2 + 2·jitter (ms), the effect d/40, or
+(d − 120)/10 above 160 ms, w = 8 for Opus and 10 for video; MOS = 1 + 0.035R + 7e-6·R(R−60)(100−R).
+
+All of it is pure (time comes in as an argument) and O(1) per packet.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from typing import Any
+
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+)
+
+from .speech import SpeechTracker
+
+LOSS_WEIGHT = {"audio": 8.0, "video": 10.0}
+SENT_REPORTS_KEPT = 8
+
+
+def mos(loss_percent: float, rtt_ms: float | None, jitter_ms: float, kind: str) -> float:
+    """LiveKit's E-model MOS for one leg (1.0 = unusable, 4.5 = excellent)."""
+    delay = (rtt_ms or 0.0) / 2 + 2 * jitter_ms
+    effect = (delay - 120) / 10 if delay > 160 else delay / 40
+    r = 100.0 - effect - max(0.0, loss_percent) * LOSS_WEIGHT.get(kind, 10.0)
+    r = max(0.0, min(100.0, r))
+    score = 1 + 0.035 * r + 7e-6 * r * (r - 60) * (100 - r)
+    return round(max(1.0, min(4.5, score)), 2)
+
+
+def vp8_resolution(payload: bytes) -> tuple[int, int] | None:
+    """Width and height from the first packet of a VP8 key frame (RFC 6386 §9.1), else None."""
+    if len(payload) < 2:
+        return None
+    first = payload[0]
+    if not first & 0x10 or first & 0x07:
+        return None
+    pos = 1
+    if first & 0x80:
+        ext = payload[1]
+        pos = 2
+        if ext & 0x80:
+            if len(payload) <= pos:
+                return None
+            pos += 2 if payload[pos] & 0x80 else 1
+        if ext & 0x40:
+            pos += 1
+        if ext & 0x30:
+            pos += 1
+    header = payload[pos : pos + 10]
+    if len(header) < 10 or header[0] & 0x01 or header[3:6] != b"\x9d\x01\x2a":
+        return None
+    width = (header[6] | header[7] << 8) & 0x3FFF
+    height = (header[8] | header[9] << 8) & 0x3FFF
+    return width, height
+
+
+class UpstreamQuality:
+    """What one producer's packets show (publisher -> relay)."""
+
+    __slots__ = (
+        "kind",
+        "clock_rate",
+        "vp8",
+        "frames",
+        "keyframes",
+        "resolution",
+        "speech",
+        "_last",
+    )
+
+    def __init__(self, kind: str, mime_type: str, clock_rate: int) -> None:
+        self.kind = kind
+        self.clock_rate = clock_rate
+        self.vp8 = mime_type.lower() == "video/vp8"
+        self.frames = 0
+        self.keyframes = 0
+        self.resolution: tuple[int, int] | None = None
+        self.speech: SpeechTracker | None = SpeechTracker(clock_rate) if kind == "audio" else None
+        self._last: dict[str, float] = {"_at": time.monotonic()}
+
+    def on_packet(self, packet: Any, now: float) -> None:
+        """One forwarded packet (``packet`` is a ``relay.rtp.RtpIn``); ``now`` monotonic."""
+        if self.speech is not None:
+            level = packet.audio_level
+            if level is not None:
+                self.speech.on_level(level[1], packet.timestamp, now, level[0])
+            return
+        if packet.marker:
+            self.frames += 1
+        if self.vp8:
+            payload = packet.payload
+            # a key frame starts with S=1, PID=0 and P=0 in the VP8 header (checked in full below)
+            if payload and payload[0] & 0x10:
+                size = vp8_resolution(payload)
+                if size is not None:
+                    self.keyframes += 1
+                    self.resolution = size
+
+    def sample(
+        self, now: float, wall: float, producer: Any, rtt_ms: float | None
+    ) -> dict[str, Any]:
+        """Figures since the previous sample. ``producer`` is the ``relay.Producer``; ``rtt_ms``
+        the participant's RTT seen on its downstream legs (upstream RTT needs RTCP XR)."""
+        expected = lost = jitter_units = 0
+        stream = producer.media_statistics()
+        if stream is not None and stream.max_seq is not None:
+            expected = stream.packets_expected
+            lost = max(0, expected - stream.packets_received)
+            jitter_units = stream.jitter
+        totals = {
+            "packets": producer.packets,
+            "bytes": producer.octets,
+            "expected": expected,
+            "lost": lost,
+            "nacks": producer.nacks_sent,
+            "plis": producer.keyframe_requests,
+            "rtx": producer.retransmissions,
+            "frames": self.frames,
+            "keyframes": self.keyframes,
+        }
+        delta = _delta(self._last, totals, now)
+        elapsed = delta.pop("_elapsed")
+        loss = 100.0 * delta["lost"] / delta["expected"] if delta["expected"] > 0 else 0.0
+        jitter_ms = 1000.0 * jitter_units / self.clock_rate if self.clock_rate else 0.0
+        data: dict[str, Any] = {
+            "leg": "up",
+            "kind": self.kind,
+            "packets": delta["packets"],
+            "bytes": delta["bytes"],
+            "bitrate": round(8 * delta["bytes"] / elapsed) if elapsed else 0,
+            "loss": round(max(0.0, loss), 2),
+            "jitter_ms": round(jitter_ms, 1),
+            "rtt_ms": None if rtt_ms is None else round(rtt_ms, 1),
+            "nacks": delta["nacks"],
+            "plis": delta["plis"],
+            "firs": 0,
+            "rtx": delta["rtx"],
+        }
+        if self.kind == "video":
+            data["frames"] = delta["frames"]
+            data["fps"] = round(delta["frames"] / elapsed, 1) if elapsed else 0.0
+            data["keyframes"] = delta["keyframes"]
+            data["resolution"] = (
+                f"{self.resolution[0]}x{self.resolution[1]}" if self.resolution else None
+            )
+        if self.speech is not None:
+            data["speech"] = self.speech.take(now, wall)
+        data["score"] = (
+            mos(data["loss"], rtt_ms, jitter_ms, self.kind) if delta["packets"] else None
+        )
+        return data
+
+
+class DownstreamQuality:
+    """What one consumer's subscriber reports (relay -> subscriber)."""
+
+    __slots__ = (
+        "kind",
+        "clock_rate",
+        "nacks",
+        "plis",
+        "firs",
+        "fraction_lost",
+        "cumulative_lost",
+        "highest_seq",
+        "jitter",
+        "rtt",
+        "reports",
+        "_sent",
+        "_last",
+        "_rtts",
+    )
+
+    def __init__(self, kind: str, clock_rate: int) -> None:
+        self.kind = kind
+        self.clock_rate = clock_rate
+        self.nacks = 0
+        self.plis = 0
+        self.firs = 0
+        self.fraction_lost = 0
+        self.cumulative_lost = 0
+        self.highest_seq = 0
+        self.jitter = 0
+        self.rtt: float | None = None
+        """The latest round-trip time in seconds."""
+        self.reports = 0
+        self._sent: dict[int, float] = {}
+        """Middle 32 bits of the NTP timestamp of our recent sender reports -> monotonic time."""
+        self._last: dict[str, float] = {"_at": time.monotonic()}
+        self._rtts: list[float] = []
+
+    def on_sender_report(self, ntp_timestamp: int, now: float) -> None:
+        key = (ntp_timestamp >> 16) & 0xFFFFFFFF
+        sent = self._sent
+        sent[key] = now
+        if len(sent) > SENT_REPORTS_KEPT:
+            del sent[next(iter(sent))]
+
+    def on_report(self, report: Any, now: float) -> None:
+        """A receiver report block about our SSRC (aiortc ``RtcpReceiverInfo``)."""
+        self.reports += 1
+        self.fraction_lost = report.fraction_lost
+        self.cumulative_lost = report.packets_lost
+        self.highest_seq = report.highest_sequence
+        self.jitter = report.jitter
+        sent = self._sent.get(report.lsr) if report.lsr else None
+        if sent is not None:
+            rtt = now - sent - report.dlsr / 65536
+            if 0 <= rtt < 10:
+                self.rtt = rtt
+                self._rtts.append(rtt)
+
+    def on_nack(self, count: int) -> None:
+        self.nacks += count
+
+    def on_pli(self) -> None:
+        self.plis += 1
+
+    def on_fir(self) -> None:
+        self.firs += 1
+
+    def sample(self, now: float, consumer: Any) -> dict[str, Any]:
+        totals = {
+            "packets": consumer.packets,
+            "bytes": consumer.octets,
+            "nacks": self.nacks,
+            "plis": self.plis,
+            "firs": self.firs,
+            "rtx": consumer.retransmitted,
+            "lost": self.cumulative_lost,
+            "highest": self.highest_seq,
+        }
+        delta = _delta(self._last, totals, now)
+        elapsed = delta.pop("_elapsed")
+        if delta["highest"] > 0:
+            loss = 100.0 * delta["lost"] / delta["highest"]
+        else:
+            loss = 100.0 * self.fraction_lost / 256
+        jitter_ms = 1000.0 * self.jitter / self.clock_rate if self.clock_rate else 0.0
+        rtts, self._rtts = self._rtts, []
+        rtt_ms = 1000.0 * sum(rtts) / len(rtts) if rtts else None
+        data: dict[str, Any] = {
+            "kind": self.kind,
+            "packets": delta["packets"],
+            "bytes": delta["bytes"],
+            "bitrate": round(8 * delta["bytes"] / elapsed) if elapsed else 0,
+            "loss": round(min(100.0, max(0.0, loss)), 2),
+            "jitter_ms": round(jitter_ms, 1),
+            "rtt_ms": None if rtt_ms is None else round(rtt_ms, 1),
+            "nacks": delta["nacks"],
+            "plis": delta["plis"],
+            "firs": delta["firs"],
+            "rtx": delta["rtx"],
+            "reports": self.reports,
+        }
+        data["score"] = (
+            mos(data["loss"], rtt_ms, jitter_ms, self.kind) if delta["packets"] else None
+        )
+        return data
+
+
+def _delta(last: dict[str, float], totals: dict[str, float], now: float) -> dict[str, Any]:
+    """``totals`` minus the previous call's (kept in ``last``), and ``_elapsed`` seconds."""
+    previous_at = last.get("_at")
+    out: dict[str, Any] = {k: v - last.get(k, 0) for k, v in totals.items()}
+    out["_elapsed"] = (now - previous_at) if previous_at is not None else 0.0
+    last.update(totals)
+    last["_at"] = now
+    return out
+
+
+def on_rtcp(quality: DownstreamQuality, packet: Any, ssrc: int, now: float) -> None:
+    """Feed one RTCP packet from the subscriber (``ssrc``: the consumer's own)."""
+    if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+        for report in packet.reports:
+            if report.ssrc == ssrc:
+                quality.on_report(report, now)
+    elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+        quality.on_nack(len(packet.lost))
+    elif isinstance(packet, RtcpPsfbPacket):
+        if packet.fmt == RTCP_PSFB_PLI:
+            quality.on_pli()
+        elif packet.fmt == RTCP_PSFB_FIR:
+            quality.on_fir()
+
+
+class LatencyHistogram:
+    """Relay-added latency (a packet's arrival at its producer -> its last consumer's send),
+    counted into fixed buckets: a bisect and two increments per forwarded packet. One per
+    process (the Prometheus registry's counters are process-wide too)."""
+
+    BOUNDS = (2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2)
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.BOUNDS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.BOUNDS, seconds)] += 1
+        self.total += seconds
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """Cumulative ``(le, count)`` pairs, ending with ``+Inf``."""
+        out, running = [], 0
+        for bound, count in zip((*self.BOUNDS, float("inf")), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return out
+
+
+FORWARD_LATENCY = LatencyHistogram()
