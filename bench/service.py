@@ -88,6 +88,8 @@ async def relay_service(
         # many participants join from one address in seconds: measure the relay, not the limits
         "--joins-per-minute=0",
         "--sessions-per-minute=0",
+        "--data-dir",  # the store and kept secrets of this run, beside its logs
+        os.path.join(log_dir, "data"),
         "--recordings-dir",
         os.path.join(log_dir, "recordings"),
         stdout=log,
