@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_dir_outside_the_repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """``parley serve`` started by a test (or its ``--print-config``) keeps its store and
+    secrets in a temporary folder, never in ./parley-data of the checkout."""
+    previous = os.environ.get("PARLEY_DATA_DIR")
+    os.environ["PARLEY_DATA_DIR"] = str(tmp_path_factory.mktemp("parley-data"))
+    yield
+    if previous is None:
+        os.environ.pop("PARLEY_DATA_DIR", None)
+    else:
+        os.environ["PARLEY_DATA_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

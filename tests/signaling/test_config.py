@@ -15,6 +15,13 @@ import pytest
 from parley.signaling import cli, options
 from parley.signaling.options import SERVE_OPTIONS, ConfigError, Option
 
+
+@pytest.fixture(autouse=True)
+def _in_a_temporary_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The configs built here keep their generated secrets in ./parley-data (the default, since
+    these tests resolve without the environment): let that be a temporary folder."""
+    monkeypatch.chdir(tmp_path)
+
 # the flags and environment variables parley serve had before the table: a contract
 LEGACY_FLAGS = {
     "--host", "--port", "--public-url", "--api-key", "--token-secret", "--token-ttl",

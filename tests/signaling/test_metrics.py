@@ -43,6 +43,7 @@ RELAY_TYPES = {
     "parley_keyframe_requests": "gauge",
     "parley_media_rejected_datagrams": "counter",
     "parley_rate_limited": "counter",
+    "parley_relay_forward_latency_seconds": "histogram",
 }
 
 
