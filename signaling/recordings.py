@@ -13,7 +13,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,12 @@ from parley.relay.recorder.manifest import (
     session_dirs,
     write_json,
 )
-from parley.relay.recorder.session import listing
+from parley.relay.recorder.session import Recording, listing
 
-from . import api  # api imports this module too: use api.x at call time
+from . import (
+    api,  # api imports this module too: use api.x at call time
+    store_journal,
+)
 from .errors import BadRequest, Forbidden, NotFound, SignalingError
 from .keys import CONFIG, SESSIONS
 from .sessions import Participant, Session
@@ -53,12 +56,17 @@ class SessionEndedConflict(SignalingError):
     code = "session_ended"
     status = 409
 
+EventSink = Callable[[str, Session, dict[str, Any]], Awaitable[None]]
+"""``(type, session, recording)`` for the ``recording.*`` webhook events."""
+
 
 class RecordingService:
     """The recorders of this process's sessions and the composed-file jobs."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, events: EventSink | None = None) -> None:
         self.root = root
+        self.events = events
+        """Where ``recording.started`` / ``recording.ready`` go (the store's webhooks)."""
         self.recorders: dict[str, SessionRecorder] = {}
         self.compose_jobs: dict[str, asyncio.Task[None]] = {}
         self.compose_progress: dict[str, float] = {}
@@ -76,9 +84,20 @@ class RecordingService:
 
             def announce(state: str) -> None:
                 self._spawn(session.broadcast({"type": "recording", "state": state}))
+                if state == "recording" and self.events is not None:
+                    started = recorder.session_state() if recorder is not None else {}
+                    self._spawn(self.events("recording.started", session, started))
+
+            def ready(recording: Recording) -> None:
+                if self.events is not None:
+                    self._spawn(self.events("recording.ready", session, recording.to_json()))
 
             recorder = SessionRecorder(
-                session.router, self.root / session.id, describe, on_state=announce
+                session.router,
+                self.root / session.id,
+                describe,
+                on_state=announce,
+                on_ready=ready,
             )
             self.recorders[session.id] = recorder
         return recorder
@@ -232,7 +251,13 @@ def recordings_root(config: Any) -> Path:
 
 def setup(app: web.Application) -> None:
     """Routes, the service and its start-up/shutdown (call before the sessions context)."""
-    app[RECORDINGS] = RecordingService(recordings_root(app[CONFIG]))
+    async def events(type: str, session: Session, recording: dict[str, Any]) -> None:
+        try:
+            await store_journal.recording_event(app, type, session, recording)
+        except Exception:  # an event that cannot be stored never disturbs the recording
+            logger.exception("[%s] storing %s failed", session.id, type)
+
+    app[RECORDINGS] = RecordingService(recordings_root(app[CONFIG]), events)
     app.add_routes(routes)
     app.cleanup_ctx.append(_context)
 

@@ -268,7 +268,10 @@ def talk_time(
 
 
 def summary_line(
-    row: dict[str, Any], scores: tuple[float, float] | None, now: float | None = None
+    row: dict[str, Any],
+    scores: tuple[float, float] | None,
+    now: float | None = None,
+    recorded: bool = False,
 ) -> dict[str, Any]:
     """One line of the report list: no samples needed, the scores come aggregated."""
     joined = [p for p in row.get("participants", []) if p["joined_at"] is not None]
@@ -284,7 +287,7 @@ def summary_line(
         "worst_score": round(scores[0], 2) if scores else None,
         "mean_score": round(scores[1], 2) if scores else None,
         "network_paths": sorted({p["network_path"] for p in joined if p["network_path"]}),
-        "recorded": False,
+        "recorded": recorded,
     }
 
 
@@ -296,7 +299,10 @@ def _duration(row: dict[str, Any], now: float | None) -> float:
 
 
 def summary_of(
-    row: dict[str, Any], samples: list[dict[str, Any]], now: float | None = None
+    row: dict[str, Any],
+    samples: list[dict[str, Any]],
+    now: float | None = None,
+    recorded: bool = False,
 ) -> dict[str, Any]:
     duration = _duration(row, now)
     scores = [s["score"] for s in samples if s["score"] is not None]
@@ -316,7 +322,7 @@ def summary_of(
         "talk_seconds": {who: t["seconds"] for who, t in talk.items()},
         "overlap_seconds": both,
         "network_paths": sorted({p["network_path"] for p in joined if p["network_path"]}),
-        "recorded": False,
+        "recorded": recorded,
     }
 
 
@@ -327,7 +333,8 @@ async def build_report(store: Store, row: dict[str, Any]) -> dict[str, Any]:
     samples = await store.samples(sid)
     events = await store.events_of(sid)
     connections = await store.connections_of(sid)
-    summary = summary_of(row, samples)
+    recorded = any(e["type"] == "recording.started" for e in events)
+    summary = summary_of(row, samples, recorded=recorded)
     duration = summary["duration_seconds"] or None
     talk, both = talk_time(samples, duration)
     participants = []
@@ -508,7 +515,10 @@ async def list_reports(request: web.Request) -> web.Response:
     )
     more, rows = len(rows) > limit, rows[:limit]
     scores = await store.score_summaries([row["id"] for row in rows])
-    lines = [summary_line(row, scores.get(row["id"])) for row in rows]
+    recorded = await store.recorded_sessions([row["id"] for row in rows])
+    lines = [
+        summary_line(row, scores.get(row["id"]), recorded=row["id"] in recorded) for row in rows
+    ]
     next_cursor = None
     if more and rows:
         last = rows[-1]

@@ -414,6 +414,18 @@ class Store:
                 await conn.execute(insert(webhook_deliveries), deliveries)
             return seq
 
+    async def recorded_sessions(self, session_ids: list[str]) -> set[str]:
+        """Those of ``session_ids`` that recorded something (a ``recording.started`` event)."""
+        if not session_ids:
+            return set()
+        query = (
+            select(events.c.session_id)
+            .where(events.c.session_id.in_(session_ids), events.c.type == "recording.started")
+            .distinct()
+        )
+        async with self.engine.connect() as conn:
+            return {sid for (sid,) in await conn.execute(query)}
+
     async def events_of(self, session_id: str) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
             result = await conn.execute(

@@ -213,7 +213,8 @@ class Journal:
         row = await self.store.get_session(session.id)
         if row is None:
             return {}
-        return summary_of(row, await self.store.samples(session.id))
+        recorded = session.id in await self.store.recorded_sessions([session.id])
+        return summary_of(row, await self.store.samples(session.id), recorded=recorded)
 
     def participant_json(
         self, session: Session, participant: Participant, connection: Connection | None = None

@@ -162,12 +162,15 @@ class SessionRecorder:
         directory: Path,
         describe: Describe,
         on_state: Callable[[str], None] = lambda state: None,
+        on_ready: Callable[[Recording], None] = lambda recording: None,
         finalizer: Callable[[Path, Callable[[float], None]], Awaitable[Any]] | None = None,
     ) -> None:
         self.router = router
         self.directory = directory
         self.describe = describe
         self.on_state = on_state
+        self.on_ready = on_ready
+        """Called once per recording whose file is ready (for ``recording.ready`` events)."""
         self.finalizer = finalizer or (
             lambda path, progress: run_worker("finalize", path, progress)
         )
@@ -326,6 +329,8 @@ class SessionRecorder:
             recording.manifest.reason = "the remux worker did not finish"
             self._save(recording)
         logger.info("[%s] recording %s %s", self.router.id, recording.id, recording.manifest.state)
+        if recording.manifest.state == "ready":
+            self.on_ready(recording)
 
     # --- manifests -----------------------------------------------------------------------------
 
