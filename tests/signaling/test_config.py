@@ -296,6 +296,19 @@ def test_the_sample_files_in_the_docs_are_valid_configurations(tmp_path: Path) -
     assert options.read_file(str(readme_sample))["turn_tls_port"] == 443
 
 
+def test_the_docs_sample_names_every_key() -> None:
+    """docs/parley.toml shows every option, set or commented out (``# key = ...``)."""
+    repo = Path(__file__).resolve().parents[2]
+    text = (repo / "docs" / "parley.toml").read_text()
+    keys = {
+        line.lstrip("# ").split("=", 1)[0].strip()
+        for line in text.splitlines()
+        if "=" in line and not line.startswith("#   ")
+    }
+    missing = [o.key for o in SERVE_OPTIONS if o.key not in keys]
+    assert not missing, f"add to docs/parley.toml: {missing}"
+
+
 @pytest.mark.parametrize("option", [o for o in SERVE_OPTIONS if o.field], ids=lambda o: o.field)
 def test_each_option_with_a_field_lands_in_the_service_config(option: Option) -> None:
     text, value = sample(option, 1)
