@@ -1,0 +1,121 @@
+/* The physical floor of a UDP relay on this machine: recvmsg one packet, sendmsg it to N
+ * subscribers, nothing else (no SRTP, no parse, no rewrite). Built and run by bench/floor.py.
+ *
+ *   floor N COUNT SIZE PPS
+ *
+ * A child process sends COUNT packets of SIZE bytes at PPS to the forwarder's socket; the parent
+ * forwards each one to N bound sockets that nobody reads (the kernel still delivers into them
+ * and drops what does not fit, as loopback delivery costs in the real relay). Prints one JSON
+ * line: packets received, datagrams sent, the parent's user and system CPU in microseconds.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static int bound_socket(struct sockaddr_in *addr) {
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    socklen_t len = sizeof(*addr);
+    memset(addr, 0, sizeof(*addr));
+    addr->sin_family = AF_INET;
+    addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || bind(fd, (struct sockaddr *)addr, sizeof(*addr)) < 0 ||
+        getsockname(fd, (struct sockaddr *)addr, &len) < 0) {
+        perror("socket");
+        exit(1);
+    }
+    return fd;
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 5) {
+        fprintf(stderr, "usage: floor N COUNT SIZE PPS\n");
+        return 2;
+    }
+    int n = atoi(argv[1]);
+    long count = atol(argv[2]);
+    int size = atoi(argv[3]);
+    double pps = atof(argv[4]);
+    if (n < 1 || n > 1000 || count < 1 || size < 12 || size > 1500 || pps <= 0) {
+        fprintf(stderr, "bad arguments\n");
+        return 2;
+    }
+    struct sockaddr_in in_addr;
+    int in_fd = bound_socket(&in_addr);
+    int rcvbuf = 1 << 20;
+    setsockopt(in_fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    struct sockaddr_in *sinks = calloc((size_t)n, sizeof(*sinks));
+    for (int i = 0; i < n; i++) {
+        bound_socket(&sinks[i]); /* kept open, never read */
+    }
+    pid_t child = fork();
+    if (child == 0) {
+        int fd = socket(AF_INET, SOCK_DGRAM, 0);
+        unsigned char packet[1500];
+        memset(packet, 0xAB, sizeof(packet));
+        double start = now();
+        for (long i = 0; i < count; i++) {
+            double due = start + i / pps;
+            double wait = due - now();
+            if (wait > 0) {
+                usleep((useconds_t)(wait * 1e6));
+            }
+            sendto(fd, packet, (size_t)size, 0, (struct sockaddr *)&in_addr, sizeof(in_addr));
+        }
+        _exit(0);
+    }
+    int out_fd = socket(AF_INET, SOCK_DGRAM, 0);
+    unsigned char buf[2048];
+    struct iovec iov = {buf, sizeof(buf)};
+    struct msghdr msg;
+    long received = 0, sent = 0;
+    struct rusage before, after;
+    getrusage(RUSAGE_SELF, &before);
+    struct pollfd pfd = {in_fd, POLLIN, 0};
+    while (received < count) {
+        if (poll(&pfd, 1, 1000) <= 0) {
+            break; /* a second without packets: the sender is done (some were dropped) */
+        }
+        memset(&msg, 0, sizeof(msg));
+        iov.iov_len = sizeof(buf);
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        ssize_t len = recvmsg(in_fd, &msg, MSG_DONTWAIT);
+        if (len < 0) {
+            continue;
+        }
+        received++;
+        iov.iov_len = (size_t)len;
+        for (int i = 0; i < n; i++) {
+            msg.msg_name = &sinks[i];
+            msg.msg_namelen = sizeof(sinks[i]);
+            if (sendmsg(out_fd, &msg, MSG_DONTWAIT) == len) {
+                sent++;
+            }
+        }
+    }
+    getrusage(RUSAGE_SELF, &after);
+    kill(child, SIGTERM);
+    waitpid(child, NULL, 0);
+    long user = (after.ru_utime.tv_sec - before.ru_utime.tv_sec) * 1000000L +
+                (after.ru_utime.tv_usec - before.ru_utime.tv_usec);
+    long sys = (after.ru_stime.tv_sec - before.ru_stime.tv_sec) * 1000000L +
+               (after.ru_stime.tv_usec - before.ru_stime.tv_usec);
+    printf("{\"n\": %d, \"received\": %ld, \"sent\": %ld, \"user_us\": %ld, \"sys_us\": %ld}\n", n,
+           received, sent, user, sys);
+    return 0;
+}
