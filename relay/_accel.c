@@ -29,7 +29,7 @@
 
 static PyObject *AccelError;
 static PyObject *s_marker, *s_sequence_number, *s_timestamp, *s_csrc, *s_payload,
-    *s_padding_size, *s_audio_level, *s_route, *s_state, *s_is_closing, *one;
+    *s_padding_size, *s_audio_level, *s_route, *s_state, *s_tx_srtp, *s_is_closing, *one;
 
 /* --- Session ---------------------------------------------------------------------------- */
 
@@ -159,8 +159,9 @@ typedef struct {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     /* what says this is still the leg to send on (see relay/_aiortc.py fast_tx) */
-    PyObject *dtls;      /* dtls._state is connected */
+    PyObject *dtls;      /* dtls._state is connected and dtls._tx_srtp is keyed_by */
     PyObject *connected;
+    PyObject *keyed_by; /* aiortc's own session, whose keys ours were derived from */
     PyObject *nominated; /* nominated.get(1) is pair */
     PyObject *pair;
     PyObject *transport; /* not transport.is_closing() */
@@ -171,6 +172,7 @@ static int Tx_traverse(Tx *self, visitproc visit, void *arg) {
     Py_VISIT(self->session);
     Py_VISIT(self->dtls);
     Py_VISIT(self->connected);
+    Py_VISIT(self->keyed_by);
     Py_VISIT(self->nominated);
     Py_VISIT(self->pair);
     Py_VISIT(self->transport);
@@ -181,6 +183,7 @@ static int Tx_clear(Tx *self) {
     Py_CLEAR(self->session);
     Py_CLEAR(self->dtls);
     Py_CLEAR(self->connected);
+    Py_CLEAR(self->keyed_by);
     Py_CLEAR(self->nominated);
     Py_CLEAR(self->pair);
     Py_CLEAR(self->transport);
@@ -194,14 +197,14 @@ static void Tx_dealloc(Tx *self) {
 }
 
 static int Tx_init(Tx *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"session",  "fd",   "host",      "port", "dtls",
-                             "connected", "nominated", "pair", "transport", NULL};
-    PyObject *session, *dtls, *connected, *nominated, *pair, *transport;
+    static char *kwlist[] = {"session",   "fd",       "host",      "port", "dtls",
+                             "connected", "keyed_by", "nominated", "pair", "transport", NULL};
+    PyObject *session, *dtls, *connected, *keyed_by, *nominated, *pair, *transport;
     int fd, port;
     const char *host;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!isiOOO!OO", kwlist, &SessionType, &session,
-                                     &fd, &host, &port, &dtls, &connected, &PyDict_Type,
-                                     &nominated, &pair, &transport)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!isiOOOO!OO", kwlist, &SessionType,
+                                     &session, &fd, &host, &port, &dtls, &connected, &keyed_by,
+                                     &PyDict_Type, &nominated, &pair, &transport)) {
         return -1;
     }
     memset(&self->addr, 0, sizeof(self->addr));
@@ -227,6 +230,8 @@ static int Tx_init(Tx *self, PyObject *args, PyObject *kwds) {
     self->dtls = dtls;
     Py_INCREF(connected);
     self->connected = connected;
+    Py_INCREF(keyed_by);
+    self->keyed_by = keyed_by;
     Py_INCREF(nominated);
     self->nominated = nominated;
     Py_INCREF(pair);
@@ -248,6 +253,14 @@ static int Tx_valid(Tx *self) {
     Py_DECREF(state);
     if (state != self->connected) {
         return 0;
+    }
+    PyObject *srtp = PyObject_GetAttr(self->dtls, s_tx_srtp);
+    if (srtp == NULL) {
+        return -1;
+    }
+    Py_DECREF(srtp);
+    if (srtp != self->keyed_by) {
+        return 0; /* aiortc re-keyed (or someone swapped its session): ours is stale */
     }
     if (PyDict_GetItemWithError(self->nominated, one) != self->pair) {
         return PyErr_Occurred() ? -1 : 0;
@@ -299,7 +312,18 @@ static PyObject *Tx_send(Tx *self, PyObject *arg) {
     memcpy(buf, in.buf, in.len);
     int len = (int)in.len;
     PyBuffer_Release(&in);
-    Tx_protect_send(self, buf, len);
+    srtp_err_status_t status = srtp_protect(self->session->ctx, buf, &len);
+    if (status != srtp_err_status_ok) {
+        self->errors++;
+        PyErr_Format(AccelError, "srtp_protect failed (%d)", (int)status);
+        return NULL;
+    }
+    if (sendto(self->fd, buf, (size_t)len, MSG_DONTWAIT, (struct sockaddr *)&self->addr,
+               self->addrlen) < 0) {
+        self->errors++;
+    } else {
+        self->sent++;
+    }
     Py_RETURN_NONE;
 }
 
@@ -329,7 +353,7 @@ static PyTypeObject TxType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "parley.relay._accel.Tx",
     .tp_basicsize = sizeof(Tx),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Tx(session, fd, host, port, dtls, connected, nominated, pair, transport)",
+    .tp_doc = "Tx(session, fd, host, port, dtls, connected, keyed_by, nominated, pair, transport)",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Tx_init,
     .tp_dealloc = (destructor)Tx_dealloc,
@@ -820,6 +844,7 @@ PyMODINIT_FUNC PyInit__accel(void) {
     INTERN(s_audio_level, "audio_level");
     INTERN(s_route, "_route");
     INTERN(s_state, "_state");
+    INTERN(s_tx_srtp, "_tx_srtp");
     INTERN(s_is_closing, "is_closing");
     one = PyLong_FromLong(1);
     PyObject *m = PyModule_Create(&accel_module);

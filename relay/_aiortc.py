@@ -526,9 +526,10 @@ def fast_tx(dtls: RTCDtlsTransport) -> Any:
     if pair is None:
         return None
     transport = _attr(_attr(pair, "protocol"), "transport")
+    # a UDP socket of our own (uvloop's or asyncio's transport); aioice's TurnTransport has none
     get_extra_info = getattr(transport, "get_extra_info", None)
     sock = get_extra_info("socket") if get_extra_info is not None else None
-    if sock is None or not isinstance(transport, asyncio.DatagramTransport):
+    if sock is None or not callable(getattr(transport, "is_closing", None)):
         return None
     host, port = _attr(pair, "remote_addr")[:2]
     if accel.COMPILED:
@@ -537,7 +538,7 @@ def fast_tx(dtls: RTCDtlsTransport) -> Any:
     else:
         session = srtp
     return accel.Tx(
-        session, sock.fileno(), host, port, dtls, State.CONNECTED, nominated, pair, transport
+        session, sock.fileno(), host, port, dtls, State.CONNECTED, srtp, nominated, pair, transport
     )
 
 
@@ -813,6 +814,22 @@ async def _probe_pair(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -
             break
     if not got or got[0].ssrc != ssrc:
         raise HookError("a packet sent through the fast path did not reach the receiver hook")
+    # ... and one through the packet path's own sender (compiled: its own SRTP contexts, made
+    # from the DTLS keying material, must agree with the peer's)
+    tx = fast_tx(sending.sender.transport)
+    if tx is None or not tx.valid:
+        raise HookError("the fast sender found no socket on the probe's nominated pair")
+    before = len(got)
+    for seq in range(2, 200):
+        packet.sequence_number = seq
+        tx.send(packet.serialize())
+        await asyncio.sleep(0.01)
+        if len(got) > before:
+            break
+    if len(got) == before or got[-1].sequence_number < 2:
+        raise HookError(
+            f"a packet sent through the {accel.IMPLEMENTATION} packet path did not arrive"
+        )
     # the receiver has started (it routes our payload type): our receive hook stopped its decoder
     if _attr(receiver, _RECEIVER_DECODER_THREAD) is not None:
         raise HookError("the receiver's decoder thread was not stopped")

@@ -81,6 +81,7 @@ class PyTx:
         "addr",
         "dtls",
         "connected",
+        "keyed_by",
         "nominated",
         "pair",
         "transport",
@@ -96,6 +97,7 @@ class PyTx:
         port: int,
         dtls: Any,
         connected: object,
+        keyed_by: object,
         nominated: dict[int, Any],
         pair: object,
         transport: Any,
@@ -105,6 +107,7 @@ class PyTx:
         self.addr = (host, port)
         self.dtls = dtls
         self.connected = connected
+        self.keyed_by = keyed_by
         self.nominated = nominated
         self.pair = pair
         self.transport = transport
@@ -113,17 +116,24 @@ class PyTx:
 
     @property
     def valid(self) -> bool:
-        """Still connected, on the same nominated pair, and its socket is open."""
+        """Still connected with the same SRTP keys, on the same nominated pair, and its socket
+        is open."""
+        dtls = self.dtls
         return (
-            self.dtls._state is self.connected
+            dtls._state is self.connected
+            and dtls._tx_srtp is self.keyed_by
             and self.nominated.get(1) is self.pair
             and not self.transport.is_closing()
         )
 
     def send(self, data: bytes) -> None:
+        """Protect and send one RTP packet: ``ConnectionError`` when the leg is gone, the SRTP
+        error when protecting fails (a broken leg: its consumer is dropped)."""
         if not self.valid:
             raise ConnectionError("not connected")
-        self._protect_send(data)
+        out = self.session.protect(data)
+        self.transport.sendto(out, self.addr)
+        self.sent += 1
 
     def _protect_send(self, data: bytes) -> None:
         try:

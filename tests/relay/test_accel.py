@@ -23,7 +23,7 @@ try:
 except ImportError:  # pragma: no cover - only where the extension was not built
     _accel = None
 
-pytestmark = pytest.mark.skipif(_accel is None, reason="the compiled packet path is not built")
+needs_compiled = pytest.mark.skipif(_accel is None, reason="the compiled packet path is not built")
 
 PROFILES = [p for p in SRTP_PROFILES]
 
@@ -72,6 +72,7 @@ def both_routes(args: dict[str, Any], seq_offset: int, ts_offset: int) -> tuple[
     return routes
 
 
+@needs_compiled
 @settings(max_examples=300, deadline=None)
 @given(
     packet=packets(),
@@ -95,6 +96,7 @@ def test_the_compiled_rewrite_writes_the_same_bytes_as_the_pure_one(
     assert parsed.csrc == list(packet.csrc) and parsed.padding_size == packet.padding_size
 
 
+@needs_compiled
 @settings(max_examples=100, deadline=None)
 @given(
     seqs=st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=40),
@@ -123,6 +125,7 @@ def test_both_histories_keep_and_count_the_same_packets(
     assert compiled.history((seqs[-1] + seq_offset) & 0xFFFF) is None
 
 
+@needs_compiled
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.openssl_profile.decode())
 @settings(max_examples=40, deadline=None)
 @given(packet=packets(), seq=st.integers(0, 0xFFFF))
@@ -142,6 +145,7 @@ def test_compiled_srtp_matches_pylibsrtp(profile: Any, packet: RtpIn, seq: int) 
         assert inbound.unprotect(protected) == plain
 
 
+@needs_compiled
 def test_compiled_unprotect_rejects_a_forged_packet() -> None:
     profile = PROFILES[0]
     key = os.urandom(profile.key_length + profile.salt_length)
@@ -165,7 +169,8 @@ class _Leg:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
         self.closing = False
-        self.dtls = SimpleNamespace(_state=State.CONNECTED)
+        self.srtp = object()
+        self.dtls = SimpleNamespace(_state=State.CONNECTED, _tx_srtp=self.srtp)
         self.pair = object()
         self.nominated = {1: self.pair}
 
@@ -184,6 +189,7 @@ class _Leg:
             port,
             self.dtls,
             State.CONNECTED,
+            self.srtp,
             self.nominated,
             self.pair,
             self,
@@ -197,6 +203,7 @@ class _Leg:
         self.sink.close()
 
 
+@needs_compiled
 @settings(max_examples=30, deadline=None)
 @given(
     stream=st.lists(packets(), min_size=1, max_size=5),
@@ -235,6 +242,7 @@ def test_a_compiled_fan_out_sends_the_same_datagrams_as_the_pure_one(
     assert sent[0] == sent[1]
 
 
+@needs_compiled
 def test_a_leg_that_is_no_longer_valid_is_handed_back() -> None:
     profile = PROFILES[0]
     key = os.urandom(profile.key_length + profile.salt_length)
@@ -255,6 +263,9 @@ def test_a_leg_that_is_no_longer_valid_is_handed_back() -> None:
             leg.closing = True  # the socket is closing
             assert fan_out(packet, (consumer,), -1) == [consumer]
             leg.closing = False
+            leg.dtls._tx_srtp = object()  # aiortc's keys changed
+            assert fan_out(packet, (consumer,), -1) == [consumer]
+            leg.dtls._tx_srtp = leg.srtp
             leg.dtls._state = State.CLOSED
             assert fan_out(packet, (consumer,), -1) == [consumer]
             with pytest.raises(ConnectionError):
@@ -265,5 +276,26 @@ def test_a_leg_that_is_no_longer_valid_is_handed_back() -> None:
 
 
 def test_the_packet_path_in_use_is_named() -> None:
+    if _accel is None:
+        assert accel.IMPLEMENTATION == "python"
+        return
     forced = os.environ.get("PARLEY_PURE_PYTHON", "") not in ("", "0")
     assert accel.IMPLEMENTATION == ("python" if forced else "compiled")
+
+
+async def test_real_peers_are_forwarded_through_the_packet_path_in_use() -> None:
+    """Two aiortc participants through a real router: every consumer sends on an ``accel.Tx``
+    of the implementation in use (not the per-packet Python fallback), and media flows."""
+    from tests.media_client import wait_for
+    from tests.relay.harness import session
+
+    async with session("ann", "bob") as (router, p):
+        ann, bob = p["ann"], p["bob"]
+        await ann.publish()
+        ok = await wait_for(lambda: bob.client.frames_from("ann", "video") >= 30, timeout=15)
+        assert ok, dict(bob.client.frames)
+        for kind in ("video", "audio"):
+            consumer = bob.consumer_of(ann.producer(kind))
+            route = consumer._route
+            assert route is not None and isinstance(route.tx, accel.Tx), (kind, route)
+            assert route.tx.valid and route.tx.sent > 0 and route.packets > 0
