@@ -31,9 +31,9 @@ def build(directory: Path) -> Path:
     return binary
 
 
-def run(binary: Path, n: int, count: int, size: int, pps: float) -> dict[str, Any]:
+def run(binary: Path, n: int, count: int, size: int, pps: float, batch: int) -> dict[str, Any]:
     out = subprocess.run(
-        [str(binary), str(n), str(count), str(size), str(pps)],
+        [str(binary), str(n), str(count), str(size), str(pps), str(batch)],
         check=True,
         capture_output=True,
         text=True,
@@ -53,17 +53,26 @@ def main() -> None:
     parser.add_argument("--pps", type=float, default=340, help="packets per second per session")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--size", type=int, default=1042, help="datagram size in bytes")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="read up to this many packets per recvmmsg and send them as one UDP GSO sendmsg",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="parley-floor-") as tmp:
         binary = build(Path(tmp))
-        print("| N | pkt/s in | fan-out | sent | CPU µs per forwarded datagram | of which system |")
-        print("|---|---|---|---|---|---|")
+        print(
+            "| N | pkt/s in | fan-out | batch | sent | CPU µs per forwarded datagram "
+            "| of which system |"
+        )
+        print("|---|---|---|---|---|---|---|")
         for n in (int(x) for x in args.n.split(",")):
             pps = args.pps * n
-            r = run(binary, args.fanout, int(pps * args.seconds), args.size, pps)
+            r = run(binary, args.fanout, int(pps * args.seconds), args.size, pps, args.batch)
             print(
-                f"| {n} | {pps:.0f} | {args.fanout} | {r['sent']} | {r['us_per_forwarded']:.2f} "
-                f"| {r['sys_us_per_forwarded']:.2f} |"
+                f"| {n} | {pps:.0f} | {args.fanout} | {args.batch} | {r['sent']} "
+                f"| {r['us_per_forwarded']:.2f} | {r['sys_us_per_forwarded']:.2f} |"
             )
 
 
