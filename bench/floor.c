@@ -8,8 +8,8 @@
  * as one video frame's packets nearly are): what batching could save at best.
  *
  * A child process sends COUNT packets of SIZE bytes at PPS (in bursts of 4) to the forwarder's
- * socket; the parent forwards each one to N bound sockets that nobody reads (the kernel still
- * delivers into them and drops what does not fit, as loopback delivery costs in the relay). Prints one JSON
+ * socket; the parent forwards each one to N bound sockets that a third process reads (so that
+ * each datagram is delivered and wakes a reader, as in the relay; only the parent is counted). Prints one JSON
  * line: packets received, datagrams sent, the parent's user and system CPU in microseconds.
  */
 #define _GNU_SOURCE
@@ -72,8 +72,23 @@ int main(int argc, char **argv) {
     int rcvbuf = 1 << 20;
     setsockopt(in_fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
     struct sockaddr_in *sinks = calloc((size_t)n, sizeof(*sinks));
+    struct pollfd *sink_fds = calloc((size_t)n, sizeof(*sink_fds));
     for (int i = 0; i < n; i++) {
-        bound_socket(&sinks[i]); /* kept open, never read */
+        sink_fds[i].fd = bound_socket(&sinks[i]);
+        sink_fds[i].events = POLLIN;
+    }
+    /* the subscribers: a process that reads every sink, so that each datagram wakes a reader
+     * as in the relay (its CPU is not counted) */
+    pid_t reader = fork();
+    if (reader == 0) {
+        unsigned char sink_buf[2048];
+        while (poll(sink_fds, (nfds_t)n, 3000) > 0) {
+            for (int i = 0; i < n; i++) {
+                while (recv(sink_fds[i].fd, sink_buf, sizeof(sink_buf), MSG_DONTWAIT) > 0) {
+                }
+            }
+        }
+        _exit(0);
     }
     pid_t child = fork();
     if (child == 0) {
@@ -174,6 +189,8 @@ int main(int argc, char **argv) {
     getrusage(RUSAGE_SELF, &after);
     kill(child, SIGTERM);
     waitpid(child, NULL, 0);
+    kill(reader, SIGTERM);
+    waitpid(reader, NULL, 0);
     long user = (after.ru_utime.tv_sec - before.ru_utime.tv_sec) * 1000000L +
                 (after.ru_utime.tv_usec - before.ru_utime.tv_usec);
     long sys = (after.ru_stime.tv_sec - before.ru_stime.tv_sec) * 1000000L +
