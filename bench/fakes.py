@@ -9,12 +9,14 @@ fails with the fence's HookError, like a changed aiortc would.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 from collections.abc import Coroutine
 from types import SimpleNamespace
 from typing import Any
 
-from aiortc.rtcdtlstransport import State
+from aiortc.rtcdtlstransport import SRTP_PROFILES, State
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
 from aiortc.rtp import RtpPacket
 from pylibsrtp import Policy, Session
@@ -49,12 +51,36 @@ def drive(coro: Coroutine[Any, Any, Any]) -> Any:
     raise RuntimeError("the coroutine suspended")
 
 
-def srtp_pair() -> tuple[Session, Session]:
+class FakeSsl:
+    """The DTLS session as :func:`relay._aiortc.srtp_keys` reads it: keying material for the
+    profile two aiortc peers pick (AEAD_AES_256_GCM); the compiled packet path makes its own
+    SRTP contexts from it."""
+
+    profile = SRTP_PROFILES[0]
+
+    def __init__(self) -> None:
+        self.material = os.urandom(2 * (self.profile.key_length + self.profile.salt_length))
+
+    def get_selected_srtp_profile(self) -> bytes:
+        return self.profile.openssl_profile
+
+    def export_keying_material(self, label: bytes, length: int) -> bytes:
+        assert label == b"EXTRACTOR-dtls_srtp" and length == len(self.material)
+        return self.material
+
+    def key(self, index: int) -> bytes:
+        return self.profile.get_key_and_salt(self.material, index)
+
+
+def srtp_pair(key: bytes | None = None) -> tuple[Session, Session]:
     """An outbound and an inbound SRTP session sharing one key."""
-    key = os.urandom(30)
-    tx = Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)
+    profile = FakeSsl.profile
+    if key is None:
+        key = os.urandom(profile.key_length + profile.salt_length)
+    tx = Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile.libsrtp_profile)
     tx.allow_repeat_tx = True  # as aiortc's: a NACKed packet may be resent as it was
-    return Session(policy=tx), Session(policy=Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    rx = Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=profile.libsrtp_profile)
+    return Session(policy=tx), Session(policy=rx)
 
 
 class NullSocket:
@@ -74,18 +100,60 @@ class NullSocket:
             self.datagrams.append(data)
 
 
+class SinkTransport(asyncio.DatagramTransport):
+    """A real non-blocking UDP socket on loopback sending to a bound socket nobody reads (the
+    kernel drops what does not fit): the micro-benchmarks' subscriber socket, so that the
+    compiled path's ``sendto`` and the pure one's pay the same kernel work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sink.bind(("127.0.0.1", 0))
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.sent = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.sink.getsockname()
+        return host, port
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.sock if name == "socket" else default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        self.sent += 1
+        try:
+            self.sock.sendto(data, addr)
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+        self.sink.close()
+
+
 class FakeDtls:
     """A subscriber's DTLS transport as the relay's fast sender sees it: SRTP protect, then the
-    nominated pair's socket (a :class:`NullSocket`). ``rx`` unprotects what was sent."""
+    nominated pair's socket (a :class:`NullSocket`, or with ``real_socket`` a
+    :class:`SinkTransport`). ``rx`` unprotects what was sent."""
 
-    def __init__(self, keep: bool = False) -> None:
+    def __init__(self, keep: bool = False, real_socket: bool = False) -> None:
         self._state = State.CONNECTED
-        self.session, self.rx = srtp_pair()
+        self._ssl = FakeSsl()
+        self._role = "client"
+        self._srtp_profiles = SRTP_PROFILES
+        self.session, self.rx = srtp_pair(self._ssl.key(0))
         self._tx_srtp = self.session
-        self.socket = NullSocket(keep)
-        pair = SimpleNamespace(
-            protocol=SimpleNamespace(transport=self.socket), remote_addr=("127.0.0.1", 9)
-        )
+        address = ("127.0.0.1", 9)
+        self.socket: Any = NullSocket(keep)
+        if real_socket:
+            sink = SinkTransport()
+            address, self.socket = sink.address, sink
+        pair = SimpleNamespace(protocol=SimpleNamespace(transport=self.socket), remote_addr=address)
         self.transport = SimpleNamespace(_connection=SimpleNamespace(_nominated={1: pair}))
         self._rtp_router = SimpleNamespace(ssrc_table={}, senders={})
         self.sent = 0
@@ -146,6 +214,7 @@ def fake_transceiver(
     mid: str,
     codecs: list[RTCRtpCodecParameters] | None = None,
     keep: bool = False,
+    real_socket: bool = False,
 ) -> Any:
     """A negotiated ``sendonly`` transceiver of a subscriber."""
 
@@ -153,7 +222,7 @@ def fake_transceiver(
         return None
 
     sender = SimpleNamespace(
-        transport=FakeDtls(keep),
+        transport=FakeDtls(keep, real_socket),
         _ssrc=int.from_bytes(os.urandom(4), "big"),
         _rtx_ssrc=int.from_bytes(os.urandom(4), "big"),
         _stream_id="stream",
@@ -222,13 +291,14 @@ def make_consumer(
     codecs: list[RTCRtpCodecParameters] | None = None,
     keep: bool = False,
     history_size: int = 1024,
+    real_socket: bool = False,
 ) -> Consumer:
     """A negotiated consumer of ``producer``, entered in ``fanout``."""
     consumer = Consumer(
         id=f"c{index}",
         producer=producer,
         peer_id=f"sub{index}",
-        transceiver=fake_transceiver(str(index + 1), codecs, keep),
+        transceiver=fake_transceiver(str(index + 1), codecs, keep, real_socket),
         history_size=history_size,
     )
     consumer.activate()
@@ -236,11 +306,15 @@ def make_consumer(
     return consumer
 
 
-def forwarding_setup(consumers: int) -> tuple[Producer, list[Consumer], RtpPacket]:
-    """A video producer with ``consumers`` synced consumers, and the next packet to forward."""
+def forwarding_setup(
+    consumers: int, real_socket: bool = False
+) -> tuple[Producer, list[Consumer], RtpPacket]:
+    """A video producer with ``consumers`` synced consumers, and the next packet to forward
+    (``real_socket``: each subscriber has a real loopback UDP socket, see
+    :class:`SinkTransport`, so the compiled path sends too)."""
     fanout = FanOut()
     producer = make_producer(fanout)
-    outs = [make_consumer(producer, fanout, i) for i in range(consumers)]
+    outs = [make_consumer(producer, fanout, i, real_socket=real_socket) for i in range(consumers)]
     # first packet marks the consumers ready, the keyframe syncs them
     for seq, key in ((1, False), (2, True)):
         drive(producer.handle_rtp(video_packet(seq, key), 0))

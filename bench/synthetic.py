@@ -111,6 +111,9 @@ class _Stream:
         self._pt = 0
         self._mid = ""
         self._map = HeaderExtensionsMap()
+        self._tx: Any = None
+        """The relay's own fast sender (relay/accel.py: compiled or pure), as its consumers use."""
+        self._tx_retry = 0
 
     def ready(self) -> bool:
         if self._ready:
@@ -158,10 +161,18 @@ class _Stream:
         # counted before sending: a packet a dead connection refuses is lost, not unsent
         if self.window.start <= now <= self.window.end:
             self.counts[self.stream_id] = self.counts.get(self.stream_id, 0) + 1
+        dtls = self.transceiver.sender.transport
+        tx = self._tx
+        if tx is None or not tx.valid:
+            self._tx_retry -= 1
+            if self._tx_retry <= 0:  # none (TURN, or not connected): aiortc's path meanwhile
+                self._tx_retry = 50
+                tx = self._tx = _aiortc.fast_tx(dtls)
         try:
-            await _aiortc.dtls_send_rtp(
-                self.transceiver.sender.transport, packet.serialize(self._map)
-            )
+            if tx is not None and tx.valid:
+                tx.send(packet.serialize(self._map))
+            else:
+                await _aiortc.dtls_send_rtp(dtls, packet.serialize(self._map))
         except ConnectionError:
             self.errors += 1
             return
@@ -303,12 +314,17 @@ class Tap:
         if getattr(receiver, "_bench_tapped", False):
             return
         receiver._bench_tapped = True  # type: ignore[attr-defined]
-        _aiortc.hook_receiver(receiver, self.on_rtp, self._on_rtcp, {})
+        # the relay's fast receive path (install_fast_receive, by the worker) feeds
+        # on_fast_rtp; aiortc's own path, on_rtp, only before it is installed
+        _aiortc.hook_receiver(receiver, self.on_rtp, self._on_rtcp, {}, self.on_fast_rtp)
 
     async def _on_rtcp(self, packet: AnyRtcpPacket) -> None:
         return None
 
     async def on_rtp(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        self.on_fast_rtp(packet)
+
+    def on_fast_rtp(self, packet: Any) -> None:
         now = time.monotonic_ns()
         payload = packet.payload
         if len(payload) < STAMP_END or payload[STAMP_OFFSET : STAMP_OFFSET + 2] != MAGIC:

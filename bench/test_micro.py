@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiortc.rtcdtlstransport import SRTP_PROFILES
 from aiortc.rtcrtpparameters import RTCRtpParameters
 from aiortc.rtp import (
     RTCP_PSFB_APP,
@@ -30,9 +31,10 @@ from aiortc.rtp import (
     pack_remb_fci,
 )
 
-from parley.bench.fakes import EXTENSIONS, drive, srtp_pair, video_packet
+from parley.bench.fakes import EXTENSIONS, FakeSsl, drive, srtp_pair, video_packet
 from parley.bench.fakes import forwarding_setup as _forwarding_setup
 from parley.relay.producer import Producer, abs_send_time_now
+from parley.relay.rtp import RtpIn
 from parley.turn import stun
 from parley.turn.allocation import Allocation, AllocationTable, FiveTuple
 
@@ -46,11 +48,13 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
-def forwarding_setup(loop: asyncio.AbstractEventLoop, consumers: int) -> tuple[Producer, RtpPacket]:
+def forwarding_setup(
+    loop: asyncio.AbstractEventLoop, consumers: int, real_socket: bool = False
+) -> tuple[Producer, RtpPacket]:
     """A video producer with ``consumers`` synced consumers (bench/fakes.py), and a packet."""
 
     async def setup() -> tuple[Producer, RtpPacket]:
-        producer, _, packet = _forwarding_setup(consumers)
+        producer, _, packet = _forwarding_setup(consumers, real_socket)
         return producer, packet
 
     return loop.run_until_complete(setup())
@@ -63,19 +67,24 @@ def bench_in_loop(loop: asyncio.AbstractEventLoop, benchmark: Any, fn: Callable[
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("consumers", [1, 10])
+@pytest.mark.parametrize("consumers", [1, 10, 20])
 def test_forward_video_packet(
     benchmark: Any, loop: asyncio.AbstractEventLoop, consumers: int
 ) -> None:
-    """Producer.handle_rtp → Consumer.send (rewrite + history + SRTP protect) per consumer."""
-    producer, packet = forwarding_setup(loop, consumers)
+    """Producer.forward → accel.fan_out (rewrite + history + SRTP protect + sendto on a real
+    loopback socket) per consumer; ``packet_path`` in extra_info says compiled or python."""
+    from parley.relay import accel
+
+    producer, packet = forwarding_setup(loop, consumers, real_socket=True)
+    incoming = RtpIn.from_aiortc(packet)
 
     def forward() -> None:
-        packet.sequence_number = (packet.sequence_number + 1) & 0xFFFF
-        drive(producer.handle_rtp(packet, 0))
+        incoming.sequence_number = (incoming.sequence_number + 1) & 0xFFFF
+        producer.forward(incoming)
 
     bench_in_loop(loop, benchmark, forward)
     benchmark.extra_info["consumers"] = consumers
+    benchmark.extra_info["packet_path"] = accel.IMPLEMENTATION
     if benchmark.stats is not None:  # None with --benchmark-disable
         benchmark.extra_info["per_consumer_us"] = benchmark.stats.stats.median * 1e6 / consumers
 
@@ -95,19 +104,23 @@ def test_fast_receive_datagram(benchmark: Any, loop: asyncio.AbstractEventLoop) 
     from parley.relay._aiortc import DatagramGuard, FastReceive
 
     async def setup() -> DatagramGuard:
-        producer, outs, _ = _forwarding_setup(1)
+        producer, outs, _ = _forwarding_setup(1, True)
         consumers.extend(outs)
         router = RtpRouter()
         receiver = _Receiver()
         receiver._parley_forward = producer.forward
         router.register_receiver(receiver, ssrcs=[PUBLISHER_SSRC], payload_types=[96])  # type: ignore[arg-type]
         guard = DatagramGuard(lambda data, addr: None)
-        guard.fast = FastReceive(SimpleNamespace(_rx_srtp=rx, _rtp_router=router))  # type: ignore[arg-type]
+        dtls = SimpleNamespace(
+            _rx_srtp=rx, _rtp_router=router, _ssl=ssl, _role="server", _srtp_profiles=SRTP_PROFILES
+        )
+        guard.fast = FastReceive(dtls)  # type: ignore[arg-type]
         guard.fast.abs_send_time_id = 2
         return guard
 
     consumers: list[Any] = []
-    tx, rx = srtp_pair()
+    ssl = FakeSsl()
+    tx, rx = srtp_pair(ssl.key(0))
     ext = HeaderExtensionsMap()
     ext.configure(RTCRtpParameters(headerExtensions=EXTENSIONS))
     guard = loop.run_until_complete(setup())

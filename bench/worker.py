@@ -119,6 +119,7 @@ class Worker:
         answer = await pc.createAnswer()
         prepare_ice(pc, ice)
         await pc.setLocalDescription(answer)
+        _aiortc.install_fast_receive(pc)  # the relay's receive path: no aiortc queue and task
         return str(pc.localDescription.sdp)
 
     # --- real VP8 (the transcoding baseline) ----------------------------------------------------

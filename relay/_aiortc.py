@@ -63,6 +63,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
 from aiortc.rtp import AnyRtcpPacket, RtpPacket
 
+from . import accel
 from .rtp import RtpIn, parse_rtp
 
 logger = logging.getLogger(__name__)
@@ -334,25 +335,31 @@ DATAGRAMS = DatagramStats()
 
 class FastReceive:
     """Per ICE connection: SRTP-unprotect, parse and route RTP straight to the receiver's
-    ``_parley_forward(packet)``."""
+    ``_parley_forward(packet)``. With the compiled packet path the unprotect runs on the
+    relay's own libsrtp context, made from the transport's keying material."""
 
-    __slots__ = ("dtls", "abs_send_time_id", "audio_level_id", "unprotect_errors")
+    __slots__ = ("dtls", "abs_send_time_id", "audio_level_id", "unprotect_errors", "rx")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self.dtls = dtls
         self.abs_send_time_id = 0
+        """Negotiated, but not parsed: nothing reads the publisher's abs-send-time."""
         self.audio_level_id = 0
         self.unprotect_errors = 0
+        self.rx: Any = None
 
     def receive(self, data: bytes) -> None:
         dtls = self.dtls
+        rx = self.rx
+        if rx is None:
+            rx = self.rx = rx_session(dtls)
         try:
-            plain = dtls._rx_srtp.unprotect(data)
-        except pylibsrtp.Error:
+            plain = rx.unprotect(data)
+        except accel.SrtpError:
             self.unprotect_errors += 1
             return
         try:
-            packet = parse_rtp(plain, self.abs_send_time_id, self.audio_level_id)
+            packet = parse_rtp(plain, 0, self.audio_level_id)
         except ValueError:
             return
         receiver = dtls._rtp_router.route_rtp(packet)  # type: ignore[arg-type]
@@ -475,6 +482,64 @@ def fast_sender(dtls: RTCDtlsTransport) -> Callable[[bytes], None]:
         transport.sendto(out, cache[2])
 
     return send
+
+
+def srtp_keys(dtls: RTCDtlsTransport) -> tuple[int, bytes, bytes]:
+    """(libsrtp profile, outbound key+salt, inbound key+salt) of a connected DTLS transport,
+    derived from its TLS session exactly as aiortc's ``RTCDtlsTransport._setup_srtp`` does (RFC
+    5764 §4.2), for the compiled packet path's own SRTP contexts."""
+    ssl = _attr(dtls, "_ssl")
+    role = _attr(dtls, "_role")
+    selected = ssl.get_selected_srtp_profile()
+    for profile in _attr(dtls, "_srtp_profiles"):
+        if profile.openssl_profile == selected:
+            break
+    else:
+        raise HookError(f"RTCDtlsTransport._srtp_profiles has no {selected!r}")
+    view = ssl.export_keying_material(
+        b"EXTRACTOR-dtls_srtp", 2 * (profile.key_length + profile.salt_length)
+    )
+    first, second = profile.get_key_and_salt(view, 0), profile.get_key_and_salt(view, 1)
+    tx, rx = (second, first) if role == "server" else (first, second)
+    return profile.libsrtp_profile, tx, rx
+
+
+def rx_session(dtls: RTCDtlsTransport) -> Any:
+    """The inbound SRTP context of the fast receive path: aiortc's own (pure Python) or one of
+    the compiled path's, from the same keys."""
+    session = _attr(dtls, "_rx_srtp")
+    if not accel.COMPILED:
+        return session
+    profile, _, rx = srtp_keys(dtls)
+    return accel.Session(profile, rx, False)
+
+
+def fast_tx(dtls: RTCDtlsTransport) -> Any:
+    """An :class:`accel.Tx` for the nominated pair of a connected ``dtls``, or None when it is
+    not connected or its pair has no OS socket (aioice's TURN transport): those legs keep the
+    Python path (:func:`fast_sender`)."""
+    srtp = _attr(dtls, "_tx_srtp")
+    if srtp is None or _attr(dtls, "_state") != State.CONNECTED:
+        return None
+    nominated = _attr(_attr(_attr(dtls, "transport"), "_connection"), "_nominated")
+    pair = nominated.get(1)
+    if pair is None:
+        return None
+    transport = _attr(_attr(pair, "protocol"), "transport")
+    # a UDP socket of our own (uvloop's or asyncio's transport); aioice's TurnTransport has none
+    get_extra_info = getattr(transport, "get_extra_info", None)
+    sock = get_extra_info("socket") if get_extra_info is not None else None
+    if sock is None or not callable(getattr(transport, "is_closing", None)):
+        return None
+    host, port = _attr(pair, "remote_addr")[:2]
+    if accel.COMPILED:
+        profile, tx, _ = srtp_keys(dtls)
+        session: Any = accel.Session(profile, tx, True)
+    else:
+        session = srtp
+    return accel.Tx(
+        session, sock.fileno(), host, port, dtls, State.CONNECTED, srtp, nominated, pair, transport
+    )
 
 
 # --- ICE host candidates ---------------------------------------------------------------------
@@ -749,6 +814,22 @@ async def _probe_pair(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -
             break
     if not got or got[0].ssrc != ssrc:
         raise HookError("a packet sent through the fast path did not reach the receiver hook")
+    # ... and one through the packet path's own sender (compiled: its own SRTP contexts, made
+    # from the DTLS keying material, must agree with the peer's)
+    tx = fast_tx(sending.sender.transport)
+    if tx is None or not tx.valid:
+        raise HookError("the fast sender found no socket on the probe's nominated pair")
+    before = len(got)
+    for seq in range(2, 200):
+        packet.sequence_number = seq
+        tx.send(packet.serialize())
+        await asyncio.sleep(0.01)
+        if len(got) > before:
+            break
+    if len(got) == before or got[-1].sequence_number < 2:
+        raise HookError(
+            f"a packet sent through the {accel.IMPLEMENTATION} packet path did not arrive"
+        )
     # the receiver has started (it routes our payload type): our receive hook stopped its decoder
     if _attr(receiver, _RECEIVER_DECODER_THREAD) is not None:
         raise HookError("the receiver's decoder thread was not stopped")

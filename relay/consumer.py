@@ -34,7 +34,7 @@ from aiortc.rtp import (
     unpack_remb_fci,
 )
 
-from . import _aiortc, quality
+from . import _aiortc, accel, quality
 from .rtp import RtpIn, RtpRewriter, wrap_rtx
 
 if TYPE_CHECKING:
@@ -105,8 +105,6 @@ class Consumer:
         self.peer_id = peer_id
         self.transceiver = transceiver
         self.closed = False
-        self.packets = 0
-        self.octets = 0
         self.nacked = 0
         self.retransmitted = 0
         self.keyframe_requests = 0
@@ -120,18 +118,29 @@ class Consumer:
         self._ready = False
         self._synced = False
         self._gated = producer.needs_keyframes
-        self._history: list[bytes | None] = [None] * history_size
-        self._history_mask = history_size - 1
+        self._history_size = history_size
+        self._route: accel.Route | None = None
+        """The compiled or pure packet path's state once synced: offsets, NACK history (the
+        forwarded packets), counters and the leg's :class:`accel.Tx` (read by ``accel.fan_out``)."""
+        self._tx_retry = 0
         self._rtx_payload_type: int | None = None
         self._rtx_ssrc = 0
         self._rtx_seq = random.randrange(1 << 15) if resume is None else resume.rtx_seq
         self._resume = resume
-        self._last: RtpIn | None = None
-        """The last packet forwarded (for :meth:`position`)."""
 
     @property
     def mid(self) -> str | None:
         return self.transceiver.mid
+
+    @property
+    def packets(self) -> int:
+        """Packets forwarded to the subscriber."""
+        return self._route.packets if self._route is not None else 0
+
+    @property
+    def octets(self) -> int:
+        """Payload octets forwarded to the subscriber."""
+        return self._route.octets if self._route is not None else 0
 
     @property
     def active(self) -> bool:
@@ -181,7 +190,9 @@ class Consumer:
         audio_level: tuple[bool, int] | None,
         keyframe: bool,
     ) -> None:
-        """Forward one of the producer's packets to the subscriber."""
+        """Forward one of the producer's packets to the subscriber: the Python path, for the
+        packets ``accel.fan_out`` hands back (before the consumer is synced and connected, or
+        when its leg cannot take the fast sender)."""
         rewriter = self._rewriter
         if rewriter is None:
             return
@@ -194,7 +205,8 @@ class Consumer:
                 self.producer.waiting_consumers += 1
                 self.producer.request_keyframe()
                 return
-        if not self._synced:
+        route = self._route
+        if route is None:
             if self._gated and not keyframe:
                 return
             if self._resume is not None:
@@ -202,16 +214,33 @@ class Consumer:
             else:
                 out_seq, out_ts = random.randrange(1 << 15), random.randrange(1 << 32)
             rewriter.sync(packet.sequence_number, packet.timestamp, out_seq, out_ts)
+            route = self._route = accel.Route(
+                rewriter.ssrc,
+                rewriter.payload_type,
+                rewriter.mid_element,
+                rewriter.abs_send_time_id,
+                rewriter.audio_level_id,
+                self._history_size,
+            )
+            route.seq_offset = rewriter.seq_offset
+            route.ts_offset = rewriter.ts_offset
             self._synced = True
             if self._gated:
                 self.producer.waiting_consumers -= 1
-        data = rewriter.rewrite(packet, abs_send_time, audio_level)
-        self._history[(packet.sequence_number + rewriter.seq_offset) & self._history_mask] = data
-        self.packets += 1
-        self.octets += len(packet.payload)
-        self._last = packet
+        tx = route.tx
+        if tx is None or not tx.valid:
+            # (re)connect the fast sender now and then (a new nominated pair, or not yet)
+            self._tx_retry -= 1
+            if self._tx_retry <= 0:
+                self._tx_retry = 64
+                tx = route.tx = _aiortc.fast_tx(self._dtls)
+        data = route.rewrite(packet, abs_send_time)
+        route.remember(packet, abs_send_time)
         try:
-            self._send(data)
+            if tx is not None and tx.valid:
+                tx.send(data)
+            else:
+                self._send(data)
         except ConnectionError:
             pass
 
@@ -253,9 +282,11 @@ class Consumer:
 
     async def _retransmit(self, seq: int) -> None:
         self.nacked += 1
-        data = self._history[seq & self._history_mask]
-        if data is None or ((data[2] << 8) | data[3]) != seq:
+        route = self._route
+        kept = route.history(seq) if route is not None else None
+        if kept is None or route is None:
             return
+        data = route.rewrite(*kept)  # the same bytes as the first time
         if self._rtx_payload_type is not None:
             data = wrap_rtx(
                 data,
@@ -266,7 +297,12 @@ class Consumer:
             self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
         self.retransmitted += 1
         try:
-            self._send(data)
+            # RTP of this leg goes out through one SRTP context (the compiled path's own)
+            tx = route.tx
+            if tx is not None and tx.valid:
+                tx.send(data)
+            else:
+                self._send(data)
         except ConnectionError:
             pass
 
@@ -309,7 +345,8 @@ class Consumer:
 
     def position(self) -> StreamPosition | None:
         """Where this consumer's stream is now (None before its first packet)."""
-        rewriter, last = self._rewriter, self._last
+        rewriter = self._rewriter
+        last = self._route.last if self._route is not None else None
         if rewriter is None or last is None:
             return self._resume
         return StreamPosition(
@@ -326,8 +363,9 @@ class Consumer:
         self.closed = True
         if self._gated and self._ready and not self._synced:
             self.producer.waiting_consumers -= 1
-        self._history = []
-        self._history_mask = 0
+        if self._route is not None:
+            self._route.clear()
+            self._route.tx = None
         self._rewriter = None
         track = self.transceiver.sender.track
         if track is not None:

@@ -25,7 +25,7 @@ from aiortc.rtp import (
     pack_remb_fci,
 )
 
-from . import _aiortc
+from . import _aiortc, accel
 from .config import MediaConfig
 from .fanout import FanOut
 from .quality import FORWARD_LATENCY, UpstreamQuality
@@ -50,7 +50,7 @@ NTP_EPOCH_OFFSET = 2208988800
 
 def abs_send_time_now() -> int:
     """The 24-bit 6.18 fixed-point abs-send-time of now (webrtc abs-send-time extension)."""
-    return int((time.time() + NTP_EPOCH_OFFSET) * 262144) & 0xFFFFFF
+    return accel.py_abs_send_time_now()
 
 
 class Producer:
@@ -204,15 +204,21 @@ class Producer:
         if self._keyframe_pending:
             # a request that arrived within the debounce interval is sent when it ends
             self.request_keyframe()
-        abs_send_time = abs_send_time_now()
-        audio_level = packet.audio_level
-        for consumer in self._view.consumers:
-            try:
-                consumer.send(packet, abs_send_time, audio_level, keyframe)
-            except Exception:
-                # one broken subscriber must not stop the others (nor, by raising into
-                # aiortc's receive loop, close the publisher's transport)
-                self._drop_consumer(consumer)
+        consumers = self._view.consumers
+        if consumers:
+            abs_send_time = accel.abs_send_time_now()
+            # the whole fan-out in one call (compiled or pure, relay/accel.py); what it hands
+            # back (consumers not synced or not connected yet) takes the Python path
+            slow = accel.fan_out(packet, consumers, abs_send_time)
+            if slow is not None:
+                audio_level = packet.audio_level
+                for consumer in slow:
+                    try:
+                        consumer.send(packet, abs_send_time, audio_level, keyframe)
+                    except Exception:
+                        # one broken subscriber must not stop the others (nor, by raising
+                        # into aiortc's receive loop, close the publisher's transport)
+                        self._drop_consumer(consumer)
         for sink in self.sinks:
             sink.write(packet)
 

@@ -9,6 +9,11 @@ want_test=${1:-}
 need=()
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# the optional compiled packet path (relay/_accel.c): a C compiler, the Python headers, libsrtp2;
+# without them installing still works and the pure-Python packet path runs
+command -v cc >/dev/null || need+=(gcc)
+dpkg -s python3-dev >/dev/null 2>&1 || need+=(python3-dev)
+dpkg -s libsrtp2-dev >/dev/null 2>&1 || need+=(libsrtp2-dev)
 if [ "$want_test" = test ]; then
     command -v chromium >/dev/null || need+=(chromium)
     command -v turnserver >/dev/null || need+=(coturn)

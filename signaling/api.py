@@ -8,6 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
+from parley.relay import accel
+
 from . import recordings, store_journal
 from .errors import (
     BadRequest,
@@ -159,7 +161,8 @@ async def conversation_sessions(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    # which per-packet path runs: "compiled" (relay/_accel.c) or "python"
+    return web.json_response({"status": "ok", "packet_path": accel.IMPLEMENTATION})
 
 
 @web.middleware

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
+from parley.relay import accel
 from parley.relay.config import MediaConfig
 
 from . import options
@@ -148,6 +149,7 @@ def banner(config: ServiceConfig, notes: list[str], port: int) -> str:
         f"  agent console   {base}/",
         f"  HTTP API        {base}/api/v1/sessions",
         f"  media address   {', '.join(config.media.addresses)}",
+        f"  packet path     {accel.IMPLEMENTATION}",
         f"  {turn_line}",
         *(f"  {n}" for n in notes),
         "create a session:",

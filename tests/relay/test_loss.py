@@ -57,6 +57,9 @@ async def test_loss_towards_the_subscriber_is_repaired_from_the_consumers_histor
             stock_send(data)
 
         consumer._send = lossy_send  # the consumer's SRTP-protect-and-send
+        # ... on its Python send path: the packet path's own sender (accel.Tx) bypasses it
+        consumer._route.tx = None  # type: ignore[union-attr]
+        consumer._tx_retry = 1 << 30
         frames, gaps = await watch(bob, "ann")
         assert dropped >= 3, dropped
         assert consumer.nacked >= dropped // 2, (consumer.nacked, dropped)

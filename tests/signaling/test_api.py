@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from parley.relay import accel
 from tests.signaling.conftest import Service
 
 
@@ -99,6 +100,8 @@ async def test_invites_and_conversation_history(service: Service) -> None:
 async def test_healthz_and_metrics(service: Service) -> None:
     async with service.http.get(f"{service.base_url}/healthz") as response:
         assert response.status == 200
+        health = await response.json()
+    assert health["packet_path"] == accel.IMPLEMENTATION in ("compiled", "python")
     await service.create_session()
     async with service.http.get(f"{service.base_url}/metrics") as response:
         assert response.status == 200

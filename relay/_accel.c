@@ -1,0 +1,865 @@
+/* The compiled packet path (see relay/accel.py for the interface and its pure-Python twin).
+ *
+ * Session: one libsrtp context made from the keying material aiortc's DTLS transport derived.
+ * Tx:      one subscriber leg's output: its own outbound Session, the socket and the address of
+ *          the nominated ICE pair, and what says whether that is still the leg to send on.
+ * Route:   one consumer's header rewrite (SSRC, payload type, sequence and timestamp offsets,
+ *          mid / abs-send-time / audio-level extension ids), its counters and NACK history.
+ * fan_out: rewrite, SRTP protect (in place, in one buffer with trailer room) and sendto for every
+ *          consumer of one packet, in one call; consumers it cannot serve are handed back.
+ *
+ * The payload is copied unchanged; the header is written exactly as relay.rtp.RtpRewriter does
+ * (tests/relay/test_accel.py compares both byte for byte).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <srtp2/srtp.h>
+
+#define MAX_PACKET 2048
+#define BUF_SIZE (MAX_PACKET + SRTP_MAX_TRAILER_LEN + 64)
+
+static PyObject *AccelError;
+static PyObject *s_marker, *s_sequence_number, *s_timestamp, *s_csrc, *s_payload,
+    *s_padding_size, *s_audio_level, *s_route, *s_state, *s_tx_srtp, *s_is_closing, *one;
+
+/* --- Session ---------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    srtp_t ctx;
+} Session;
+
+static void Session_dealloc(Session *self) {
+    if (self->ctx != NULL) {
+        srtp_dealloc(self->ctx);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Session_init(Session *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"profile", "key", "outbound", NULL};
+    int profile, outbound;
+    Py_buffer key;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iy*p", kwlist, &profile, &key, &outbound)) {
+        return -1;
+    }
+    srtp_policy_t policy;
+    memset(&policy, 0, sizeof(policy));
+    if (srtp_crypto_policy_set_from_profile_for_rtp(&policy.rtp, (srtp_profile_t)profile) !=
+            srtp_err_status_ok ||
+        srtp_crypto_policy_set_from_profile_for_rtcp(&policy.rtcp, (srtp_profile_t)profile) !=
+            srtp_err_status_ok) {
+        PyBuffer_Release(&key);
+        PyErr_Format(AccelError, "unsupported SRTP profile %d", profile);
+        return -1;
+    }
+    int need = policy.rtp.cipher_key_len;
+    if (key.len != need) {
+        PyBuffer_Release(&key);
+        PyErr_Format(AccelError, "SRTP key must be %d bytes, got %zd", need, key.len);
+        return -1;
+    }
+    unsigned char material[64];
+    memcpy(material, key.buf, key.len);
+    PyBuffer_Release(&key);
+    policy.ssrc.type = outbound ? ssrc_any_outbound : ssrc_any_inbound;
+    policy.key = material;
+    policy.window_size = 1024;
+    policy.allow_repeat_tx = 1;
+    policy.next = NULL;
+    if (self->ctx != NULL) {
+        srtp_dealloc(self->ctx);
+        self->ctx = NULL;
+    }
+    srtp_err_status_t status = srtp_create(&self->ctx, &policy);
+    memset(material, 0, sizeof(material));
+    if (status != srtp_err_status_ok) {
+        self->ctx = NULL;
+        PyErr_Format(AccelError, "srtp_create failed (%d)", (int)status);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Session_protect(Session *self, PyObject *arg) {
+    Py_buffer in;
+    if (PyObject_GetBuffer(arg, &in, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (in.len < 12 || in.len > MAX_PACKET) {
+        PyBuffer_Release(&in);
+        PyErr_SetString(AccelError, "RTP packet size out of range");
+        return NULL;
+    }
+    unsigned char buf[BUF_SIZE];
+    int len = (int)in.len;
+    memcpy(buf, in.buf, in.len);
+    PyBuffer_Release(&in);
+    srtp_err_status_t status = srtp_protect(self->ctx, buf, &len);
+    if (status != srtp_err_status_ok) {
+        PyErr_Format(AccelError, "srtp_protect failed (%d)", (int)status);
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((char *)buf, len);
+}
+
+static PyObject *Session_unprotect(Session *self, PyObject *arg) {
+    Py_buffer in;
+    if (PyObject_GetBuffer(arg, &in, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (in.len < 12 || in.len > MAX_PACKET + SRTP_MAX_TRAILER_LEN) {
+        PyBuffer_Release(&in);
+        PyErr_SetString(AccelError, "SRTP packet size out of range");
+        return NULL;
+    }
+    unsigned char buf[BUF_SIZE];
+    int len = (int)in.len;
+    memcpy(buf, in.buf, in.len);
+    PyBuffer_Release(&in);
+    srtp_err_status_t status = srtp_unprotect(self->ctx, buf, &len);
+    if (status != srtp_err_status_ok) {
+        PyErr_Format(AccelError, "srtp_unprotect failed (%d)", (int)status);
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((char *)buf, len);
+}
+
+static PyMethodDef Session_methods[] = {
+    {"protect", (PyCFunction)Session_protect, METH_O, "SRTP-protect one RTP packet."},
+    {"unprotect", (PyCFunction)Session_unprotect, METH_O, "SRTP-unprotect one RTP packet."},
+    {NULL}};
+
+static PyTypeObject SessionType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "parley.relay._accel.Session",
+    .tp_basicsize = sizeof(Session),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Session(profile, key, outbound): one libsrtp context (RTP only).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Session_init,
+    .tp_dealloc = (destructor)Session_dealloc,
+    .tp_methods = Session_methods,
+};
+
+/* --- Tx ----------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    Session *session;
+    int fd;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    /* what says this is still the leg to send on (see relay/_aiortc.py fast_tx) */
+    PyObject *dtls;      /* dtls._state is connected and dtls._tx_srtp is keyed_by */
+    PyObject *connected;
+    PyObject *keyed_by; /* aiortc's own session, whose keys ours were derived from */
+    PyObject *nominated; /* nominated.get(1) is pair */
+    PyObject *pair;
+    PyObject *transport; /* not transport.is_closing() */
+    unsigned long long sent, errors;
+} Tx;
+
+static int Tx_traverse(Tx *self, visitproc visit, void *arg) {
+    Py_VISIT(self->session);
+    Py_VISIT(self->dtls);
+    Py_VISIT(self->connected);
+    Py_VISIT(self->keyed_by);
+    Py_VISIT(self->nominated);
+    Py_VISIT(self->pair);
+    Py_VISIT(self->transport);
+    return 0;
+}
+
+static int Tx_clear(Tx *self) {
+    Py_CLEAR(self->session);
+    Py_CLEAR(self->dtls);
+    Py_CLEAR(self->connected);
+    Py_CLEAR(self->keyed_by);
+    Py_CLEAR(self->nominated);
+    Py_CLEAR(self->pair);
+    Py_CLEAR(self->transport);
+    return 0;
+}
+
+static void Tx_dealloc(Tx *self) {
+    PyObject_GC_UnTrack(self);
+    Tx_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Tx_init(Tx *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"session",   "fd",       "host",      "port", "dtls",
+                             "connected", "keyed_by", "nominated", "pair", "transport", NULL};
+    PyObject *session, *dtls, *connected, *keyed_by, *nominated, *pair, *transport;
+    int fd, port;
+    const char *host;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!isiOOOO!OO", kwlist, &SessionType,
+                                     &session, &fd, &host, &port, &dtls, &connected, &keyed_by,
+                                     &PyDict_Type, &nominated, &pair, &transport)) {
+        return -1;
+    }
+    memset(&self->addr, 0, sizeof(self->addr));
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&self->addr;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&self->addr;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        self->addrlen = sizeof(*v4);
+    } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        self->addrlen = sizeof(*v6);
+    } else {
+        PyErr_Format(PyExc_ValueError, "not an IP address: %s", host);
+        return -1;
+    }
+    self->fd = fd;
+    Tx_clear(self);
+    Py_INCREF(session);
+    self->session = (Session *)session;
+    Py_INCREF(dtls);
+    self->dtls = dtls;
+    Py_INCREF(connected);
+    self->connected = connected;
+    Py_INCREF(keyed_by);
+    self->keyed_by = keyed_by;
+    Py_INCREF(nominated);
+    self->nominated = nominated;
+    Py_INCREF(pair);
+    self->pair = pair;
+    Py_INCREF(transport);
+    self->transport = transport;
+    return 0;
+}
+
+/* 1 when the leg is still connected on the same pair and socket, 0 when not, -1 on error */
+static int Tx_valid(Tx *self) {
+    if (self->dtls == NULL) {
+        return 0;
+    }
+    PyObject *state = PyObject_GetAttr(self->dtls, s_state);
+    if (state == NULL) {
+        return -1;
+    }
+    Py_DECREF(state);
+    if (state != self->connected) {
+        return 0;
+    }
+    PyObject *srtp = PyObject_GetAttr(self->dtls, s_tx_srtp);
+    if (srtp == NULL) {
+        return -1;
+    }
+    Py_DECREF(srtp);
+    if (srtp != self->keyed_by) {
+        return 0; /* aiortc re-keyed (or someone swapped its session): ours is stale */
+    }
+    if (PyDict_GetItemWithError(self->nominated, one) != self->pair) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    PyObject *closing = PyObject_CallMethodNoArgs(self->transport, s_is_closing);
+    if (closing == NULL) {
+        return -1;
+    }
+    int result = PyObject_IsTrue(closing);
+    Py_DECREF(closing);
+    return result < 0 ? -1 : !result;
+}
+
+/* protect buf[0:len] in place and send it; errors of the socket are counted, not raised */
+static int Tx_protect_send(Tx *self, unsigned char *buf, int len) {
+    srtp_err_status_t status = srtp_protect(self->session->ctx, buf, &len);
+    if (status != srtp_err_status_ok) {
+        self->errors++;
+        return -1;
+    }
+    if (sendto(self->fd, buf, (size_t)len, MSG_DONTWAIT, (struct sockaddr *)&self->addr,
+               self->addrlen) < 0) {
+        self->errors++;
+        return -1;
+    }
+    self->sent++;
+    return 0;
+}
+
+static PyObject *Tx_send(Tx *self, PyObject *arg) {
+    int valid = Tx_valid(self);
+    if (valid < 0) {
+        return NULL;
+    }
+    if (!valid) {
+        PyErr_SetString(PyExc_ConnectionError, "not connected");
+        return NULL;
+    }
+    Py_buffer in;
+    if (PyObject_GetBuffer(arg, &in, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (in.len < 12 || in.len > MAX_PACKET) {
+        PyBuffer_Release(&in);
+        PyErr_SetString(AccelError, "RTP packet size out of range");
+        return NULL;
+    }
+    unsigned char buf[BUF_SIZE];
+    memcpy(buf, in.buf, in.len);
+    int len = (int)in.len;
+    PyBuffer_Release(&in);
+    srtp_err_status_t status = srtp_protect(self->session->ctx, buf, &len);
+    if (status != srtp_err_status_ok) {
+        self->errors++;
+        PyErr_Format(AccelError, "srtp_protect failed (%d)", (int)status);
+        return NULL;
+    }
+    if (sendto(self->fd, buf, (size_t)len, MSG_DONTWAIT, (struct sockaddr *)&self->addr,
+               self->addrlen) < 0) {
+        self->errors++;
+    } else {
+        self->sent++;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Tx_get_valid(Tx *self, void *closure) {
+    int valid = Tx_valid(self);
+    if (valid < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(valid);
+}
+
+static PyMethodDef Tx_methods[] = {
+    {"send", (PyCFunction)Tx_send, METH_O,
+     "SRTP-protect and send one RTP packet (ConnectionError when the leg is gone)."},
+    {NULL}};
+
+static PyMemberDef Tx_members[] = {
+    {"sent", T_ULONGLONG, offsetof(Tx, sent), READONLY, "datagrams sent"},
+    {"errors", T_ULONGLONG, offsetof(Tx, errors), READONLY, "protect or sendto failures"},
+    {NULL}};
+
+static PyGetSetDef Tx_getset[] = {
+    {"valid", (getter)Tx_get_valid, NULL, "still connected on the same pair and socket", NULL},
+    {NULL}};
+
+static PyTypeObject TxType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "parley.relay._accel.Tx",
+    .tp_basicsize = sizeof(Tx),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Tx(session, fd, host, port, dtls, connected, keyed_by, nominated, pair, transport)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Tx_init,
+    .tp_dealloc = (destructor)Tx_dealloc,
+    .tp_traverse = (traverseproc)Tx_traverse,
+    .tp_clear = (inquiry)Tx_clear,
+    .tp_methods = Tx_methods,
+    .tp_members = Tx_members,
+    .tp_getset = Tx_getset,
+};
+
+/* --- Route -------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    uint32_t ssrc;
+    int payload_type;
+    unsigned char mid_element[18];
+    int mid_len;
+    int abs_send_time_id, audio_level_id;
+    unsigned long seq_offset, ts_offset;
+    PyObject *tx; /* Tx or None */
+    PyObject **ring;
+    long *ring_ast; /* the abs-send-time each kept packet went out with (a resend is the same) */
+    Py_ssize_t mask;
+    PyObject *last;
+    unsigned long long packets, octets;
+} Route;
+
+static int Route_traverse(Route *self, visitproc visit, void *arg) {
+    Py_VISIT(self->tx);
+    Py_VISIT(self->last);
+    if (self->ring != NULL) {
+        for (Py_ssize_t i = 0; i <= self->mask; i++) {
+            Py_VISIT(self->ring[i]);
+        }
+    }
+    return 0;
+}
+
+static void Route_clear_ring(Route *self) {
+    if (self->ring != NULL) {
+        for (Py_ssize_t i = 0; i <= self->mask; i++) {
+            Py_CLEAR(self->ring[i]);
+        }
+    }
+}
+
+static int Route_clear(Route *self) {
+    Py_CLEAR(self->tx);
+    Py_CLEAR(self->last);
+    Route_clear_ring(self);
+    return 0;
+}
+
+static void Route_dealloc(Route *self) {
+    PyObject_GC_UnTrack(self);
+    Route_clear(self);
+    PyMem_Free(self->ring);
+    PyMem_Free(self->ring_ast);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Route_init(Route *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"ssrc",           "payload_type", "mid_element", "abs_send_time_id",
+                             "audio_level_id", "history_size", NULL};
+    unsigned long ssrc;
+    int pt, ast_id, level_id;
+    Py_ssize_t history;
+    Py_buffer mid;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "kiy*iin", kwlist, &ssrc, &pt, &mid, &ast_id,
+                                     &level_id, &history)) {
+        return -1;
+    }
+    if (mid.len > 17 || history < 1 || (history & (history - 1)) != 0 || pt < 0 || pt > 127 ||
+        ast_id < 0 || ast_id > 14 || level_id < 0 || level_id > 14) {
+        PyBuffer_Release(&mid);
+        PyErr_SetString(PyExc_ValueError, "bad route parameters");
+        return -1;
+    }
+    memcpy(self->mid_element, mid.buf, mid.len);
+    self->mid_len = (int)mid.len;
+    PyBuffer_Release(&mid);
+    self->ssrc = (uint32_t)ssrc;
+    self->payload_type = pt;
+    self->abs_send_time_id = ast_id;
+    self->audio_level_id = level_id;
+    Route_clear(self);
+    PyMem_Free(self->ring);
+    PyMem_Free(self->ring_ast);
+    self->ring = PyMem_Calloc((size_t)history, sizeof(PyObject *));
+    self->ring_ast = PyMem_Calloc((size_t)history, sizeof(long));
+    if (self->ring == NULL || self->ring_ast == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->mask = history - 1;
+    Py_INCREF(Py_None);
+    self->tx = Py_None;
+    return 0;
+}
+
+/* the fields of a packet the rewrite reads, fetched once per fan-out */
+typedef struct {
+    PyObject *payload; /* bytes, owned */
+    PyObject *csrc;    /* owned */
+    int marker;
+    unsigned long seq, ts;
+    int padding;
+    int has_level;
+    int level_voice, level;
+    Py_ssize_t cc;
+} Fields;
+
+static void Fields_release(Fields *f) {
+    Py_CLEAR(f->payload);
+    Py_CLEAR(f->csrc);
+}
+
+static int get_long(PyObject *obj, PyObject *name, unsigned long *out) {
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) {
+        return -1;
+    }
+    *out = PyLong_AsUnsignedLongMask(value);
+    Py_DECREF(value);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static int Fields_read(Fields *f, PyObject *packet) {
+    unsigned long marker, padding;
+    memset(f, 0, sizeof(*f));
+    if (get_long(packet, s_marker, &marker) < 0 ||
+        get_long(packet, s_sequence_number, &f->seq) < 0 ||
+        get_long(packet, s_timestamp, &f->ts) < 0 ||
+        get_long(packet, s_padding_size, &padding) < 0) {
+        return -1;
+    }
+    f->marker = marker ? 1 : 0;
+    f->padding = (int)(padding & 0xFF);
+    f->payload = PyObject_GetAttr(packet, s_payload);
+    if (f->payload == NULL) {
+        return -1;
+    }
+    if (!PyBytes_Check(f->payload)) {
+        PyErr_SetString(PyExc_TypeError, "packet.payload must be bytes");
+        goto fail;
+    }
+    f->csrc = PyObject_GetAttr(packet, s_csrc);
+    if (f->csrc == NULL) {
+        goto fail;
+    }
+    f->cc = PySequence_Size(f->csrc);
+    if (f->cc < 0) {
+        goto fail;
+    }
+    if (f->cc > 15) {
+        PyErr_SetString(PyExc_ValueError, "more than 15 CSRCs");
+        goto fail;
+    }
+    PyObject *level = PyObject_GetAttr(packet, s_audio_level);
+    if (level == NULL) {
+        goto fail;
+    }
+    if (level != Py_None) {
+        PyObject *voice = PySequence_GetItem(level, 0);
+        PyObject *value = voice ? PySequence_GetItem(level, 1) : NULL;
+        if (value == NULL) {
+            Py_XDECREF(voice);
+            Py_DECREF(level);
+            goto fail;
+        }
+        f->has_level = 1;
+        f->level_voice = PyObject_IsTrue(voice) ? 1 : 0;
+        f->level = (int)(PyLong_AsLong(value) & 0x7F);
+        Py_DECREF(voice);
+        Py_DECREF(value);
+        if (PyErr_Occurred()) {
+            Py_DECREF(level);
+            goto fail;
+        }
+    }
+    Py_DECREF(level);
+    if (12 + 4 * f->cc + 4 + 24 + PyBytes_GET_SIZE(f->payload) + f->padding > MAX_PACKET) {
+        PyErr_SetString(PyExc_ValueError, "RTP packet too large");
+        goto fail;
+    }
+    return 0;
+fail:
+    Fields_release(f);
+    return -1;
+}
+
+static inline void put16(unsigned char *p, unsigned long v) {
+    p[0] = (unsigned char)(v >> 8);
+    p[1] = (unsigned char)v;
+}
+
+static inline void put32(unsigned char *p, unsigned long v) {
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+/* write the rewritten packet into buf; returns its length (relay.rtp.RtpRewriter.rewrite) */
+static int Route_write(Route *self, const Fields *f, long abs_send_time, unsigned char *buf) {
+    unsigned char ext[32];
+    int ext_len = 0;
+    if (self->mid_len) {
+        memcpy(ext, self->mid_element, self->mid_len);
+        ext_len = self->mid_len;
+    }
+    if (abs_send_time >= 0 && self->abs_send_time_id) {
+        ext[ext_len++] = (unsigned char)((self->abs_send_time_id << 4) | 2);
+        ext[ext_len++] = (unsigned char)(abs_send_time >> 16);
+        ext[ext_len++] = (unsigned char)(abs_send_time >> 8);
+        ext[ext_len++] = (unsigned char)abs_send_time;
+    }
+    if (f->has_level && self->audio_level_id) {
+        ext[ext_len++] = (unsigned char)(self->audio_level_id << 4);
+        ext[ext_len++] = (unsigned char)((f->level_voice ? 0x80 : 0) | f->level);
+    }
+    unsigned char first = 0x80 | (unsigned char)f->cc;
+    if (f->padding) {
+        first |= 0x20;
+    }
+    if (ext_len) {
+        first |= 0x10;
+    }
+    buf[0] = first;
+    buf[1] = (unsigned char)((f->marker << 7) | self->payload_type);
+    put16(buf + 2, (f->seq + self->seq_offset) & 0xFFFF);
+    put32(buf + 4, (f->ts + self->ts_offset) & 0xFFFFFFFFUL);
+    put32(buf + 8, self->ssrc);
+    int pos = 12;
+    for (Py_ssize_t i = 0; i < f->cc; i++) {
+        PyObject *item = PySequence_GetItem(f->csrc, i);
+        unsigned long value = item ? PyLong_AsUnsignedLongMask(item) : 0;
+        Py_XDECREF(item);
+        put32(buf + pos, value);
+        pos += 4;
+    }
+    if (ext_len) {
+        int pad = (4 - ext_len % 4) % 4;
+        memset(ext + ext_len, 0, pad);
+        ext_len += pad;
+        buf[pos] = 0xBE;
+        buf[pos + 1] = 0xDE;
+        put16(buf + pos + 2, (unsigned long)(ext_len / 4));
+        memcpy(buf + pos + 4, ext, ext_len);
+        pos += 4 + ext_len;
+    }
+    Py_ssize_t plen = PyBytes_GET_SIZE(f->payload);
+    memcpy(buf + pos, PyBytes_AS_STRING(f->payload), plen);
+    pos += (int)plen;
+    if (f->padding) {
+        memset(buf + pos, 0, f->padding - 1);
+        buf[pos + f->padding - 1] = (unsigned char)f->padding;
+        pos += f->padding;
+    }
+    return pos;
+}
+
+static void Route_remember(Route *self, PyObject *packet, const Fields *f, long ast) {
+    Py_ssize_t slot = (Py_ssize_t)((f->seq + self->seq_offset) & 0xFFFF) & self->mask;
+    Py_INCREF(packet);
+    Py_XSETREF(self->ring[slot], packet);
+    self->ring_ast[slot] = ast;
+    Py_INCREF(packet);
+    Py_XSETREF(self->last, packet);
+    self->packets++;
+    self->octets += (unsigned long long)PyBytes_GET_SIZE(f->payload);
+}
+
+static long abs_send_time_now(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    /* 6.18 fixed point seconds (NTP epoch; only differences matter to receivers) */
+    unsigned long long secs = (unsigned long long)now.tv_sec + 2208988800ULL;
+    unsigned long long frac = ((unsigned long long)now.tv_nsec << 18) / 1000000000ULL;
+    return (long)(((secs << 18) | frac) & 0xFFFFFF);
+}
+
+static PyObject *Route_rewrite(Route *self, PyObject *args) {
+    PyObject *packet;
+    long abs_send_time;
+    if (!PyArg_ParseTuple(args, "Ol", &packet, &abs_send_time)) {
+        return NULL;
+    }
+    Fields f;
+    if (Fields_read(&f, packet) < 0) {
+        return NULL;
+    }
+    unsigned char buf[BUF_SIZE];
+    int len = Route_write(self, &f, abs_send_time, buf);
+    Fields_release(&f);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((char *)buf, len);
+}
+
+static PyObject *Route_remember_py(Route *self, PyObject *args) {
+    PyObject *packet;
+    long ast;
+    if (!PyArg_ParseTuple(args, "Ol", &packet, &ast)) {
+        return NULL;
+    }
+    Fields f;
+    if (Fields_read(&f, packet) < 0) {
+        return NULL;
+    }
+    Route_remember(self, packet, &f, ast);
+    Fields_release(&f);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Route_history(Route *self, PyObject *arg) {
+    unsigned long seq = PyLong_AsUnsignedLongMask(arg);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    seq &= 0xFFFF;
+    if (self->ring == NULL) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t slot = (Py_ssize_t)seq & self->mask;
+    PyObject *packet = self->ring[slot];
+    if (packet == NULL) {
+        Py_RETURN_NONE;
+    }
+    unsigned long in_seq;
+    if (get_long(packet, s_sequence_number, &in_seq) < 0) {
+        return NULL;
+    }
+    if (((in_seq + self->seq_offset) & 0xFFFF) != seq) {
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(Ol)", packet, self->ring_ast[slot]);
+}
+
+static PyObject *Route_clear_py(Route *self, PyObject *unused) {
+    Route_clear_ring(self);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Route_methods[] = {
+    {"rewrite", (PyCFunction)Route_rewrite, METH_VARARGS,
+     "rewrite(packet, abs_send_time) -> bytes (abs_send_time < 0: none)"},
+    {"remember", (PyCFunction)Route_remember_py, METH_VARARGS,
+     "remember(packet, abs_send_time): count a forwarded packet and keep it for NACKs."},
+    {"history", (PyCFunction)Route_history, METH_O,
+     "(packet, abs_send_time) forwarded with outgoing sequence number seq, or None."},
+    {"clear", (PyCFunction)Route_clear_py, METH_NOARGS, "Forget the NACK history."},
+    {NULL}};
+
+static PyMemberDef Route_members[] = {
+    {"ssrc", T_UINT, offsetof(Route, ssrc), READONLY, "outgoing SSRC"},
+    {"payload_type", T_INT, offsetof(Route, payload_type), READONLY, "outgoing payload type"},
+    {"seq_offset", T_ULONG, offsetof(Route, seq_offset), 0, "added to sequence numbers"},
+    {"ts_offset", T_ULONG, offsetof(Route, ts_offset), 0, "added to timestamps"},
+    {"tx", T_OBJECT_EX, offsetof(Route, tx), 0, "the Tx to send on, or None"},
+    {"last", T_OBJECT, offsetof(Route, last), READONLY, "the last packet forwarded"},
+    {"packets", T_ULONGLONG, offsetof(Route, packets), READONLY, "packets forwarded"},
+    {"octets", T_ULONGLONG, offsetof(Route, octets), READONLY, "payload octets forwarded"},
+    {NULL}};
+
+static PyTypeObject RouteType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "parley.relay._accel.Route",
+    .tp_basicsize = sizeof(Route),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Route(ssrc, payload_type, mid_element, abs_send_time_id, audio_level_id, "
+              "history_size)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Route_init,
+    .tp_dealloc = (destructor)Route_dealloc,
+    .tp_traverse = (traverseproc)Route_traverse,
+    .tp_clear = (inquiry)Route_clear,
+    .tp_methods = Route_methods,
+    .tp_members = Route_members,
+};
+
+/* --- fan_out ------------------------------------------------------------------------------ */
+
+static PyObject *fan_out(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "fan_out(packet, consumers, abs_send_time)");
+        return NULL;
+    }
+    PyObject *packet = args[0], *consumers = args[1];
+    long abs_send_time = PyLong_AsLong(args[2]);
+    if (abs_send_time == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!PyTuple_Check(consumers)) {
+        PyErr_SetString(PyExc_TypeError, "consumers must be a tuple");
+        return NULL;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(consumers);
+    if (count == 0) {
+        Py_RETURN_NONE;
+    }
+    Fields f;
+    if (Fields_read(&f, packet) < 0) {
+        return NULL;
+    }
+    PyObject *slow = NULL;
+    unsigned char buf[BUF_SIZE];
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *consumer = PyTuple_GET_ITEM(consumers, i);
+        PyObject *obj = PyObject_GetAttr(consumer, s_route);
+        if (obj == NULL) {
+            goto fail;
+        }
+        int fast = 0;
+        if (Py_IS_TYPE(obj, &RouteType)) {
+            Route *route = (Route *)obj;
+            if (Py_IS_TYPE(route->tx, &TxType)) {
+                int valid = Tx_valid((Tx *)route->tx);
+                if (valid < 0) {
+                    Py_DECREF(obj);
+                    goto fail;
+                }
+                if (valid) {
+                    int len = Route_write(route, &f, abs_send_time, buf);
+                    if (PyErr_Occurred()) {
+                        Py_DECREF(obj);
+                        goto fail;
+                    }
+                    Route_remember(route, packet, &f, abs_send_time);
+                    Tx_protect_send((Tx *)route->tx, buf, len);
+                    fast = 1;
+                }
+            }
+        }
+        Py_DECREF(obj);
+        if (!fast) {
+            if (slow == NULL && (slow = PyList_New(0)) == NULL) {
+                goto fail;
+            }
+            if (PyList_Append(slow, consumer) < 0) {
+                goto fail;
+            }
+        }
+    }
+    Fields_release(&f);
+    if (slow == NULL) {
+        Py_RETURN_NONE;
+    }
+    return slow;
+fail:
+    Fields_release(&f);
+    Py_XDECREF(slow);
+    return NULL;
+}
+
+static PyObject *abs_send_time_py(PyObject *module, PyObject *unused) {
+    return PyLong_FromLong(abs_send_time_now());
+}
+
+static PyMethodDef module_methods[] = {
+    {"fan_out", (PyCFunction)(void (*)(void))fan_out, METH_FASTCALL,
+     "fan_out(packet, consumers, abs_send_time) -> consumers left to the Python path, or None"},
+    {"abs_send_time_now", abs_send_time_py, METH_NOARGS, "24-bit abs-send-time of now"},
+    {NULL}};
+
+static struct PyModuleDef accel_module = {
+    PyModuleDef_HEAD_INIT, "parley.relay._accel", "The compiled packet path.", -1,
+    module_methods};
+
+PyMODINIT_FUNC PyInit__accel(void) {
+    if (srtp_init() != srtp_err_status_ok) {
+        PyErr_SetString(PyExc_ImportError, "srtp_init failed");
+        return NULL;
+    }
+    if (PyType_Ready(&SessionType) < 0 || PyType_Ready(&TxType) < 0 ||
+        PyType_Ready(&RouteType) < 0) {
+        return NULL;
+    }
+#define INTERN(var, text)                                                                        \
+    if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+    INTERN(s_marker, "marker");
+    INTERN(s_sequence_number, "sequence_number");
+    INTERN(s_timestamp, "timestamp");
+    INTERN(s_csrc, "csrc");
+    INTERN(s_payload, "payload");
+    INTERN(s_padding_size, "padding_size");
+    INTERN(s_audio_level, "audio_level");
+    INTERN(s_route, "_route");
+    INTERN(s_state, "_state");
+    INTERN(s_tx_srtp, "_tx_srtp");
+    INTERN(s_is_closing, "is_closing");
+    one = PyLong_FromLong(1);
+    PyObject *m = PyModule_Create(&accel_module);
+    if (m == NULL) {
+        return NULL;
+    }
+    AccelError = PyErr_NewException("parley.relay._accel.Error", PyExc_ValueError, NULL);
+    Py_INCREF(AccelError);
+    PyModule_AddObject(m, "Error", AccelError);
+    Py_INCREF(&SessionType);
+    PyModule_AddObject(m, "Session", (PyObject *)&SessionType);
+    Py_INCREF(&TxType);
+    PyModule_AddObject(m, "Tx", (PyObject *)&TxType);
+    Py_INCREF(&RouteType);
+    PyModule_AddObject(m, "Route", (PyObject *)&RouteType);
+    PyModule_AddIntConstant(m, "MAX_TRAILER", SRTP_MAX_TRAILER_LEN);
+    return m;
+}

@@ -1,0 +1,282 @@
+"""The per-packet path behind one small interface, compiled or pure Python (the way aiohttp, yarl
+and uvloop ship an optional accelerator).
+
+- :class:`Session`: one SRTP context (``protect``/``unprotect`` of RTP) made from the keying
+  material of a DTLS transport. The compiled one is libsrtp itself and works in place in one
+  buffer with trailer room; the pure one is pylibsrtp.
+- :class:`Tx`: one subscriber leg's output: an outbound session, the nominated ICE pair's socket
+  and address, and what says whether that pair is still the one to send on (``valid``);
+  ``send(data)`` protects and sends one serialised RTP packet.
+- :class:`Route`: one consumer's rewrite (SSRC, payload type, ``seq_offset``/``ts_offset``,
+  mid / abs-send-time / audio-level extension ids), its NACK history (the forwarded packets,
+  by outgoing sequence number), its counters (``packets``, ``octets``, ``last``) and its
+  ``tx``. ``remember`` is the one place a forwarded packet is counted.
+- :func:`fan_out`: for each consumer of one packet whose ``_route`` has a valid ``tx``: rewrite,
+  remember, protect and send, all in one call; the consumers it could not serve (not synced
+  yet, not connected, no OS socket) are returned for the Python path (``Consumer.send``).
+
+The compiled implementation (relay/_accel.c) is used when it was built and imports (libsrtp2
+present); ``PARLEY_PURE_PYTHON=1`` forces the pure one. Both produce the same bytes
+(tests/relay/test_accel.py). :data:`IMPLEMENTATION` says which one runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import pylibsrtp
+
+from .rtp import RtpIn, RtpLike, rewrite_rtp
+
+if TYPE_CHECKING:
+    from .consumer import Consumer
+
+NTP_EPOCH_OFFSET = 2208988800
+
+
+class _Srtp(Protocol):
+    def protect(self, data: bytes) -> bytes: ...
+
+    def unprotect(self, data: bytes) -> bytes: ...
+
+
+# --- the pure-Python implementation ------------------------------------------------------------
+
+
+class PySession:
+    """An SRTP context (pylibsrtp), configured as aiortc configures its own."""
+
+    __slots__ = ("_session",)
+
+    def __init__(self, profile: int, key: bytes, outbound: bool) -> None:
+        policy = pylibsrtp.Policy(
+            key=key,
+            ssrc_type=(
+                pylibsrtp.Policy.SSRC_ANY_OUTBOUND
+                if outbound
+                else pylibsrtp.Policy.SSRC_ANY_INBOUND
+            ),
+            srtp_profile=profile,
+        )
+        policy.allow_repeat_tx = True
+        policy.window_size = 1024
+        self._session = pylibsrtp.Session(policy)
+
+    def protect(self, data: bytes) -> bytes:
+        return self._session.protect(data)
+
+    def unprotect(self, data: bytes) -> bytes:
+        return self._session.unprotect(data)
+
+
+class PyTx:
+    """One subscriber leg's output (pure Python): protect, then the transport's ``sendto``."""
+
+    __slots__ = (
+        "session",
+        "fd",
+        "addr",
+        "dtls",
+        "connected",
+        "keyed_by",
+        "nominated",
+        "pair",
+        "transport",
+        "sent",
+        "errors",
+    )
+
+    def __init__(
+        self,
+        session: _Srtp,
+        fd: int,
+        host: str,
+        port: int,
+        dtls: Any,
+        connected: object,
+        keyed_by: object,
+        nominated: dict[int, Any],
+        pair: object,
+        transport: Any,
+    ) -> None:
+        self.session = session
+        self.fd = fd
+        self.addr = (host, port)
+        self.dtls = dtls
+        self.connected = connected
+        self.keyed_by = keyed_by
+        self.nominated = nominated
+        self.pair = pair
+        self.transport = transport
+        self.sent = 0
+        self.errors = 0
+
+    @property
+    def valid(self) -> bool:
+        """Still connected with the same SRTP keys, on the same nominated pair, and its socket
+        is open."""
+        dtls = self.dtls
+        return (
+            dtls._state is self.connected
+            and dtls._tx_srtp is self.keyed_by
+            and self.nominated.get(1) is self.pair
+            and not self.transport.is_closing()
+        )
+
+    def send(self, data: bytes) -> None:
+        """Protect and send one RTP packet: ``ConnectionError`` when the leg is gone, the SRTP
+        error when protecting fails (a broken leg: its consumer is dropped)."""
+        if not self.valid:
+            raise ConnectionError("not connected")
+        out = self.session.protect(data)
+        self.transport.sendto(out, self.addr)
+        self.sent += 1
+
+    def _protect_send(self, data: bytes) -> None:
+        try:
+            out = self.session.protect(data)
+        except pylibsrtp.Error:
+            self.errors += 1
+            return
+        self.transport.sendto(out, self.addr)
+        self.sent += 1
+
+
+class PyRoute:
+    """One consumer's rewrite, NACK history and counters (pure Python)."""
+
+    __slots__ = (
+        "ssrc",
+        "payload_type",
+        "mid_element",
+        "abs_send_time_id",
+        "audio_level_id",
+        "seq_offset",
+        "ts_offset",
+        "tx",
+        "last",
+        "packets",
+        "octets",
+        "_ring",
+        "_ring_ast",
+        "_mask",
+    )
+
+    def __init__(
+        self,
+        ssrc: int,
+        payload_type: int,
+        mid_element: bytes,
+        abs_send_time_id: int,
+        audio_level_id: int,
+        history_size: int,
+    ) -> None:
+        if history_size < 1 or history_size & (history_size - 1):
+            raise ValueError("bad route parameters")
+        self.ssrc = ssrc
+        self.payload_type = payload_type
+        self.mid_element = mid_element
+        self.abs_send_time_id = abs_send_time_id
+        self.audio_level_id = audio_level_id
+        self.seq_offset = 0
+        self.ts_offset = 0
+        self.tx: PyTx | None = None
+        self.last: RtpIn | None = None
+        self.packets = 0
+        self.octets = 0
+        self._ring: list[RtpIn | None] = [None] * history_size
+        self._ring_ast = [0] * history_size
+        """The abs-send-time each kept packet went out with (a resend is the same packet)."""
+        self._mask = history_size - 1
+
+    def rewrite(self, packet: RtpLike, abs_send_time: int) -> bytes:
+        """``packet`` for this consumer (``abs_send_time`` < 0: without abs-send-time)."""
+        return rewrite_rtp(
+            packet,
+            self.ssrc,
+            self.payload_type,
+            self.seq_offset,
+            self.ts_offset,
+            self.mid_element,
+            self.abs_send_time_id,
+            abs_send_time,
+            self.audio_level_id,
+            packet.audio_level,  # type: ignore[attr-defined]
+        )
+
+    def remember(self, packet: RtpIn, abs_send_time: int) -> None:
+        """Count a forwarded packet and keep it for NACKs (the one place per forwarded packet)."""
+        slot = (packet.sequence_number + self.seq_offset) & 0xFFFF & self._mask
+        self._ring[slot] = packet
+        self._ring_ast[slot] = abs_send_time
+        self.last = packet
+        self.packets += 1
+        self.octets += len(packet.payload)
+
+    def history(self, seq: int) -> tuple[RtpIn, int] | None:
+        """(packet, abs-send-time) forwarded with outgoing sequence number ``seq``, if kept."""
+        slot = seq & 0xFFFF & self._mask
+        packet = self._ring[slot]
+        if packet is None or (packet.sequence_number + self.seq_offset) & 0xFFFF != seq & 0xFFFF:
+            return None
+        return packet, self._ring_ast[slot]
+
+    def clear(self) -> None:
+        self._ring = [None] * (self._mask + 1)
+
+
+def py_fan_out(
+    packet: RtpIn, consumers: Sequence[Consumer], abs_send_time: int
+) -> list[Consumer] | None:
+    """Forward ``packet`` to every consumer whose route can send; return the others."""
+    slow: list[Consumer] | None = None
+    for consumer in consumers:
+        route: PyRoute | None = consumer._route  # type: ignore[assignment]
+        tx = route.tx if route is not None else None
+        if tx is None or not tx.valid:
+            if slow is None:
+                slow = [consumer]
+            else:
+                slow.append(consumer)
+            continue
+        data = route.rewrite(packet, abs_send_time)  # type: ignore[union-attr]
+        route.remember(packet, abs_send_time)  # type: ignore[union-attr]
+        tx._protect_send(data)
+    return slow
+
+
+def py_abs_send_time_now() -> int:
+    """The 24-bit 6.18 fixed-point abs-send-time of now (webrtc abs-send-time extension)."""
+    return int((time.time() + NTP_EPOCH_OFFSET) * 262144) & 0xFFFFFF
+
+
+# --- choosing one ---------------------------------------------------------------------------
+
+_compiled: Any = None
+if os.environ.get("PARLEY_PURE_PYTHON", "") in ("", "0"):
+    try:
+        from . import _accel as _compiled  # type: ignore[attr-defined,no-redef]
+    except ImportError:  # not built (no compiler, headers or libsrtp2): the pure twin runs
+        _compiled = None
+
+COMPILED: Final = _compiled is not None
+IMPLEMENTATION: Final = "compiled" if COMPILED else "python"
+"""Which packet path runs: "compiled" (relay/_accel.c) or "python"."""
+
+if _compiled is not None:
+    Session: Any = _compiled.Session
+    Tx: Any = _compiled.Tx
+    Route: Any = _compiled.Route
+    fan_out: Any = _compiled.fan_out
+    abs_send_time_now: Any = _compiled.abs_send_time_now
+    SrtpError: tuple[type[Exception], ...] = (_compiled.Error, pylibsrtp.Error)
+else:
+    Session = PySession
+    Tx = PyTx
+    Route = PyRoute
+    fan_out = py_fan_out
+    abs_send_time_now = py_abs_send_time_now
+    SrtpError = (pylibsrtp.Error,)
