@@ -51,7 +51,6 @@ function createController(app) {
     /** The end of the call on this page: left, ended, failed (or replaced elsewhere). */
     finish(next, title, detail, canRejoin = false) {
       clearTimeout(st.retryTimer);
-      app.remote.stopStats();
       app.signaling.teardown(st.call);
       app.remote.clear();
       app.media.release();
