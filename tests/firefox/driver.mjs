@@ -5,6 +5,7 @@
 //   eval {page, fn, arg}        `fn` is a function's source; its awaited result comes back
 //   click {page, selector}      a real click (trusted input) on the first match
 //   fill {page, selector, text} type into an input
+//   close_page {page}           close a page (and its context)
 //   errors / logs               uncaught page errors / console messages since the last call
 //   close                       end the browser and this process
 // Firefox on loopback needs media.peerconnection.ice.loopback; it then pairs only through TURN
@@ -70,6 +71,9 @@ async function handle(cmd) {
       await page.type(cmd.selector, cmd.text);
       return null;
     }
+    case "close_page":
+      await pages[cmd.page].browserContext().close();
+      return null;
     case "errors":
       return errors;
     case "logs":

@@ -132,6 +132,9 @@ class FirefoxPage:
     def fill(self, selector: str, text: str) -> None:
         self.browser.call("fill", page=self.number, selector=selector, text=text)
 
+    def close(self) -> None:
+        self.browser.call("close_page", page=self.number)
+
     def wait_for_timeout(self, ms: float) -> None:
         """Playwright's name for a pause between two polls (the page runs meanwhile)."""
         time.sleep(ms / 1000)

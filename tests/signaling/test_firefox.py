@@ -1,10 +1,12 @@
 """The join page in Debian's Firefox ESR (WebDriver BiDi, tests/firefox/driver.mjs) next to
 Chromium, against a real `parley serve`: media both ways, and mute / camera off shown to the
 other side from the server's participant_state within 1 s, in both directions; Firefox stops
-sending video when its camera is turned off (no frozen picture).
+sending video when its camera is turned off (no frozen picture); two Firefox pages in one
+browser (one of them a background tab); relay-only over TURN/TCP; screen share both ways.
 
-On loopback Firefox pairs only through TURN (docs/browser.md): these calls go through the
-embedded TURN server.
+How Firefox pairs on loopback depends on its camera/microphone permission (docs/browser.md):
+the driver grants it (``permissions.default.*``), so Firefox gathers its loopback addresses
+as host candidates; the relay-only test forces TURN/TCP.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 from .browser_support import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    PAIRS_JS,
     ParleyServer,
     chromium_available,
     media_stats,
@@ -149,5 +152,64 @@ def test_firefox_and_chromium_call_and_see_mute_and_camera_off(
         tile_attr_within(fox, c_id, "data-video", "on", 1.0)
         chrome.click("#mute-button")
         tile_attr_within(fox, c_id, "data-muted", "false", 1.0)
+    finally:
+        chrome.context.close()
+
+
+def test_two_firefox_pages_call_each_other(server: ParleyServer, firefox: Firefox) -> None:
+    session = server.create_session("conv-firefox-two")
+    # the first page is a background tab once the second opens: its join must not wait on it
+    one = join_firefox(firefox, session["agent_url"], "Fiona One")
+    two = join_firefox(firefox, session["customer_url"], "Fred Two")
+    one_id = str(one.evaluate("() => window.parley.participantId"))
+    two_id = str(two.evaluate("() => window.parley.participantId"))
+    wait_for_media(one, {two_id: AV}, timeout=30)  # type: ignore[arg-type]
+    wait_for_media(two, {one_id: AV}, timeout=30)  # type: ignore[arg-type]
+    one.click("#mute-button")
+    tile_attr_within(two, one_id, "data-muted", "true", 1.0)
+    two.click("#camera-button")
+    tile_attr_within(one, two_id, "data-video", "off", 1.0)
+
+
+def test_firefox_relay_only_over_turn_tcp(chromium: Any, firefox: Firefox) -> None:
+    with running_server("--ice-transport-policy", "relay", "--turn-transports", "tcp") as srv:
+        session = srv.create_session("conv-firefox-relay")
+        fox = join_firefox(firefox, session["agent_url"], "Fiona Firefox")
+        chrome = join_chromium(chromium, session["customer_url"], "Carl Chromium")
+        try:
+            f_id = str(fox.evaluate("() => window.parley.participantId"))
+            c_id = str(chrome.evaluate("() => window.parley.participantId"))
+            wait_for_media(chrome, {f_id: AV}, timeout=30)
+            wait_for_media(fox, {c_id: AV}, timeout=30)  # type: ignore[arg-type]
+            pairs = fox.evaluate(PAIRS_JS)
+            for name in ("publish", "subscribe"):
+                pair = pairs[name]
+                assert pair, f"{name}: no selected candidate pair: {pairs}"
+                assert pair["local"]["candidateType"] == "relay", pairs
+                assert pair["local"]["relayProtocol"] == "tcp", pairs
+        finally:
+            chrome.context.close()
+            fox.close()  # before the server stops: no reconnect attempts left to fail
+
+
+def test_chromium_screen_share_shows_in_firefox(
+    server: ParleyServer, chromium: Any, firefox: Firefox
+) -> None:
+    """Firefox receives a shared screen (its own getDisplayMedia needs a display: headless
+    Firefox answers NotFoundError, see docs/browser.md)."""
+    session = server.create_session("conv-firefox-screen")
+    fox = join_firefox(firefox, session["agent_url"], "Fiona Firefox")
+    chrome = join_chromium(chromium, session["customer_url"], "Carl Chromium")
+    try:
+        c_id = str(chrome.evaluate("() => window.parley.participantId"))
+        wait_for_media(fox, {c_id: AV}, timeout=30)  # type: ignore[arg-type]
+        chrome.click("#share-button")
+        wait_for_media(fox, {c_id: ("screen", "camera")}, timeout=30)  # type: ignore[arg-type]
+        screen_tile = (
+            "pid => document.querySelectorAll(`.tile.screen[data-participant-id='${pid}']`).length"
+        )
+        fox.wait_for_function(screen_tile, c_id, timeout=10)
+        chrome.click("#share-button")  # stop: the tile goes away in Firefox
+        fox.wait_for_function(f"pid => !({screen_tile})(pid)", c_id, timeout=20)
     finally:
         chrome.context.close()
