@@ -1,7 +1,8 @@
 // Drives Debian's Firefox ESR over WebDriver BiDi (puppeteer-core) for the Python tests
 // (tests/signaling/firefox_support.py). One JSON command per stdin line, one JSON reply per
 // stdout line: {"id", "op", ...} -> {"id", "ok": true, "value"} or {"id", "ok": false, "error"}.
-//   open {url}                  a new page (its own browser context) -> page number
+//   open {url, init}            a new page (its own browser context; `init`: a script run
+//                               before the page's own) -> page number
 //   eval {page, fn, arg}        `fn` is a function's source; its awaited result comes back
 //   click {page, selector}      a real click (trusted input) on the first match
 //   fill {page, selector, text} type into an input
@@ -53,6 +54,7 @@ async function handle(cmd) {
       page.on("pageerror", (err) => errors.push(`${cmd.url}: ${err && err.message ? err.message : err}`));
       page.on("console", (m) => logs.push(`${pages.length}: ${m.type()}: ${m.text()}`.slice(0, 2000)));
       page.setDefaultTimeout(20_000);
+      if (cmd.init) await page.evaluateOnNewDocument(cmd.init);
       await page.goto(cmd.url);
       pages.push(page);
       return pages.length - 1;

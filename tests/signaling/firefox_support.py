@@ -89,8 +89,9 @@ class Firefox:
                     raise DriverError(f"the Firefox driver exited: {self.log_tail()}")
                 self._buffer += chunk
 
-    def open(self, url: str) -> FirefoxPage:
-        return FirefoxPage(self, int(self.call("open", url=url)))
+    def open(self, url: str, init: str = "") -> FirefoxPage:
+        """A new page; ``init`` runs in it before the page's own scripts."""
+        return FirefoxPage(self, int(self.call("open", url=url, init=init)))
 
     def script_errors(self) -> list[str]:
         return list(self.call("errors"))

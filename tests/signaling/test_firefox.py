@@ -75,8 +75,8 @@ def firefox() -> Iterator[Firefox]:
         browser.close()
 
 
-def join_firefox(firefox: Firefox, url: str, name: str) -> FirefoxPage:
-    page = firefox.open(url)
+def join_firefox(firefox: Firefox, url: str, name: str, init: str = "") -> FirefoxPage:
+    page = firefox.open(url, init)
     page.wait_for_function("() => !!document.querySelector('#join-button:not([hidden])')")
     page.fill("#name-input", name)
     page.click("#join-button")
@@ -154,6 +154,20 @@ def test_firefox_and_chromium_call_and_see_mute_and_camera_off(
         tile_attr_within(fox, c_id, "data-muted", "false", 1.0)
     finally:
         chrome.context.close()
+
+
+# what a background tab does to enumerateDevices() in Firefox: no answer until it gets focus
+WITHHELD_DEVICES_JS = """
+navigator.mediaDevices.enumerateDevices = () => new Promise(() => {});
+"""
+
+
+def test_joining_does_not_wait_for_the_device_list(server: ParleyServer, firefox: Firefox) -> None:
+    session = server.create_session("conv-firefox-devices")
+    other = join_firefox(firefox, session["customer_url"], "Fred Other")
+    page = join_firefox(firefox, session["agent_url"], "Fiona Waiting", WITHHELD_DEVICES_JS)
+    me = str(page.evaluate("() => window.parley.participantId"))
+    wait_for_media(other, {me: AV}, timeout=30)  # type: ignore[arg-type]
 
 
 def test_two_firefox_pages_call_each_other(server: ParleyServer, firefox: Firefox) -> None:

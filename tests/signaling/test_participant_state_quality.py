@@ -12,8 +12,8 @@ from tests.signaling.ws_client import WsParticipant
 
 
 def quality_of(pid: str, *grades: str) -> Any:
-    return (
-        lambda m: m.get("type") == "connection_quality"
+    return lambda m: (
+        m.get("type") == "connection_quality"
         and m["participant_id"] == pid
         and m["quality"] in grades
     )
@@ -48,3 +48,14 @@ async def test_loss_on_one_leg_makes_that_participant_poor(
     finally:
         for p in (agent, customer):
             await p.close()
+
+
+def test_grades_follow_the_reports_score() -> None:
+    from parley.relay.quality import grade, mos
+
+    assert grade(None) is None
+    assert grade(mos(0.0, 20.0, 2.0, "video")) == "good"
+    assert grade(mos(1.0, 50.0, 5.0, "video")) == "good"
+    assert grade(mos(3.0, 50.0, 5.0, "video")) == "fair"
+    assert grade(mos(5.0, 50.0, 5.0, "video")) == "poor"
+    assert grade(mos(0.0, 1500.0, 10.0, "audio")) == "poor"  # a long delay alone

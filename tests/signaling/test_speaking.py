@@ -73,3 +73,21 @@ async def test_speaking_follows_the_audio_levels(service_factory: ServiceFactory
     finally:
         for p in (agent, customer):
             await p.close()
+
+
+def test_the_tracker_says_speaking_from_the_first_loud_packet_until_the_hangover() -> None:
+    from parley.relay.speech import HANGOVER, SpeechTracker
+
+    tracker = SpeechTracker(48000)
+    assert not tracker.speaking(0.0)
+    tracker.on_level(127, 0, 0.0)  # silence
+    assert not tracker.speaking(0.0)
+    for n in range(1, 51):  # 1 s of speech, 20 ms packets
+        tracker.on_level(20, n * 960, n * 0.02)
+        assert tracker.speaking(n * 0.02)
+    tracker.on_level(127, 51 * 960, 1.02)
+    assert tracker.speaking(1.02 + HANGOVER - 0.01)
+    assert not tracker.speaking(1.02 + HANGOVER + 0.01)
+    # the same spurt is the talk time the reports add up
+    (spurt,) = tracker.take(2.0, 1000.0)
+    assert abs((spurt[1] - spurt[0]) - 1.0) < 0.05
