@@ -15,6 +15,7 @@ if [ "$want_test" = test ]; then
     command -v firefox-esr >/dev/null || need+=(firefox-esr)  # the Firefox page tests
     command -v node >/dev/null || need+=(nodejs)  # drives Firefox over WebDriver BiDi
     command -v npm >/dev/null || need+=(npm)
+    command -v Xvfb >/dev/null || need+=(xvfb)  # Firefox's own screen share needs a display
     command -v turnserver >/dev/null || need+=(coturn)
     command -v certutil >/dev/null || need+=(libnss3-tools)  # test CA for the HTTPS browser test
     command -v ffprobe >/dev/null || need+=(ffmpeg)  # the recording tests check files with it

@@ -186,6 +186,17 @@ function debugHook(app) {
     get participants() {
       return [...st.roster.values()];
     },
+    /** The server's participant_state of everyone: {participant_id: {camera, microphone, screen}}. */
+    get states() {
+      return Object.fromEntries(st.states);
+    },
+    /** The server's speaking list and connection qualities. */
+    get speaking() {
+      return [...st.speaking];
+    },
+    get quality() {
+      return Object.fromEntries(st.quality);
+    },
     get localTracks() {
       return ["mic", "camera", "screen"].map((s) => st.local[s]).filter(Boolean);
     },

@@ -16,11 +16,13 @@ import readline from "node:readline";
 import puppeteer from "puppeteer-core";
 
 const executablePath = process.env.PARLEY_FIREFOX || "/usr/bin/firefox-esr";
+// headless unless given an X display (tests/signaling/firefox_support.py starts an Xvfb for
+// screen sharing: headless Firefox has no screen to capture)
 
 const browser = await puppeteer.launch({
   browser: "firefox",
   executablePath,
-  headless: true,
+  headless: !process.env.DISPLAY,
   protocolTimeout: 30_000,
   extraPrefsFirefox: {
     "media.navigator.streams.fake": true,

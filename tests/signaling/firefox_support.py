@@ -40,10 +40,49 @@ class DriverError(AssertionError):
     pass
 
 
-class Firefox:
-    """One Firefox ESR (headless) and the Node process that drives it."""
+class VirtualDisplay:
+    """An Xvfb of our own (no TCP listener), for what headless Firefox cannot do: its
+    getDisplayMedia() needs a screen to capture."""
 
     def __init__(self) -> None:
+        read, write = os.pipe()
+        self.proc = subprocess.Popen(
+            ["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x720x24", "-nolisten", "tcp"],
+            pass_fds=(write,),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(write)
+        number = b""
+        deadline = time.monotonic() + 15
+        while not number.endswith(b"\n") and time.monotonic() < deadline:
+            ready, _, _ = select.select([read], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(read, 16)
+            if not chunk:
+                break
+            number += chunk
+        os.close(read)
+        if not number.strip():
+            self.close()
+            raise RuntimeError("Xvfb did not start")
+        self.display = f":{number.decode().strip()}"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class Firefox:
+    """One Firefox ESR and the Node process that drives it: headless, or on ``display``."""
+
+    def __init__(self, display: str = "") -> None:
         ARTIFACTS.mkdir(exist_ok=True)
         self.log_path = ARTIFACTS / f"firefox-driver-{os.getpid()}-{time.monotonic_ns()}.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
@@ -53,7 +92,7 @@ class Firefox:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
-            env={**os.environ, "PARLEY_FIREFOX": FIREFOX},
+            env={**os.environ, "PARLEY_FIREFOX": FIREFOX, "DISPLAY": display},
         )
         log.close()
         self._next = 0

@@ -11,6 +11,7 @@ as host candidates; the relay-only test forces TURN/TCP.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +28,7 @@ from .browser_support import (
     running_server,
     wait_for_media,
 )
-from .firefox_support import Firefox, FirefoxPage, firefox_missing
+from .firefox_support import Firefox, FirefoxPage, VirtualDisplay, firefox_missing
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -227,3 +228,33 @@ def test_chromium_screen_share_shows_in_firefox(
         fox.wait_for_function(f"pid => !({screen_tile})(pid)", c_id, timeout=20)
     finally:
         chrome.context.close()
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed (apt xvfb)")
+def test_firefox_screen_share_shows_in_chromium(server: ParleyServer, chromium: Any) -> None:
+    """Firefox shares its screen (on an Xvfb display of its own), Chromium shows it large and
+    hears of it from participant_state; stopping removes the tile."""
+    display = VirtualDisplay()
+    firefox = Firefox(display.display)
+    session = server.create_session("conv-firefox-share")
+    try:
+        fox = join_firefox(firefox, session["agent_url"], "Fiona Firefox")
+        chrome = join_chromium(chromium, session["customer_url"], "Carl Chromium")
+        f_id = str(fox.evaluate("() => window.parley.participantId"))
+        wait_for_media(chrome, {f_id: AV}, timeout=30)
+        fox.click("#share-button")
+        wait_for_media(chrome, {f_id: ("screen", "camera")}, timeout=30)
+        screen_tile = (
+            "pid => document.querySelectorAll(`.tile.screen[data-participant-id='${pid}']`).length"
+        )
+        chrome.wait_for_function(screen_tile, arg=f_id)
+        chrome.wait_for_function("pid => window.parley.states[pid].screen === true", arg=f_id)
+        fox.click("#share-button")  # stop
+        chrome.wait_for_function(f"pid => !({screen_tile})(pid)", arg=f_id, timeout=20_000)
+        assert chrome.evaluate("pid => window.parley.states[pid].screen", f_id) is False
+        chrome.context.close()
+        fox.close()
+        assert firefox.script_errors() == []
+    finally:
+        firefox.close()
+        display.close()
