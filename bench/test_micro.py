@@ -308,3 +308,51 @@ def test_remb_estimator_add(benchmark: Any) -> None:
         )
 
     benchmark(add)
+
+
+def test_audio_level_tracking(benchmark: Any) -> None:
+    """The per-packet cost of talk time and speaking (one tracker for both): an audio
+    producer's UpstreamQuality.on_packet with an RFC 6464 level, speech and silence mixed."""
+    from parley.relay.quality import UpstreamQuality
+
+    quality = UpstreamQuality("audio", "audio/opus", 48000)
+    packet = SimpleNamespace(audio_level=(True, 30), timestamp=0, marker=False, payload=b"")
+    levels = [(True, 30), (False, 127)] * 25
+    count = [0]
+
+    def on_packet() -> None:
+        count[0] += 1
+        packet.audio_level = levels[count[0] % 50]
+        packet.timestamp = (packet.timestamp + 960) & 0xFFFFFFFF
+        quality.on_packet(packet, count[0] * 0.02)
+
+    benchmark(on_packet)
+
+
+def test_speaking_tick(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """The server's speaking check (every 100 ms per session, off the packet path) over a
+    session of 10 participants with a microphone each (5 speaking)."""
+    from parley.relay.speech import SpeechTracker
+    from parley.signaling.presence import Presence
+
+    trackers = []
+    participants = []
+    for n in range(10):
+        tracker = SpeechTracker(48000)
+        if n % 2:
+            tracker.on_level(20, 0, 0.0)
+        trackers.append(tracker)
+        producer = SimpleNamespace(quality=SimpleNamespace(speech=tracker), closed=False)
+        peer = SimpleNamespace(producers=[producer])
+        participants.append(SimpleNamespace(id=f"p{n}", peer=peer, muted=set()))
+
+    async def broadcast(message: dict[str, Any]) -> None:
+        return None
+
+    session = SimpleNamespace(id="s", connected=lambda: participants, broadcast=broadcast)
+    presence = Presence(session)  # type: ignore[arg-type]
+
+    def tick() -> None:
+        drive(presence._check_speaking(0.1))
+
+    bench_in_loop(loop, benchmark, tick)

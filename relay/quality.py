@@ -16,6 +16,10 @@ The score is LiveKit's simplified E-model MOS (1.0–4.5; pkg/sfu/connectionqual
 R = 100 − delay effect − loss·w with delay d = RTT/2 + 2·jitter (ms), the effect d/40, or
 (d − 120)/10 above 160 ms, w = 8 for Opus and 10 for video; MOS = 1 + 0.035R + 7e-6·R(R−60)(100−R).
 
+The same score, graded good / fair / poor (:func:`grade`) over a few seconds of each of a
+participant's legs (:class:`LegScore`), is what the pages show on each tile (signaling's
+``connection_quality`` message).
+
 All of it is pure (time comes in as an argument) and O(1) per packet.
 """
 
@@ -49,6 +53,69 @@ def mos(loss_percent: float, rtt_ms: float | None, jitter_ms: float, kind: str) 
     r = max(0.0, min(100.0, r))
     score = 1 + 0.035 * r + 7e-6 * r * (r - 60) * (100 - r)
     return round(max(1.0, min(4.5, score)), 2)
+
+
+GOOD_SCORE = 4.0
+"""A MOS from here up is "good" (video with up to 2 % loss at a normal RTT)."""
+FAIR_SCORE = 3.0
+"""A MOS from here up to :data:`GOOD_SCORE` is "fair" (about 4 % video loss); below, "poor"."""
+
+
+def grade(score: float | None) -> str | None:
+    """``good``, ``fair`` or ``poor`` for a MOS (None: nothing measured)."""
+    if score is None:
+        return None
+    if score >= GOOD_SCORE:
+        return "good"
+    if score >= FAIR_SCORE:
+        return "fair"
+    return "poor"
+
+
+class LegScore:
+    """One leg's MOS since the previous call, from the counters the relay keeps anyway
+    (:class:`UpstreamQuality` / :class:`DownstreamQuality` and aiortc's stream statistics).
+    It keeps its own previous values, so the report samples' deltas are left alone."""
+
+    __slots__ = ("_packets", "_expected", "_lost")
+
+    def __init__(self) -> None:
+        self._packets = 0
+        self._expected = 0
+        self._lost = 0
+
+    def _loss(self, packets: int, expected: int, lost: int) -> tuple[int, float]:
+        sent = packets - self._packets
+        d_expected, d_lost = expected - self._expected, lost - self._lost
+        self._packets, self._expected, self._lost = packets, expected, lost
+        return sent, (100.0 * d_lost / d_expected if d_expected > 0 else 0.0)
+
+    def upstream(self, producer: Any, rtt_ms: float | None) -> float | None:
+        """A producer's leg (publisher -> relay): the loss and jitter the relay sees."""
+        quality: UpstreamQuality = producer.quality
+        stream = producer.media_statistics()
+        expected = received = jitter = 0
+        if stream is not None and stream.max_seq is not None:
+            expected, received, jitter = (
+                stream.packets_expected,
+                stream.packets_received,
+                stream.jitter,
+            )
+        sent, loss = self._loss(producer.packets, expected, max(0, expected - received))
+        if not sent:
+            return None
+        jitter_ms = 1000.0 * jitter / quality.clock_rate if quality.clock_rate else 0.0
+        return mos(loss, rtt_ms, jitter_ms, quality.kind)
+
+    def downstream(self, consumer: Any) -> float | None:
+        """A consumer's leg (relay -> subscriber): loss, jitter and RTT its receiver reports."""
+        quality: DownstreamQuality = consumer.quality
+        sent, loss = self._loss(consumer.packets, quality.highest_seq, quality.cumulative_lost)
+        if not sent or not quality.reports:
+            return None
+        jitter_ms = 1000.0 * quality.jitter / quality.clock_rate if quality.clock_rate else 0.0
+        rtt_ms = None if quality.rtt is None else 1000.0 * quality.rtt
+        return mos(min(100.0, max(0.0, loss)), rtt_ms, jitter_ms, quality.kind)
 
 
 def vp8_resolution(payload: bytes) -> tuple[int, int] | None:

@@ -6,6 +6,8 @@ as speech for its duration (RTP timestamp step, 20 ms for Opus); speech less tha
 :data:`HANGOVER` apart is one talk spurt, so the pauses inside a sentence are talk time too.
 Spurts are kept as intervals of the relay's clock, turned into wall-clock intervals when taken,
 so the report can add them up and find overlaps (both talking at once) across participants.
+The same tracker answers "is this participant speaking now" (:meth:`SpeechTracker.speaking`),
+which signaling sends to the pages: one implementation for talk time and the speaking rings.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ class SpeechTracker:
         if self._start is not None:
             self._done.append((self._start, self._end))
         self._start, self._end = now, now + duration
+
+    def speaking(self, now: float) -> bool:
+        """Whether a talk spurt is going on at ``now``: from the first loud packet until
+        :data:`HANGOVER` after the last one."""
+        return self._start is not None and now <= self._end + HANGOVER
 
     def take(self, now: float, wall: float) -> list[list[float]]:
         """The talk since the previous call as ``[start, end]`` wall-clock pairs (``wall`` is

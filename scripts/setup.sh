@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a Debian machine (as root) for parley: system packages, a virtualenv in .venv, parley itself.
 #   scripts/setup.sh            runtime only
-#   scripts/setup.sh test       + test tools, Debian chromium and coturn
+#   scripts/setup.sh test       + test tools, Debian chromium, firefox-esr (+ node, npm ci in
+#                               tests/firefox for puppeteer-core) and coturn
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=${1:-}
@@ -16,6 +17,10 @@ dpkg -s python3-dev >/dev/null 2>&1 || need+=(python3-dev)
 dpkg -s libsrtp2-dev >/dev/null 2>&1 || need+=(libsrtp2-dev)
 if [ "$want_test" = test ]; then
     command -v chromium >/dev/null || need+=(chromium)
+    command -v firefox-esr >/dev/null || need+=(firefox-esr)  # the Firefox page tests
+    command -v node >/dev/null || need+=(nodejs)  # drives Firefox over WebDriver BiDi
+    command -v npm >/dev/null || need+=(npm)
+    command -v Xvfb >/dev/null || need+=(xvfb)  # Firefox's own screen share needs a display
     command -v turnserver >/dev/null || need+=(coturn)
     command -v certutil >/dev/null || need+=(libnss3-tools)  # test CA for the HTTPS browser test
     command -v ffprobe >/dev/null || need+=(ffmpeg)  # the recording tests check files with it
@@ -39,4 +44,11 @@ if [ "$want_test" = test ]; then
     .venv/bin/python -m pip install -q '.[test,bench]'
 else
     .venv/bin/python -m pip install -q .
+fi
+if [ "$want_test" = test ]; then
+    # puppeteer-core for the Firefox tests (it never downloads a browser), when the lock changed
+    if [ ! -f tests/firefox/node_modules/.package-lock.json ] ||
+        [ tests/firefox/package-lock.json -nt tests/firefox/node_modules/.package-lock.json ]; then
+        (cd tests/firefox && npm ci --no-audit --no-fund --silent)
+    fi
 fi

@@ -53,7 +53,15 @@ class RecordingAction:
     """``start`` or ``stop`` (agents only)."""
 
 
-ClientMessage = Join | Offer | Answer | Leave | End | RecordingAction
+@dataclass(frozen=True)
+class TrackState:
+    """The user turned a source on or off (the page stops sending it too)."""
+
+    source: str
+    enabled: bool
+
+
+ClientMessage = Join | Offer | Answer | Leave | End | RecordingAction | TrackState
 
 
 def _str(data: dict[str, Any], key: str, *, required: bool = True, limit: int = 0) -> str:
@@ -108,6 +116,12 @@ def parse(text: str | bytes) -> ClientMessage:
         if data.get("action") not in ("start", "stop"):
             raise BadRequest("'action' must be 'start' or 'stop'")
         return RecordingAction(action=data["action"])
+    if kind == "track_state":
+        if data.get("source") not in SOURCES:
+            raise BadRequest("'source' must be camera, microphone or screen")
+        if not isinstance(data.get("enabled"), bool):
+            raise BadRequest("'enabled' must be true or false")
+        return TrackState(source=data["source"], enabled=data["enabled"])
     if not isinstance(kind, str):
         raise BadRequest("the message has no 'type'")
     raise UnknownMessageType(f"unknown message type {kind[:40]!r}")

@@ -19,7 +19,8 @@ from parley.relay import MediaConfig, Peer, RelayError, Router
 
 from . import tokens
 from .errors import Forbidden, SessionEnded, SessionFull, SessionNotFound, SignalingError
-from .messages import Answer, Offer
+from .messages import Answer, Offer, TrackState
+from .presence import Presence
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class Participant:
     connection: Connection | None = None
     peer: Peer | None = None
     joins: int = 0
+    muted: set[str] = field(default_factory=set)
+    """Sources the participant turned off (``track_state``; signaling/presence.py)."""
 
     @property
     def connected(self) -> bool:
@@ -100,6 +103,11 @@ class Session:
     started_at: float | None = None
     """When the first participant joined."""
     listener: SessionListener | None = None
+    presence: Presence = field(init=False, repr=False)
+    """participant_state, speaking and connection_quality (signaling/presence.py)."""
+
+    def __post_init__(self) -> None:
+        self.presence = Presence(self)
 
     @property
     def state(self) -> str:
@@ -162,6 +170,7 @@ class Session:
         participant.left_at = None
         participant.connection = connection
         participant.joins += 1
+        self.presence.joined(participant)
         if self.started_at is None:
             self.started_at = now
         await connection.send(welcome(participant))
@@ -236,6 +245,7 @@ class Session:
             return
         self.ended_at = self.clock()
         self.end_reason = reason
+        self.presence.close()
         logger.info("[%s] ended (%s)", self.id, reason)
         connections = []
         left = []
@@ -265,6 +275,7 @@ class Session:
     async def suspend(self) -> None:
         """Server shutdown with a store: drop every connection and the media, keep the session
         open (it is restored at the next start and its participants rejoin by themselves)."""
+        self.presence.close()
         for participant in list(self.participants.values()):
             connection = participant.connection
             if connection is not None:
@@ -290,7 +301,15 @@ class Session:
             answer = await peer.handle_publish_offer(offer.sdp, offer.sources)
         except RelayError as exc:
             raise SignalingError(str(exc), code=exc.code) from exc
+        await self.presence.state_changed(participant)
         return {"type": "answer", "pc": "publish", "sdp": answer}
+
+    async def handle_track_state(self, participant: Participant, message: TrackState) -> None:
+        if message.enabled:
+            participant.muted.discard(message.source)
+        else:
+            participant.muted.add(message.source)
+        await self.presence.state_changed(participant)
 
     async def handle_answer(self, participant: Participant, answer: Answer) -> None:
         peer = self._peer(participant)
@@ -431,6 +450,8 @@ class SessionManager:
             ),
             return_exceptions=True,
         )
+        for session in self.sessions.values():
+            session.presence.close()
         await asyncio.gather(
             *(s.router.close() for s in self.sessions.values()), return_exceptions=True
         )

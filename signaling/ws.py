@@ -12,6 +12,7 @@ from . import messages, recordings
 from .api import client_address
 from .errors import NotJoined, RateLimited, ShuttingDown, SignalingError
 from .keys import CONFIG, DRAINING, ICE_SERVERS, LIMITS, SESSIONS, SOCKETS
+from .presence import state_of
 from .sessions import Participant, Session
 
 logger = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                             "name": p.name,
                             "ice_servers": ice(p.id),
                             "ice_transport_policy": policy,
-                            "participants": [x.to_json() for x in s.connected()],
+                            "participants": [x.to_json() | state_of(x) for x in s.connected()],
                             "recording": recordings.state_of(app, s.id),
                         }
 
@@ -158,6 +159,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 elif isinstance(message, messages.End):
                     await session.handle_end(participant)
                     break
+                elif isinstance(message, messages.TrackState):
+                    await session.handle_track_state(participant, message)
                 elif isinstance(message, messages.RecordingAction):
                     await recordings.handle_message(app, session, participant, message.action)
             except RateLimited as exc:

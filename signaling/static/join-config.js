@@ -4,10 +4,6 @@ export const GATHER_TIMEOUT_MS = 4000; // the relay is non-trickle: wait this lo
 export const ANSWER_TIMEOUT_MS = 15000;
 export const WELCOME_TIMEOUT_MS = 15000;
 export const PC_DISCONNECTED_GRACE_MS = 4000; // "disconnected" this long means the path is gone
-export const STATS_INTERVAL_MS = 500;
-export const SPEAKING_LEVEL = 0.02; // inbound-rtp audioLevel (0..1) above which a tile shows "speaking"
-export const SILENT_AFTER_MS = 1500; // no audio packets this long: the remote mic is off
-export const FROZEN_AFTER_MS = 2000; // no decoded frames this long: the remote camera is off
 export const RETRY_DELAYS_MS = Object.freeze([500, 1000, 2000, 4000, 8000]);
 // WebSocket close codes from the server (signaling/sessions.py); 4001 (media failed) reconnects
 export const CLOSE_REPLACED = 4000;

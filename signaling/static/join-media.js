@@ -72,7 +72,9 @@ export function createLocalMedia(app) {
         }
       }
       local.noMedia = problems.map((p) => mediaErrorText(p.err, p.what)).join(" ");
-      await media.listDevices();
+      // not awaited: Firefox resolves enumerateDevices() only once a background tab gets focus,
+      // and joining must not wait for it (the device lists fill in whenever it answers)
+      media.listDevices().catch((err) => console.warn("parley: no device list:", err));
       media.render();
     },
 

@@ -1,6 +1,8 @@
 // parley join page: publishing. The page offers on its publish connection (non-trickle), one
-// transceiver per source (microphone, camera, screen); mute and camera-off replace the track
-// with null (no RTP at all, which the others read as muted / camera off).
+// transceiver per source (microphone, camera, screen). Mute, camera off and share tell the
+// server (`track_state`; it tells everyone `participant_state`) and stop sending: the sender's
+// encoding goes inactive (`encodings[].active = false`) and its track is replaced with null
+// (Firefox keeps sending about a frame a second after replaceTrack(null) alone).
 
 import { ANSWER_TIMEOUT_MS, GATHER_TIMEOUT_MS } from "./join-config.js";
 import { getTrack, mediaErrorText } from "./join-media.js";
@@ -15,9 +17,30 @@ export function createPublisher(app) {
       const t = attempt.publish.addTransceiver(track || kind, {
         direction: "sendonly",
         streams: [attempt.stream],
+        sendEncodings: [{ active: !!track }],
       });
       attempt.senders[source] = t;
       return t;
+    },
+
+    /** Start or stop sending on a transceiver: the track and the encoding's `active` flag. */
+    async setSending(t, track) {
+      const params = t.sender.getParameters();
+      if (params.encodings && params.encodings.length) {
+        for (const e of params.encodings) e.active = !!track;
+        try {
+          await t.sender.setParameters(params);
+        } catch (err) {
+          console.warn("parley: setParameters failed:", err);
+        }
+      }
+      await t.sender.replaceTrack(track);
+    },
+
+    /** Tell the server a source was turned on or off (the others see it from its reply). */
+    trackState(source, enabled) {
+      const call = live();
+      if (call && call.welcomed) app.signaling.send(call, { type: "track_state", source, enabled });
     },
 
     /** Queue one offer/answer round on the publish connection (rounds never overlap). */
@@ -64,9 +87,9 @@ export function createPublisher(app) {
       if (!local.mic) return;
       local.micMuted = !local.micMuted;
       local.mic.enabled = !local.micMuted;
-      // replaceTrack(null) stops RTP altogether, which the other side reads as "muted"
-      const t = st.call && st.call.senders.microphone;
-      if (t && !st.call.closed) await t.sender.replaceTrack(local.micMuted ? null : local.mic);
+      publisher.trackState("microphone", !local.micMuted);
+      const t = live() ? st.call.senders.microphone : null;
+      if (t) await publisher.setSending(t, local.micMuted ? null : local.mic);
       app.media.render();
     },
 
@@ -74,7 +97,8 @@ export function createPublisher(app) {
       const t = live() ? st.call.senders.camera : null;
       if (!local.cameraOff) {
         local.cameraOff = true;
-        if (t) await t.sender.replaceTrack(null);
+        publisher.trackState("camera", false);
+        if (t) await publisher.setSending(t, null);
         app.media.stopTrack("camera"); // turn the camera light off too
         app.media.render();
         return;
@@ -88,12 +112,13 @@ export function createPublisher(app) {
       local.cameraOff = false;
       const call = live();
       if (call && call.publish) {
-        if (t) await t.sender.replaceTrack(local.camera);
+        if (t) await publisher.setSending(t, local.camera);
         else {
           publisher.addSender(call, "camera", local.camera, "video");
           publisher.renegotiate(call);
         }
       }
+      publisher.trackState("camera", true);
       app.media.render();
     },
 
@@ -118,12 +143,13 @@ export function createPublisher(app) {
         if (t && !t.stopped) {
           // reuse the m-line from an earlier share
           t.direction = "sendonly";
-          await t.sender.replaceTrack(track);
+          await publisher.setSending(t, track);
         } else {
           publisher.addSender(call, "screen", track, "video");
         }
         publisher.renegotiate(call);
       }
+      publisher.trackState("screen", true);
       app.media.render();
     },
 
@@ -131,10 +157,11 @@ export function createPublisher(app) {
       const track = local.screen;
       local.screen = null;
       if (track) track.stop();
+      publisher.trackState("screen", false);
       const call = live();
       const t = call ? call.senders.screen : null;
       if (t) {
-        await t.sender.replaceTrack(null);
+        await publisher.setSending(t, null);
         t.direction = "inactive";
         publisher.renegotiate(call);
       }

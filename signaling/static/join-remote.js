@@ -1,10 +1,10 @@
 // parley join page: subscribing. The relay offers on the subscribe connection; `tracks` maps
 // each mid to whose track it is. Remote participants get a tile (camera, name, mic state), a
-// screen share its own tile, each audio track an <audio>. Speaking, muted and camera-off come
-// from the browser's own receive statistics: a muted sender sends no RTP at all
-// (replaceTrack(null)), a turned-off camera no frames.
+// screen share its own tile, each audio track an <audio>. Camera off, muted, speaking and
+// connection quality come from the server (participant_state, speaking, connection_quality),
+// the same for every browser: never guessed from what this browser happens to receive.
 
-import { FROZEN_AFTER_MS, GATHER_TIMEOUT_MS, SILENT_AFTER_MS, SPEAKING_LEVEL, STATS_INTERVAL_MS } from "./join-config.js";
+import { GATHER_TIMEOUT_MS } from "./join-config.js";
 import { waitForGathering } from "./join-signaling.js";
 import { $, initials, roleLabel } from "./join-ui.js";
 
@@ -41,6 +41,7 @@ export function createRemote(app) {
     <video data-source="camera" autoplay playsinline muted></video>
     <div class="avatar" aria-hidden="true"><span class="initials"></span></div>
     <div class="label"><span class="name"></span><span class="role-badge"></span>
+      <span class="quality" hidden><i></i><i></i><i></i></span>
       <span class="mic-off" title="Muted"><svg viewBox="0 0 24 24" aria-hidden="true"><path d="M3 3l18 18M9 9v2a3 3 0 0 0 5.1 2.1M15 10V5a3 3 0 0 0-5.9-.8M19 11a7 7 0 0 1-1.2 3.9M5 11a7 7 0 0 0 11.3 5.5M12 18v3"/></svg></span>
     </div>`;
       $("tiles").append(tile);
@@ -65,6 +66,7 @@ export function createRemote(app) {
           remote.views.delete(pid);
         }
       }
+      remote.renderPresence();
       remote.layout();
     },
 
@@ -123,11 +125,7 @@ export function createRemote(app) {
           view.video.srcObject = null;
           view.tile.dataset.video = "off";
         }
-        if (view.micMid && !live.has(view.micMid)) {
-          view.micMid = null;
-          view.tile.dataset.muted = "true";
-          view.tile.dataset.speaking = "false";
-        }
+        if (view.micMid && !live.has(view.micMid)) view.micMid = null;
       }
       for (const [mid, sv] of remote.screens) {
         if (!live.has(mid)) {
@@ -174,6 +172,11 @@ export function createRemote(app) {
       remote.screens.clear();
       remote.audio.clear();
       st.roster.clear();
+      st.states.clear();
+      st.quality.clear();
+      st.speaking = [];
+      $("self-tile").dataset.speaking = "false";
+      remote.showQuality($("self-tile"), undefined);
       remote.layout();
     },
 
@@ -186,65 +189,53 @@ export function createRemote(app) {
       $("waiting").hidden = !(n === 0 && screens === 0);
     },
 
-    startStats() {
-      clearInterval(st.statsTimer);
-      st.statsTimer = setInterval(remote.pollStats, STATS_INTERVAL_MS);
+    /** participant_state, speaking and connection_quality: what the server decided. */
+    onPresence(attempt, msg) {
+      if (msg.type === "participant_state") {
+        st.states.set(msg.participant_id, { camera: !!msg.camera, microphone: !!msg.microphone, screen: !!msg.screen });
+      } else if (msg.type === "speaking") {
+        st.speaking = Array.isArray(msg.participant_ids) ? msg.participant_ids : [];
+      } else if (msg.type === "connection_quality") {
+        st.quality.set(msg.participant_id, msg.quality);
+      }
+      remote.renderPresence();
     },
 
-    stopStats() {
-      clearInterval(st.statsTimer);
+    /** A welcome: the others' state comes with it, speaking and quality follow. */
+    resetPresence(participants) {
+      st.states.clear();
+      st.quality.clear();
+      st.speaking = [];
+      for (const p of participants) {
+        st.states.set(p.participant_id, { camera: !!p.camera, microphone: !!p.microphone, screen: !!p.screen });
+      }
     },
 
-    async pollStats() {
-      const attempt = st.call;
-      if (!attempt || attempt.closed || !attempt.subscribe) return;
-      const now = performance.now();
-      let report;
-      try {
-        report = await attempt.subscribe.getStats();
-      } catch {
-        return;
+    /** Tiles from the server's state: camera off / muted, the speaking ring, the quality
+     * indicator, and the active speaker (the first one speaking) first. */
+    renderPresence() {
+      const active = st.speaking.find((pid) => remote.views.has(pid));
+      for (const [pid, view] of remote.views) {
+        const state = st.states.get(pid) || {};
+        view.tile.dataset.video = state.camera && view.cameraMid ? "on" : "off";
+        view.tile.dataset.muted = String(!state.microphone);
+        view.tile.dataset.speaking = String(!!state.microphone && st.speaking.includes(pid));
+        view.tile.dataset.activeSpeaker = String(pid === active);
+        remote.showQuality(view.tile, st.quality.get(pid));
       }
-      const byMid = new Map();
-      report.forEach((s) => {
-        if (s.type === "inbound-rtp" && s.mid !== undefined) byMid.set(s.mid, s);
-      });
-      for (const view of remote.views.values()) {
-        const a = view.micMid ? byMid.get(view.micMid) : null;
-        if (a) {
-          if (a.packetsReceived !== view.lastPackets) {
-            view.lastPackets = a.packetsReceived;
-            view.lastPacketAt = now;
-          }
-          const muted = !view.lastPacketAt || now - view.lastPacketAt > SILENT_AFTER_MS;
-          view.tile.dataset.muted = String(muted);
-          view.tile.dataset.speaking = String(!muted && (a.audioLevel || 0) > SPEAKING_LEVEL);
-        }
-        const v = view.cameraMid ? byMid.get(view.cameraMid) : null;
-        if (v) {
-          if (v.framesDecoded !== view.lastFrames) {
-            view.lastFrames = v.framesDecoded;
-            view.lastFrameAt = now;
-          }
-          const on = !!view.lastFrameAt && now - view.lastFrameAt < FROZEN_AFTER_MS;
-          view.tile.dataset.video = on ? "on" : "off";
-        }
-      }
-      const local = st.local;
-      if (attempt.publish && local.mic && !local.micMuted) {
-        try {
-          const out = await attempt.publish.getStats();
-          let level = 0;
-          out.forEach((s) => {
-            if (s.type === "media-source" && s.kind === "audio") level = s.audioLevel || 0;
-          });
-          $("self-tile").dataset.speaking = String(level > SPEAKING_LEVEL);
-        } catch {
-          /* closed meanwhile */
-        }
-      } else {
-        $("self-tile").dataset.speaking = "false";
-      }
+      const me = st.joined.participantId;
+      $("self-tile").dataset.speaking = String(!!me && !st.local.micMuted && st.speaking.includes(me));
+      remote.showQuality($("self-tile"), me ? st.quality.get(me) : undefined);
+    },
+
+    showQuality(tile, quality) {
+      const el = tile.querySelector(".quality");
+      if (!el) return;
+      tile.dataset.quality = quality || "";
+      el.hidden = !quality;
+      const own = tile.id === "self-tile";
+      el.title = quality ? `${own ? "Your connection" : "Connection"}: ${quality}` : "";
+      el.setAttribute("aria-label", el.title);
     },
   };
   return remote;

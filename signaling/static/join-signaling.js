@@ -120,6 +120,10 @@ export function createSignaling(app) {
           st.roster.delete(msg.participant_id);
           app.remote.renderRoster();
           return;
+        case "participant_state":
+        case "speaking":
+        case "connection_quality":
+          return app.remote.onPresence(attempt, msg);
         case "recording":
           return app.recording.show(msg.state);
         case "session_ended":
@@ -156,6 +160,7 @@ export function createSignaling(app) {
       st.retries = 0;
       sessionStorage.setItem(st.joinedKey, st.name);
       st.roster.clear();
+      app.remote.resetPresence(msg.participants || []);
       for (const p of msg.participants || []) {
         if (p.participant_id !== msg.participant_id && !p.left_at) st.roster.set(p.participant_id, p);
       }
@@ -177,6 +182,9 @@ export function createSignaling(app) {
       if (local.camera || local.cameraOff) publisher.addSender(attempt, "camera", local.cameraOff ? null : local.camera, "video");
       if (local.screen) publisher.addSender(attempt, "screen", local.screen, "video");
       if (Object.keys(attempt.senders).length) publisher.renegotiate(attempt);
+      // the server starts a (re)joined participant with nothing turned off
+      if (local.mic && local.micMuted) publisher.trackState("microphone", false);
+      if (local.cameraOff) publisher.trackState("camera", false);
 
       $("end-button").hidden = msg.role !== "agent";
       app.recording.show(msg.recording, msg.role);
@@ -186,7 +194,6 @@ export function createSignaling(app) {
       app.ui.show("call");
       app.remote.renderRoster();
       app.media.render();
-      app.remote.startStats();
     },
 
     watchPc(attempt, label, pc) {

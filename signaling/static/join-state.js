@@ -12,9 +12,12 @@ export function createState(token) {
     attemptSeq: 0,
     retries: 0,
     retryTimer: null,
-    statsTimer: null,
     mediaReady: Promise.resolve(), // the lobby's getUserMedia; joining waits for it
     roster: new Map(), // participant_id -> participant (others only)
+    // what the server decides for every page (participant_state, speaking, connection_quality)
+    states: new Map(), // participant_id -> {camera, microphone, screen}
+    speaking: [], // participant_ids speaking now, first started first
+    quality: new Map(), // participant_id -> "good" | "fair" | "poor"
     joined: { participantId: null, role: null }, // the last welcome (kept after leaving)
     local: {
       mic: null, // MediaStreamTrack or null

@@ -51,7 +51,6 @@ function createController(app) {
     /** The end of the call on this page: left, ended, failed (or replaced elsewhere). */
     finish(next, title, detail, canRejoin = false) {
       clearTimeout(st.retryTimer);
-      app.remote.stopStats();
       app.signaling.teardown(st.call);
       app.remote.clear();
       app.media.release();
@@ -186,6 +185,17 @@ function debugHook(app) {
     },
     get participants() {
       return [...st.roster.values()];
+    },
+    /** The server's participant_state of everyone: {participant_id: {camera, microphone, screen}}. */
+    get states() {
+      return Object.fromEntries(st.states);
+    },
+    /** The server's speaking list and connection qualities. */
+    get speaking() {
+      return [...st.speaking];
+    },
+    get quality() {
+      return Object.fromEntries(st.quality);
     },
     get localTracks() {
       return ["mic", "camera", "screen"].map((s) => st.local[s]).filter(Boolean);

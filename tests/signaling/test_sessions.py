@@ -64,6 +64,7 @@ class FakePeer:
         self.offers: list[tuple[str, dict[str, str]]] = []
         self.answers: list[str] = []
         self.refuse: RelayError | None = None
+        self.producers: list[Any] = []
 
     async def handle_publish_offer(self, sdp: str, sources: dict[str, str]) -> str:
         if self.refuse is not None:
