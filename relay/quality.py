@@ -157,6 +157,8 @@ class UpstreamQuality:
         "resolution",
         "speech",
         "_last",
+        "_frame_ts",
+        "_sampled_ts",
     )
 
     def __init__(self, kind: str, mime_type: str, clock_rate: int) -> None:
@@ -168,6 +170,9 @@ class UpstreamQuality:
         self.resolution: tuple[int, int] | None = None
         self.speech: SpeechTracker | None = SpeechTracker(clock_rate) if kind == "audio" else None
         self._last: dict[str, float] = {"_at": time.monotonic()}
+        self._frame_ts: int | None = None
+        """RTP timestamp of the last frame's end (marker bit), for the frame rate."""
+        self._sampled_ts: int | None = None
 
     def on_packet(self, packet: Any, now: float) -> None:
         """One forwarded packet (``packet`` is a ``relay.rtp.RtpIn``); ``now`` monotonic."""
@@ -178,6 +183,7 @@ class UpstreamQuality:
             return
         if packet.marker:
             self.frames += 1
+            self._frame_ts = packet.timestamp
         if self.vp8:
             payload = packet.payload
             # a key frame starts with S=1, PID=0 and P=0 in the VP8 header (checked in full below)
@@ -186,6 +192,17 @@ class UpstreamQuality:
                 if size is not None:
                     self.keyframes += 1
                     self.resolution = size
+
+    def _frame_rate(self, frames: int, elapsed: float) -> float:
+        """Frames per second of media time (RTP timestamps of the frames' ends), so that a burst
+        of late packets after a stall does not read as a high frame rate; arrival time only
+        when the window holds fewer than two frame ends."""
+        last, self._sampled_ts = self._sampled_ts, self._frame_ts
+        if last is not None and self._frame_ts is not None and self.clock_rate:
+            span = ((self._frame_ts - last) & 0xFFFFFFFF) / self.clock_rate
+            if frames and 0 < span < 3600:
+                return round(frames / span, 1)
+        return round(frames / elapsed, 1) if elapsed else 0.0
 
     def sample(
         self, now: float, wall: float, producer: Any, rtt_ms: float | None
@@ -229,7 +246,7 @@ class UpstreamQuality:
         }
         if self.kind == "video":
             data["frames"] = delta["frames"]
-            data["fps"] = round(delta["frames"] / elapsed, 1) if elapsed else 0.0
+            data["fps"] = self._frame_rate(delta["frames"], elapsed)
             data["keyframes"] = delta["keyframes"]
             data["resolution"] = (
                 f"{self.resolution[0]}x{self.resolution[1]}" if self.resolution else None

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from parley.relay.quality import (
     DownstreamQuality,
     LatencyHistogram,
+    UpstreamQuality,
     mos,
     on_rtcp,
     vp8_resolution,
@@ -117,6 +118,37 @@ def test_downstream_loss_is_per_interval_from_cumulative_counts() -> None:
     assert data["loss"] == 5.0 and data["jitter_ms"] == 10.0 and data["packets"] == 1000
     assert data["rtt_ms"] is None  # no SR matched
     assert 2.9 <= data["score"] <= 3.3
+
+
+class FakeProducer:
+    packets = octets = nacks_sent = keyframe_requests = retransmissions = 0
+
+    def media_statistics(self) -> None:
+        return None
+
+
+class Frame:
+    """The last packet of a video frame (what the frame counter looks at)."""
+
+    def __init__(self, timestamp: int) -> None:
+        self.marker = 1
+        self.timestamp = timestamp
+        self.payload = b"\x01\x00\x00"  # an interframe: no resolution to read
+
+
+def test_frame_rate_is_media_time_so_a_burst_after_a_stall_reads_as_30_fps() -> None:
+    leg = UpstreamQuality("video", "video/VP8", 90000)
+    producer = FakeProducer()
+    ts = 0
+    for _ in range(30):  # one second of 30 fps video, arriving on time
+        ts += 3000
+        leg.on_packet(Frame(ts), 0.0)
+    leg.sample(1.0, 1.0, producer, None)
+    for _ in range(45):  # the next 1.5 s of frames, arriving in 0.5 s after a stall
+        ts += 3000
+        leg.on_packet(Frame(ts), 0.0)
+    data = leg.sample(1.5, 1.5, producer, None)
+    assert data["frames"] == 45 and data["fps"] == 30.0
 
 
 def test_talk_spurts_from_audio_levels_and_their_overlap() -> None:
