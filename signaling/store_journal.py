@@ -231,8 +231,17 @@ class Journal:
             # kept so that their links answer "session ended", not "no such session"
             manager.restore(_restored(row, manager, now))
         for row in rows:
-            session = _restored(row, manager, now)
-            manager.restore(session)
+            await self.restore_one(manager, row, now)
+        if rows:
+            logger.info("store: %d open sessions restored", len(rows))
+        return len(rows)
+
+    async def restore_one(self, manager: SessionManager, row: dict[str, Any], now: float) -> Session:
+        """Put one stored session back into ``manager``; its connections still open in the
+        store (left by a stopped or crashed process) are closed (``participant.left``)."""
+        session = _restored(row, manager, now)
+        manager.restore(session)
+        if row["ended_at"] is None:
             for c in await self.store.connections_of(session.id):
                 if c["left_at"] is None:  # parley stopped without a clean shutdown
                     await self.store.update_connection(c["id"], left_at=now)
@@ -244,9 +253,7 @@ class Journal:
                             live_json(session),
                             self.participant_json(session, participant),
                         )
-        if rows:
-            logger.info("store: %d open sessions restored", len(rows))
-        return len(rows)
+        return session
 
 
 def _restored(row: dict[str, Any], manager: SessionManager, now: float) -> Session:
@@ -311,7 +318,8 @@ async def store_context(app: web.Application) -> AsyncIterator[None]:
     manager = app[SESSIONS]
     manager.listener = journal
     app[STORE], app[JOURNAL], app[WEBHOOKS], app[DELIVERER] = store, journal, webhooks, deliverer
-    await journal.restore(manager)
+    if not config.worker:  # a media worker adopts sessions when placed (signaling/workers.py)
+        await journal.restore(manager)
     reporter = Reporter(
         store,
         manager,
