@@ -189,7 +189,9 @@ class RecordingService:
         """Finalise what a killed service left behind (state ``recording``/``finalizing``);
         ``only``: just these sessions (a media worker adopting a crashed worker's session)."""
         for directory in await asyncio.to_thread(session_dirs, self.root):
-            if directory.name in self.recorders or (only is not None and directory.name not in only):
+            if directory.name in self.recorders or (
+                only is not None and directory.name not in only
+            ):
                 continue
             session = read_json(directory / SESSION_FILE)
             if session is not None and session.get("state") == "recording":

@@ -236,7 +236,9 @@ class Journal:
             logger.info("store: %d open sessions restored", len(rows))
         return len(rows)
 
-    async def restore_one(self, manager: SessionManager, row: dict[str, Any], now: float) -> Session:
+    async def restore_one(
+        self, manager: SessionManager, row: dict[str, Any], now: float
+    ) -> Session:
         """Put one stored session back into ``manager``; its connections still open in the
         store (left by a stopped or crashed process) are closed (``participant.left``)."""
         session = _restored(row, manager, now)

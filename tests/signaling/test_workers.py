@@ -121,8 +121,10 @@ async def test_two_workers_a_crash_moves_only_its_sessions(tmp_path: Path) -> No
             data = await wait_health(
                 http,
                 server,
-                lambda ws: ws[crashing["index"]]["alive"]
-                and ws[crashing["index"]]["pid"] != crashing["pid"],
+                lambda ws: (
+                    ws[crashing["index"]]["alive"]
+                    and ws[crashing["index"]]["pid"] != crashing["pid"]
+                ),
                 30,
             )
             replaced = data["workers"][crashing["index"]]
