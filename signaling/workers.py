@@ -41,11 +41,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from parley.turn.server import TurnServer
+
 from . import messages, tokens
 from .api import client_address, error_middleware
 from .config import ServiceConfig
 from .errors import ShuttingDown, SignalingError
-from .keys import CONFIG, DRAINING, ICE_SERVERS, LIMITS, SESSIONS
+from .keys import CONFIG, DRAINING, ICE_SERVERS, LIMITS, RELAYED_TRANSPORTS, SESSIONS
 from .limits import Limits
 from .ws import GOING_AWAY_REASON, HEARTBEAT
 
@@ -83,8 +85,14 @@ HOP_BY_HOP = frozenset(
 def worker_routes() -> web.RouteTableDef:
     routes = web.RouteTableDef()
 
-    @routes.get(INTERNAL + "/status")
+    @routes.post(INTERNAL + "/status")
     async def status(request: web.Request) -> web.Response:
+        """The load; the control process sends its TURN allocations (for the reports)."""
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            body = await request.json()
+            request.app[RELAYED_TRANSPORTS] = {
+                (str(host), int(port)): str(transport) for host, port, transport in body["turn"]
+            }
         manager = request.app[SESSIONS]
         forwarded = 0
         open_sessions = 0
@@ -134,6 +142,7 @@ async def run_worker(config: ServiceConfig, socket_path: str) -> None:
     from .app import create_app, shutdown
 
     app = create_app(config)
+    app.middlewares.append(forwarded_scheme)
     app.add_routes(worker_routes())
     # no access log: the control process logs each request once (with join tokens redacted)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0, access_log=None)
@@ -243,6 +252,7 @@ class Control:
             Worker(i, os.path.join(self.folder, f"worker-{i}.sock")) for i in range(config.workers)
         ]
         self.placement: dict[str, Worker] = {}
+        self.turn_server: TurnServer | None = None
         self.stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._adopting: dict[str, asyncio.Future[Worker | None]] = {}
@@ -297,7 +307,7 @@ class Control:
         deadline = loop.time() + READY_TIMEOUT
         while loop.time() < deadline and worker.proc.returncode is None:
             with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with worker.http.get(f"http://worker{INTERNAL}/status") as r:
+                async with worker.http.post(f"http://worker{INTERNAL}/status", json={}) as r:
                     if r.status == 200:
                         break
             await asyncio.sleep(0.05)
@@ -366,14 +376,29 @@ class Control:
 
     async def _poll(self) -> None:
         while True:
-            await asyncio.gather(*(self._poll_one(w) for w in self.workers if w.alive))
+            turn = self.relayed_transports()
+            await asyncio.gather(*(self._poll_one(w, turn) for w in self.workers if w.alive))
             await asyncio.sleep(STATUS_INTERVAL)
 
-    async def _poll_one(self, worker: Worker) -> None:
+    def relayed_transports(self) -> list[tuple[str, int, str]]:
+        """Each allocation's relayed and advertised address with the client's transport."""
+        server = self.turn_server
+        if server is None:
+            return []
+        out = []
+        for allocation in server.handler.allocations:
+            transport = allocation.five_tuple.transport
+            for host, port in {allocation.relay[:2], allocation.advertised[:2]}:
+                out.append((str(host), int(port), transport))
+        return out
+
+    async def _poll_one(self, worker: Worker, turn: list[tuple[str, int, str]]) -> None:
         assert worker.http is not None
         try:
-            async with worker.http.get(
-                f"http://worker{INTERNAL}/status", timeout=aiohttp.ClientTimeout(total=2)
+            async with worker.http.post(
+                f"http://worker{INTERNAL}/status",
+                json={"turn": turn},
+                timeout=aiohttp.ClientTimeout(total=2),
             ) as r:
                 status = await r.json()
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
@@ -439,9 +464,22 @@ CONTROL = web.AppKey("control", Control)
 
 def _forward_headers(request: web.Request) -> dict[str, str]:
     headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-    headers.pop("X-Forwarded-For", None)
+    for name in ("X-Forwarded-For", "X-Forwarded-Proto"):
+        headers.pop(name, None)
     headers["X-Forwarded-For"] = client_address(request)  # the workers trust the control
+    headers["X-Forwarded-Proto"] = request.scheme
+    if request.host:
+        headers["Host"] = request.host  # URLs the worker builds from the request
     return headers
+
+
+@web.middleware
+async def forwarded_scheme(request: web.Request, handler: Any) -> web.StreamResponse:
+    """In a worker: the scheme the control process was reached with (HTTPS there, not here)."""
+    proto = request.headers.get("X-Forwarded-Proto")
+    if proto in ("http", "https") and proto != request.scheme:
+        request = request.clone(scheme=proto)
+    return await handler(request)
 
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
@@ -792,7 +830,10 @@ def _worker_config(app: web.Application) -> ServiceConfig:
 
 
 async def _control_context(app: web.Application) -> AsyncIterator[None]:
+    from .keys import TURN_SERVER
+
     control = Control(app[CONFIG], _worker_config(app))
+    control.turn_server = app.get(TURN_SERVER)
     app[CONTROL] = control
     from .metrics import REGISTRY
 
