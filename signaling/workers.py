@@ -446,9 +446,12 @@ class Control:
                 self.placed(session_id, result)
             future.set_result(result)
             return result
-        except BaseException as exc:
+        except Exception as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters get it from shield
+            raise
+        except BaseException:
+            future.cancel()
             raise
         finally:
             del self._adopting[session_id]
@@ -490,7 +493,10 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     worker: Worker | None = None
     match = SESSION_PATH.match(path)
     if match:
-        worker = await control.worker_of(match.group(1))
+        try:
+            worker = await control.worker_of(match.group(1))
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise NoWorker() from exc
     if worker is None:
         worker = control.least_loaded()
     body = await request.read()
@@ -581,6 +587,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             worker = control.least_loaded()
     except SignalingError as exc:
         await ws.send_json(messages.error_message(exc.code, exc.message))
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=GOING_AWAY_REASON)
+        return ws
+    except (aiohttp.ClientError, OSError, TimeoutError):  # the worker died while adopting
         await ws.close(code=WSCloseCode.GOING_AWAY, message=GOING_AWAY_REASON)
         return ws
     assert worker.http is not None
