@@ -161,3 +161,27 @@ def test_workers_need_the_store_and_a_count_in_range() -> None:
         ServiceConfig(api_key="k", token_secret=b"x" * 16, workers=2, store=StoreSettings())
     with pytest.raises(ValueError, match="from 1 to 64"):
         ServiceConfig(api_key="k", token_secret=b"x" * 16, workers=0)
+
+
+def test_placement_takes_the_fewest_packets_then_the_fewest_sessions() -> None:
+    from parley.signaling.config import ServiceConfig, StoreSettings
+    from parley.signaling.workers import Control, NoWorker
+
+    store = StoreSettings(data_dir="unused")
+    config = ServiceConfig(api_key="k", token_secret=b"x" * 16, workers=3, store=store)
+    control = Control(config, config)
+    try:
+        a, b, c = control.workers
+        for w, pps, sessions in ((a, 900.0, 1), (b, 300.0, 4), (c, 300.0, 2)):
+            w.alive, w.packets_per_second, w.sessions = True, pps, sessions
+        assert control.least_loaded() is c  # fewest packets (b, c), then fewest sessions
+        control.placed("s_1", c)
+        control.placed("s_2", c)  # placed since the last poll counts too
+        assert control.least_loaded() is b
+        c.alive = b.alive = False
+        assert control.least_loaded() is a
+        a.alive = False
+        with pytest.raises(NoWorker):
+            control.least_loaded()
+    finally:
+        os.rmdir(control.folder)
