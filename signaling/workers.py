@@ -299,7 +299,8 @@ class Control:
         await worker.proc.stdin.drain()  # the pipe stays open: its end tells the worker we died
         if worker.http is None or worker.http.closed:
             worker.http = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=worker.socket_path),
+                # no pool limit: every relayed page holds one WebSocket to its worker
+                connector=aiohttp.UnixConnector(path=worker.socket_path, limit=0),
                 auto_decompress=False,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
             )
