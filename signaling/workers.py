@@ -90,9 +90,12 @@ def worker_routes() -> web.RouteTableDef:
         """The load; the control process sends its TURN allocations (for the reports)."""
         with contextlib.suppress(ValueError, TypeError, KeyError):
             body = await request.json()
-            request.app[RELAYED_TRANSPORTS] = {
+            table = {
                 (str(host), int(port)): str(transport) for host, port, transport in body["turn"]
             }
+            relayed = request.app[RELAYED_TRANSPORTS]  # one dict, updated in place
+            relayed.clear()
+            relayed.update(table)
         manager = request.app[SESSIONS]
         forwarded = 0
         open_sessions = 0
@@ -143,6 +146,7 @@ async def run_worker(config: ServiceConfig, socket_path: str) -> None:
 
     app = create_app(config)
     app.middlewares.append(forwarded_scheme)
+    app[RELAYED_TRANSPORTS] = {}
     app.add_routes(worker_routes())
     # no access log: the control process logs each request once (with join tokens redacted)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0, access_log=None)
