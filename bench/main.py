@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 from typing import Any
@@ -111,6 +112,49 @@ def main(args: argparse.Namespace) -> int:
     if args.url and not args.api_key:
         print("parley bench: --url needs --api-key", file=sys.stderr)
         return 2
+    if args.url and args.workers:
+        print("parley bench: --workers starts the relay itself (not with --url)", file=sys.stderr)
+        return 2
+    if args.client_cpus:  # the publishers and subscribers we start inherit it
+        os.sched_setaffinity(0, set(args.client_cpus))
+    counts = args.workers or [1]
+    json_path, plot_path = args.json, args.plot
+    summary = []
+    for count in counts:
+        args.relay_workers = count
+        if args.workers:  # one file per count: bench-results-w2.json
+            args.json = _suffixed(json_path, f"-w{count}")
+            args.plot = _suffixed(plot_path, f"-w{count}")
+        points, capacity = _one_run(args)
+        summary.append((count, points, capacity))
+    if args.workers:
+        print("by media workers (relay CPU: control process and workers together):")
+        for count, points, capacity in summary:
+            print(f"  --workers {count}: " + _summary_line(points, capacity))
+    return 0
+
+
+def _suffixed(path: str, suffix: str) -> str:
+    if not path:
+        return path
+    root, ext = os.path.splitext(path)
+    return f"{root}{suffix}{ext}"
+
+
+def _summary_line(points: list[Point], capacity: dict[str, Any] | None) -> str:
+    parts = []
+    if capacity:
+        parts.append(f"capacity {capacity['largest_passing_sessions']} sessions")
+    for p in points:
+        parts.append(
+            f"N={p.sessions}: loss {p.relay.loss_pct:.3f} %, added p99 "
+            f"{fmt(p.added_ms.get('p99'))} ms, relay {fmt(p.relay.server_cpu_us_per_packet, 1)}"
+            f" µs/pkt, relay CPU {fmt(p.relay.server_cpu_pct, 0)} %"
+        )
+    return "; ".join(parts)
+
+
+def _one_run(args: argparse.Namespace) -> tuple[list[Point], dict[str, Any] | None]:
     log_dir = tempfile.mkdtemp(prefix="parley-bench-")
     display = Display(args.quiet)
     try:
@@ -133,4 +177,4 @@ def main(args: argparse.Namespace) -> int:
     if args.plot and points:
         write_plot(args.plot, [p for p in points if p.relay.latency_ms], title)
     print(f"logs: {log_dir}" + (f"; results: {args.json}" if args.json else ""))
-    return 0
+    return points, outcome["capacity"]

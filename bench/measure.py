@@ -303,7 +303,13 @@ async def measure_point(ctx: RunContext, n: int) -> Point:
             service = Service(url=args.url.rstrip("/"), api_key=args.api_key, pid=None)
         else:
             service = await stack.enter_async_context(
-                relay_service(ctx.log_dir, n, args.relay_log_level)
+                relay_service(
+                    ctx.log_dir,
+                    n,
+                    args.relay_log_level,
+                    workers=getattr(args, "relay_workers", 1),  # --workers (bench/main.py)
+                    cpus=set(args.relay_cpus) if getattr(args, "relay_cpus", None) else None,
+                )
             )
         relay = await measure_relay(ctx, service, n)
         direct = None

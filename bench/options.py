@@ -15,6 +15,16 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _cpu_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected CPU numbers N,N,..., got {text!r}") from exc
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError("CPU numbers must be >= 0")
+    return values
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from . import fuzz
 
@@ -52,8 +62,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also measure aiortc MediaRelay (decode + re-encode) with N sessions",
     )
     p.add_argument("--no-direct", action="store_true", help="skip the peer-to-peer floor")
+    p.add_argument("--record", action="store_true", help='relay sessions record ("record": true)')
     p.add_argument(
-        "--record", action="store_true", help='relay sessions record ("record": true)'
+        "--workers",
+        type=_int_list,
+        default=[],
+        help="measure the relay with each of these --workers counts in one run, e.g. 1,2",
+    )
+    p.add_argument(
+        "--relay-cpus",
+        type=_cpu_list,
+        default=[],
+        metavar="N,N",
+        help="pin the relay (and its media workers) to these CPUs, e.g. 0",
+    )
+    p.add_argument(
+        "--client-cpus",
+        type=_cpu_list,
+        default=[],
+        metavar="N,N",
+        help="pin the load tool (publishers, subscribers) to these CPUs, e.g. 1",
     )
     p.add_argument("--url", default="", help="target a running service instead of starting one")
     p.add_argument("--api-key", default="", help="API key of --url")

@@ -192,8 +192,21 @@ def title_of(args: argparse.Namespace) -> str:
     transport = "TURN/TCP relay-only" if args.turn else "UDP host candidates"
     return (
         f"parley bench: {args.video_bitrate / 1e6:g} Mbit/s @ {args.fps} fps video + audio both "
-        f"ways, {transport}, {args.duration:g} s per point"
+        f"ways, {transport}, {args.duration:g} s per point" + _workers_note(args)
     )
+
+
+def _workers_note(args: argparse.Namespace) -> str:
+    """``, 2 media workers`` / ``, relay on CPU 0`` when the run says so."""
+    note = ""
+    count = getattr(args, "relay_workers", 1)
+    if count > 1:
+        note += f", {count} media workers"
+    if getattr(args, "relay_cpus", None):
+        note += f", relay on CPU {','.join(map(str, args.relay_cpus))}"
+    if getattr(args, "client_cpus", None):
+        note += f", clients on CPU {','.join(map(str, args.client_cpus))}"
+    return note
 
 
 def write_json(

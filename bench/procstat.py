@@ -1,4 +1,5 @@
-"""CPU time and memory of a process from /proc (Linux): all threads, user + system."""
+"""CPU time and memory of a process and its children from /proc (Linux): all threads, user +
+system."""
 
 from __future__ import annotations
 
@@ -7,8 +8,34 @@ import os
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (``parley serve --workers N``: the control process and its
+    media workers), from each thread's ``children`` list."""
+    out: list[int] = []
+    todo = [pid]
+    while todo and len(out) < 1000:
+        current = todo.pop()
+        out.append(current)
+        try:
+            for tid in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{tid}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
 def cpu_times(pid: int) -> tuple[float, float]:
-    """(utime, stime) in seconds of every thread of ``pid`` so far ((0, 0) once it is gone)."""
+    """(utime, stime) in seconds of every thread of ``pid`` and of its child processes so far
+    ((0, 0) once it is gone; a child that exited meanwhile no longer counts)."""
+    user = system = 0.0
+    for p in tree(pid):
+        u, s = _own_cpu_times(p)
+        user, system = user + u, system + s
+    return user, system
+
+
+def _own_cpu_times(pid: int) -> tuple[float, float]:
     try:
         with open(f"/proc/{pid}/stat") as f:
             text = f.read()
@@ -25,6 +52,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and its child processes."""
+    return sum(_own_rss_bytes(p) for p in tree(pid))
+
+
+def _own_rss_bytes(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:

@@ -29,10 +29,15 @@ def http_session() -> aiohttp.ClientSession:
     )
 
 
-async def wait_healthy(url: str, proc: asyncio.subprocess.Process, what: str) -> None:
-    """Wait (at most ~10 s) until ``url``/healthz answers 200."""
+async def wait_healthy(
+    url: str,
+    proc: asyncio.subprocess.Process,
+    what: str,
+    timeout: float = 10.0,  # noqa: ASYNC109
+) -> None:
+    """Wait (at most about ``timeout`` s) until ``url``/healthz answers 200."""
     async with http_session() as http:
-        for _ in range(200):
+        for _ in range(int(timeout / 0.05)):
             if proc.returncode is not None:
                 raise RuntimeError(f"{what} exited with {proc.returncode}")
             with contextlib.suppress(aiohttp.ClientError):
@@ -40,7 +45,7 @@ async def wait_healthy(url: str, proc: asyncio.subprocess.Process, what: str) ->
                     if response.status == 200:
                         return
             await asyncio.sleep(0.05)
-    raise RuntimeError(f"{what} did not come up in 10 s")
+    raise RuntimeError(f"{what} did not come up in {timeout:g} s")
 
 
 async def stop_process(proc: asyncio.subprocess.Process) -> None:
@@ -63,10 +68,21 @@ class Service:
 
 @contextlib.asynccontextmanager
 async def relay_service(
-    log_dir: str, sessions: int, log_level: str = "WARNING"
+    log_dir: str,
+    sessions: int,
+    log_level: str = "WARNING",
+    workers: int = 1,
+    cpus: set[int] | None = None,
 ) -> AsyncIterator[Service]:
-    """``python -m parley.signaling serve`` on loopback with the embedded TURN server."""
+    """``python -m parley.signaling serve`` on loopback with the embedded TURN server;
+    ``--workers`` when ``workers`` > 1; pinned to ``cpus`` (sched_setaffinity) when given."""
     port, turn_port = free_port(), free_port()
+    extra = ["--workers", str(workers)] if workers > 1 else []
+
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
     api_key = secrets.token_urlsafe(16)
     log = open(os.path.join(log_dir, "relay.log"), "ab")  # noqa: SIM115
     proc = await asyncio.create_subprocess_exec(
@@ -92,13 +108,15 @@ async def relay_service(
         os.path.join(log_dir, "data"),
         "--recordings-dir",
         os.path.join(log_dir, "recordings"),
+        *extra,
         stdout=log,
         stderr=log,
+        preexec_fn=pin if cpus else None,  # noqa: PLW1509 - only sched_setaffinity
     )
     log.close()
     url = f"http://127.0.0.1:{port}"
     try:
-        await wait_healthy(url, proc, "the relay (see relay.log)")
+        await wait_healthy(url, proc, "the relay (see relay.log)", 60.0 if workers > 1 else 10.0)
         yield Service(url=url, api_key=api_key, pid=proc.pid)
     finally:
         await stop_process(proc)

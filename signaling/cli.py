@@ -93,6 +93,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[ServiceConfig, list[str]
     for path, value in options.fields(values).items():
         section, _, name = path.rpartition(".")
         by_section[section][name] = value
+    if by_section[""].get("workers") == 0:  # issue 11: one media worker per core
+        by_section[""]["workers"] = min(64, os.cpu_count() or 1)
     notes: list[str] = []
     api_key = args.api_key
     if not api_key:
@@ -314,7 +316,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(options.render(resolved))
                 return 0
             _logging(resolved.values["log_level"])
-            _run(serve(config, notes))
+            if config.workers > 1:  # issue 11: a control process and media workers
+                from . import workers
+
+                _run(workers.serve_control(config, notes))
+            else:
+                _run(serve(config, notes))
         elif args.command == "turn":
             from parley.turn import cli as turn_cli
 

@@ -182,6 +182,15 @@ class ServiceConfig:
     """Take the client address from ``X-Forwarded-For`` (set it only behind a proxy that
     overwrites that header)."""
 
+    # --- media workers (issue 11) ---
+    workers: int = 1
+    """Media worker processes (``--workers``); 1: everything in this one process."""
+    worker: bool = False
+    """This process is one media worker of a control process (signaling/workers.py): sessions
+    are not restored at start-up but adopted from the store when the control places them here."""
+    recover_recordings: bool = True
+    """Finalise recordings a killed run left behind at start-up (the first worker only)."""
+
     def _check_limits(self) -> None:
         for name in ("shutdown_timeout", "join_timeout"):
             if not 0 < getattr(self, name) <= 600:
@@ -207,6 +216,10 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:
         self._check_limits()
+        if not 1 <= self.workers <= 64:
+            raise ValueError("--workers must be from 1 to 64")
+        if self.workers > 1 and not self.store.persistent:
+            raise ValueError("--workers above 1 needs the store (--data-dir or --database-url)")
         if not self.api_key:
             raise ValueError("an API key is required")
         if len(self.token_secret) < 16:

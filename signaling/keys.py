@@ -28,3 +28,8 @@ ICE_SERVERS: web.AppKey[IceServersFactory] = web.AppKey("ice_servers")
 DRAINING = web.AppKey("draining", asyncio.Event)
 """Set on SIGTERM: no new sessions or joins; pages are told to reconnect."""
 LIMITS: web.AppKey[Limits] = web.AppKey("limits")
+
+# --- media workers (issue 11) ---
+RELAYED_TRANSPORTS: web.AppKey[dict[tuple[str, int], str]] = web.AppKey("relayed_transports")
+"""In a media worker: relayed address of each allocation of the control process's TURN server
+-> the client's transport to it (pushed with each load poll, signaling/workers.py)."""

@@ -193,6 +193,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("--token-ttl", "seconds a join URL is valid", INTEGER, 4 * 3600, field="token_ttl"),
     Option("--max-participants", "per session", INTEGER, 4, field="max_participants"),
     Option(
+        "--workers",
+        "media worker processes, each owning whole sessions (1: one process; 0: one per core)",
+        INTEGER,
+        1,
+        field="workers",
+    ),  # issue 11; 0 is turned into the core count in signaling.cli.config_from_args
+    Option(
         "--media-address",
         "IP address the relay's ICE host candidates bind and announce (repeatable)",
         ADDRESS,

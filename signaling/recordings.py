@@ -204,10 +204,13 @@ class RecordingService:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    async def recover(self) -> None:
-        """Finalise what a killed service left behind (state ``recording``/``finalizing``)."""
+    async def recover(self, only: set[str] | None = None) -> None:
+        """Finalise what a killed service left behind (state ``recording``/``finalizing``);
+        ``only``: just these sessions (a media worker adopting a crashed worker's session)."""
         for directory in await asyncio.to_thread(session_dirs, self.root):
-            if directory.name in self.recorders:
+            if directory.name in self.recorders or (
+                only is not None and directory.name not in only
+            ):
                 continue
             session = read_json(directory / SESSION_FILE)
             if session is not None and session.get("state") == "recording":
@@ -269,7 +272,8 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
             service.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             logger.warning("recordings directory %s: %s", service.root, exc.strerror or exc)
-    recovery = asyncio.ensure_future(service.recover())
+    recover = getattr(app[CONFIG], "recover_recordings", True)
+    recovery = asyncio.ensure_future(service.recover() if recover else asyncio.sleep(0))
     yield
     recovery.cancel()
     await service.close()

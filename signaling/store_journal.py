@@ -232,8 +232,19 @@ class Journal:
             # kept so that their links answer "session ended", not "no such session"
             manager.restore(_restored(row, manager, now))
         for row in rows:
-            session = _restored(row, manager, now)
-            manager.restore(session)
+            await self.restore_one(manager, row, now)
+        if rows:
+            logger.info("store: %d open sessions restored", len(rows))
+        return len(rows)
+
+    async def restore_one(
+        self, manager: SessionManager, row: dict[str, Any], now: float
+    ) -> Session:
+        """Put one stored session back into ``manager``; its connections still open in the
+        store (left by a stopped or crashed process) are closed (``participant.left``)."""
+        session = _restored(row, manager, now)
+        manager.restore(session)
+        if row["ended_at"] is None:
             for c in await self.store.connections_of(session.id):
                 if c["left_at"] is None:  # parley stopped without a clean shutdown
                     await self.store.update_connection(c["id"], left_at=now)
@@ -245,9 +256,7 @@ class Journal:
                             live_json(session),
                             self.participant_json(session, participant),
                         )
-        if rows:
-            logger.info("store: %d open sessions restored", len(rows))
-        return len(rows)
+        return session
 
 
 def _restored(row: dict[str, Any], manager: SessionManager, now: float) -> Session:
@@ -312,7 +321,8 @@ async def store_context(app: web.Application) -> AsyncIterator[None]:
     manager = app[SESSIONS]
     manager.listener = journal
     app[STORE], app[JOURNAL], app[WEBHOOKS], app[DELIVERER] = store, journal, webhooks, deliverer
-    await journal.restore(manager)
+    if not config.worker:  # a media worker adopts sessions when placed (signaling/workers.py)
+        await journal.restore(manager)
     reporter = Reporter(
         store,
         manager,
@@ -339,7 +349,10 @@ def embedded_turn_lookup(app: web.Application) -> TurnLookup | None:
 
     server = app.get(TURN_SERVER)
     if server is None:
-        return None
+        from .keys import RELAYED_TRANSPORTS
+
+        relayed = app.get(RELAYED_TRANSPORTS)  # a media worker: the control process's table
+        return None if relayed is None else (lambda host, port: relayed.get((host, port)))
     table = server.handler.allocations
 
     def lookup(host: str, port: int) -> str | None:

@@ -320,6 +320,8 @@ def test_each_option_with_a_field_lands_in_the_service_config(option: Option) ->
         text = value = "https://support.example.com"
     if option.key == "max_participants":
         text, value = "5", 5
+    if option.key == "workers":  # 1 to 64; above 1 with the store (--data-dir, the default)
+        text, value = "2", 2
     if option.key in ("tls_cert", "tls_key"):  # they go together
         argv = ["--tls-cert", "cert.pem", "--tls-key", "key.pem"]
         text = value = f"{option.key.split('_')[1]}.pem"

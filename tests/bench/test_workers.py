@@ -1,0 +1,63 @@
+"""``parley bench --workers 1,2``: one run measures the relay with one process and with two media
+workers (relay CPU read from the control process and its workers together). Timings are never
+asserted: only that media flowed through both and each count has its own results file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from parley.bench import procstat
+
+
+@pytest.mark.timeout(300)
+def test_bench_measures_each_worker_count_in_one_run(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "parley.signaling",
+            "bench",
+            "--workers",
+            "1,2",
+            "-n",
+            "1",
+            "--duration",
+            "2",
+            "--warmup",
+            "1",
+            "--no-direct",
+            "--json",
+            str(out),
+            "--plot",
+            "",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=290,  # generous: the machine may be loaded; the bench bounds its own waits
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--workers 1:" in proc.stdout and "--workers 2:" in proc.stdout
+    for count in (1, 2):
+        result = json.loads((tmp_path / f"bench-w{count}.json").read_text())
+        assert ("2 media workers" in result["title"]) == (count == 2)
+        (point,) = result["points"]
+        relay = point["relay"]
+        assert relay["streams_flowing"] == relay["streams"] == 4, relay
+        assert relay["server_cpu_us_per_packet"] is not None and relay["server_cpu_pct"] > 0
+
+
+def test_process_tree_includes_children() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in procstat.tree(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
