@@ -674,8 +674,14 @@ async def _relay(ws: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketRes
 async def healthz_handler(request: web.Request) -> web.Response:
     control = request.app[CONTROL]
     live = sum(w.alive for w in control.workers)
+    from parley.relay import accel  # the workers import the same module: same choice
+
     return web.json_response(
-        {"status": "ok" if live else "degraded", "workers": [w.to_json() for w in control.workers]}
+        {
+            "status": "ok" if live else "degraded",
+            "packet_path": accel.IMPLEMENTATION,
+            "workers": [w.to_json() for w in control.workers],
+        }
     )
 
 

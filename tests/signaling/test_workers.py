@@ -34,6 +34,7 @@ async def health(http: aiohttp.ClientSession, server: ParleyProcess) -> dict[str
     async with http.get(f"{server.base_url}/healthz") as response:
         assert response.status == 200
         data: dict[str, Any] = await response.json()
+        assert data["packet_path"] in ("compiled", "python")
         return data
 
 
