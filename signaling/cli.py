@@ -12,7 +12,7 @@ import signal
 import ssl
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp.abc import AbstractAccessLogger
@@ -203,6 +203,35 @@ def _force_exit_after(seconds: float) -> threading.Timer:
     return timer
 
 
+async def run_until_signalled(
+    stop: Callable[[], Awaitable[None]],
+    cleanup: Callable[[], Awaitable[None]],
+    grace: float,
+    log: logging.Logger,
+) -> None:
+    """Wait for SIGTERM/SIGINT, then ``stop()`` (a bounded graceful shutdown while the loop still
+    runs; a second signal exits at once, and the process exits anyway ``grace`` seconds later),
+    then ``cleanup()``. Our own handlers, not aiohttp's: its GracefulExit makes asyncio cancel
+    every task, and the WebSocket handlers' cleanup then waits forever on aiortc's close."""
+    loop = asyncio.get_running_loop()
+    signalled = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, signalled.set)
+    try:
+        await signalled.wait()
+        log.info("stopping (signal received); a second signal exits at once")
+        for sig in signals:
+            loop.add_signal_handler(sig, lambda: os._exit(1))
+        _force_exit_after(grace)
+        await stop()
+    finally:
+        await cleanup()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        log.info("stopped")
+
+
 async def serve(config: ServiceConfig, notes: list[str]) -> None:
     from aiohttp import web
 
@@ -233,28 +262,19 @@ async def serve(config: ServiceConfig, notes: list[str]) -> None:
     if port == 0 and server is not None and server.sockets:
         port = server.sockets[0].getsockname()[1]
     print(banner(config, notes, port), flush=True)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-        log.info("stopping (signal received); a second signal exits at once")
-        for sig in signals:
-            loop.add_signal_handler(sig, lambda: os._exit(1))
-        _force_exit_after(config.shutdown_timeout + 1.5)
+
+    async def stop() -> None:
         await shutdown(app)  # still listening: new sessions get 503 meanwhile
-    finally:
+
+    async def cleanup() -> None:
         try:
             await asyncio.wait_for(runner.cleanup(), 2.0)
             if metrics_runner is not None:
                 await asyncio.wait_for(metrics_runner.cleanup(), 1.0)
         except TimeoutError:
             log.warning("the HTTP server did not stop in time")
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-        log.info("stopped")
+
+    await run_until_signalled(stop, cleanup, config.shutdown_timeout + 1.5, log)
 
 
 def _run(coro: Any) -> None:

@@ -867,7 +867,7 @@ async def _control_context(app: web.Application) -> AsyncIterator[None]:
 
 async def serve_control(config: ServiceConfig, notes: list[str]) -> None:
     """``parley serve --workers N`` (N > 1)."""
-    from .cli import RedactingAccessLogger, _force_exit_after, banner, server_ssl_context
+    from .cli import RedactingAccessLogger, banner, run_until_signalled, server_ssl_context
 
     if config.port == 0:
         raise ValueError("--workers above 1 needs a fixed --port")
@@ -894,27 +894,18 @@ async def serve_control(config: ServiceConfig, notes: list[str]) -> None:
         f"{config.workers} media workers (pids {', '.join(str(w.pid) for w in app[CONTROL].workers)})",
     ]
     print(banner(config, notes, config.port), flush=True)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-        logger.info("stopping (signal received); a second signal exits at once")
-        for sig in signals:
-            loop.add_signal_handler(sig, lambda: os._exit(1))
-        _force_exit_after(config.shutdown_timeout + 5)
+
+    async def stop() -> None:
         app[DRAINING].set()
         await app[CONTROL].stop()
-    finally:
+
+    async def cleanup() -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(runner.cleanup(), config.shutdown_timeout + 3)
             if metrics_runner is not None:
                 await asyncio.wait_for(metrics_runner.cleanup(), 1.0)
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-        logger.info("stopped")
+
+    await run_until_signalled(stop, cleanup, config.shutdown_timeout + 5, logger)
 
 
 if __name__ == "__main__":  # pragma: no cover
