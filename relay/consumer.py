@@ -320,6 +320,18 @@ class Consumer:
             at=time.monotonic(),
         )
 
+    def resync(self) -> None:
+        """The producer's packets now come from a new upstream stream (its publisher rebuilt
+        the publish leg): continue this consumer's stream from where it is, from the next
+        keyframe, so that to the subscriber it is one stream that paused."""
+        if self.closed or not self._synced:
+            return
+        self._resume = self.position()
+        self._last = None
+        self._synced = False
+        if self._gated and self._ready:
+            self.producer.waiting_consumers += 1
+
     def close(self) -> None:
         if self.closed:
             return

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from .errors import BadRequest, InvalidJson, SignalingError, UnknownMessageType
 
@@ -53,7 +53,13 @@ class RecordingAction:
     """``start`` or ``stop`` (agents only)."""
 
 
-ClientMessage = Join | Offer | Answer | Leave | End | RecordingAction
+@dataclass(frozen=True)
+class Reconnect:
+    pc: Literal["publish", "subscribe"]
+    """``publish`` or ``subscribe``: the leg the page found dead and wants rebuilt."""
+
+
+ClientMessage = Join | Offer | Answer | Leave | End | RecordingAction | Reconnect
 
 
 def _str(data: dict[str, Any], key: str, *, required: bool = True, limit: int = 0) -> str:
@@ -100,6 +106,10 @@ def parse(text: str | bytes) -> ClientMessage:
         ):
             raise BadRequest("'sources' must map mids to camera, microphone or screen")
         return Offer(pc=pc, sdp=sdp, sources=dict(sources))
+    if kind == "reconnect":
+        if data.get("pc") not in ("publish", "subscribe"):
+            raise BadRequest("'pc' must be 'publish' or 'subscribe'")
+        return Reconnect(pc="publish" if data["pc"] == "publish" else "subscribe")
     if kind == "leave":
         return Leave()
     if kind == "end":

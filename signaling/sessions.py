@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from parley.relay import MediaConfig, Peer, RelayError, Router
+from parley.relay.router import Leg
 
 from . import tokens
 from .errors import Forbidden, SessionEnded, SessionFull, SessionNotFound, SignalingError
@@ -26,6 +27,11 @@ logger = logging.getLogger(__name__)
 CLOSE_REPLACED = 4000
 CLOSE_MEDIA_FAILED = 4001
 CLOSE_SESSION_ENDED = 4002
+
+LEG_REBUILD_TIMEOUT = 30.0
+"""Seconds a rebuilt media leg has to connect before the page is told to reconnect in full."""
+LEG_REBUILDS_PER_JOIN = 5
+"""Leg rebuilds one connection may have; after these a failed leg means a full reconnect."""
 
 
 class Connection(Protocol):
@@ -173,7 +179,7 @@ class Session:
 
         def failed(peer: Peer) -> None:
             if participant.peer is peer and participant.connection is connection:
-                asyncio.ensure_future(self._media_failed(participant, connection))
+                asyncio.ensure_future(self._leg_failed(participant, connection, peer))
 
         participant.peer = self.router.add_peer(participant.id, send_offer, failed)
         logger.info(
@@ -202,6 +208,32 @@ class Session:
         await self.broadcast({"type": "participant_left", "participant_id": participant.id})
         if self.listener is not None:
             await self.listener.left(self, participant)
+
+    async def _leg_failed(
+        self, participant: Participant, connection: Connection, peer: Peer
+    ) -> None:
+        """One media leg died (silent, consent expired, DTLS closed): rebuild only that leg
+        (``reconnect`` tells the page which: it makes a new peer connection for it) while the
+        participant stays listed and everybody else's connections stay as they are. If the new
+        leg does not connect in time, or this connection has rebuilt too often, the page
+        reconnects in full (LiveKit's resume, then full reconnect)."""
+        leg = peer.failed_leg
+        if participant.peer is not peer or participant.connection is not connection:
+            return
+        if leg is None or peer.rebuilds >= LEG_REBUILDS_PER_JOIN:
+            await self._media_failed(participant, connection)
+            return
+        logger.info("[%s/%s] %s leg lost; rebuilding it", self.id, participant.id, leg)
+        await connection.send({"type": "reconnect", "pc": leg})
+        if participant.peer is not peer or participant.connection is not connection:
+            return
+        peer.rebuild(leg)
+        rebuilds = peer.rebuilds
+        if await peer.wait_connected(leg, LEG_REBUILD_TIMEOUT):
+            logger.info("[%s/%s] %s leg rebuilt", self.id, participant.id, leg)
+            return
+        if peer.rebuilds == rebuilds:  # not already being rebuilt again
+            await self._media_failed(participant, connection)
 
     async def _media_failed(self, participant: Participant, connection: Connection) -> None:
         """A media leg failed or closed under the relay (consent expired, DTLS closed): tell the
@@ -298,6 +330,15 @@ class Session:
             await peer.handle_subscribe_answer(answer.sdp)
         except RelayError as exc:
             raise SignalingError(str(exc), code=exc.code) from exc
+
+    def handle_reconnect(self, participant: Participant, leg: Leg) -> None:
+        """The page found one of its legs dead: rebuild it as if the relay had (in a task of its
+        own: the page's fresh offer must get through meanwhile)."""
+        peer, connection = self._peer(participant), participant.connection
+        if connection is None or peer.rebuilding(leg):
+            return  # already under way (the relay noticed first)
+        peer.failed_leg = leg
+        asyncio.ensure_future(self._leg_failed(participant, connection, peer))
 
     async def handle_end(self, participant: Participant) -> None:
         if participant.role != "agent":

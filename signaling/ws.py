@@ -151,6 +151,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                     await connection.send(await session.handle_offer(participant, message))
                 elif isinstance(message, messages.Answer):
                     await session.handle_answer(participant, message)
+                elif isinstance(message, messages.Reconnect):
+                    session.handle_reconnect(participant, message.pc)
                 elif isinstance(message, messages.Leave):
                     await session.leave(participant, connection)
                     await connection.close(1000, "left")
