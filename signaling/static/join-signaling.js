@@ -1,10 +1,14 @@
 // parley join page: signaling. One connection attempt = a WebSocket to /api/v1/ws, the join,
 // and after the welcome two RTCPeerConnections to the relay (publish and subscribe). A lost
-// connection is retried as a new attempt with the same token. Protocol: docs/browser.md.
+// connection is retried as a new attempt with the same token; a dead media leg alone is rebuilt
+// within the attempt (`reconnect`, LiveKit's resume before the full reconnect). Protocol:
+// docs/browser.md, docs/design.md.
 
 import {
   CLOSE_REPLACED,
   CLOSE_SESSION_ENDED,
+  LEG_REBUILD_TIMEOUT_MS,
+  MAX_LEG_REBUILDS,
   PC_DISCONNECTED_GRACE_MS,
   RETRY_DELAYS_MS,
   WELCOME_TIMEOUT_MS,
@@ -98,6 +102,9 @@ export function createSignaling(app) {
       switch (msg.type) {
         case "welcome":
           return signaling.onWelcome(attempt, msg);
+        case "reconnect":
+          if (msg.pc === "publish" || msg.pc === "subscribe") signaling.rebuildLeg(attempt, msg.pc);
+          return;
         case "answer":
           if (msg.pc === "publish" && attempt.answerWaiter) attempt.answerWaiter.resolve(msg);
           return;
@@ -164,19 +171,10 @@ export function createSignaling(app) {
         iceTransportPolicy: msg.ice_transport_policy || "all",
         bundlePolicy: "max-bundle",
       };
-      attempt.publish = new RTCPeerConnection(config);
-      attempt.subscribe = new RTCPeerConnection(config);
-      for (const [label, pc] of [["publish", attempt.publish], ["subscribe", attempt.subscribe]]) {
-        pc.onconnectionstatechange = () => signaling.watchPc(attempt, label, pc);
-      }
-      attempt.subscribe.ontrack = () => app.remote.reconcile(attempt);
-
-      const local = st.local;
-      const publisher = app.publisher;
-      if (local.mic) publisher.addSender(attempt, "microphone", local.micMuted ? null : local.mic, "audio");
-      if (local.camera || local.cameraOff) publisher.addSender(attempt, "camera", local.cameraOff ? null : local.camera, "video");
-      if (local.screen) publisher.addSender(attempt, "screen", local.screen, "video");
-      if (Object.keys(attempt.senders).length) publisher.renegotiate(attempt);
+      attempt.pcConfig = config;
+      signaling.newPc(attempt, "publish");
+      signaling.newPc(attempt, "subscribe");
+      app.publisher.publishLocal(attempt);
 
       $("end-button").hidden = msg.role !== "agent";
       app.recording.show(msg.recording, msg.role);
@@ -189,16 +187,67 @@ export function createSignaling(app) {
       app.remote.startStats();
     },
 
+    /** A new peer connection for one leg ("publish" or "subscribe") of this attempt. */
+    newPc(attempt, label) {
+      const pc = new RTCPeerConnection(attempt.pcConfig);
+      attempt[label] = pc;
+      pc.onconnectionstatechange = () => signaling.watchPc(attempt, label, pc);
+      if (label === "subscribe") pc.ontrack = () => app.remote.reconcile(attempt);
+      return pc;
+    },
+
+    /** The relay rebuilds one leg (`reconnect`): replace only that peer connection. Publish:
+     * a fresh offer with the same sources (the relay's producers carry on, nobody else
+     * renegotiates). Subscribe: the relay's fresh offer follows. The session, the other leg
+     * and the roster stay; the remote tiles freeze until the new leg carries media. */
+    rebuildLeg(attempt, label) {
+      if (attempt.closed || !attempt[label]) return;
+      const old = attempt[label];
+      old.onconnectionstatechange = null;
+      old.ontrack = null;
+      old.close();
+      clearTimeout(attempt.pcTimers[label]);
+      clearTimeout(attempt.pcTimers[`${label}-rebuild`]);
+      attempt.legRebuilds = (attempt.legRebuilds || 0) + 1;
+      const pc = signaling.newPc(attempt, label);
+      if (label === "publish") {
+        if (attempt.answerWaiter) attempt.answerWaiter.reject(new Error("publish leg rebuilt"));
+        attempt.senders = {};
+        app.publisher.publishLocal(attempt);
+      } else {
+        attempt.tracks = new Map();
+      }
+      // the fallback: the full reconnect if the new leg does not connect in time
+      attempt.pcTimers[`${label}-rebuild`] = setTimeout(() => {
+        if (attempt[label] === pc && pc.connectionState !== "connected") {
+          signaling.lostConnection(attempt, `${label} leg rebuild did not connect`);
+        }
+      }, LEG_REBUILD_TIMEOUT_MS);
+    },
+
+    /** One leg looks dead: ask the relay to rebuild it (it answers `reconnect`), or, with no
+     * signaling or after too many rebuilds, reconnect in full. */
+    legLost(attempt, label, why) {
+      const open = attempt.ws && attempt.ws.readyState === WebSocket.OPEN;
+      if (!open || (attempt.legRebuilds || 0) >= MAX_LEG_REBUILDS) return signaling.lostConnection(attempt, why);
+      console.warn("parley: media leg lost, rebuilding it:", why);
+      signaling.send(attempt, { type: "reconnect", pc: label });
+      clearTimeout(attempt.pcTimers[`${label}-rebuild`]);
+      attempt.pcTimers[`${label}-rebuild`] = setTimeout(() => {
+        if (attempt[label] && attempt[label].connectionState !== "connected") signaling.lostConnection(attempt, `${why}; no rebuild`);
+      }, LEG_REBUILD_TIMEOUT_MS);
+    },
+
     watchPc(attempt, label, pc) {
-      if (attempt.closed) return;
+      if (attempt.closed || attempt[label] !== pc) return;
       const s = pc.connectionState;
       clearTimeout(attempt.pcTimers[label]);
       if (s === "failed") {
-        signaling.lostConnection(attempt, `${label} peer connection failed`);
+        signaling.legLost(attempt, label, `${label} peer connection failed`);
       } else if (s === "disconnected") {
         attempt.pcTimers[label] = setTimeout(() => {
-          if (["disconnected", "failed"].includes(pc.connectionState)) {
-            signaling.lostConnection(attempt, `${label} peer connection disconnected`);
+          if (attempt[label] === pc && ["disconnected", "failed"].includes(pc.connectionState)) {
+            signaling.legLost(attempt, label, `${label} peer connection disconnected`);
           }
         }, PC_DISCONNECTED_GRACE_MS);
       }
