@@ -112,6 +112,17 @@ class Peer:
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
 
+    def had_media(self) -> bool:
+        """Whether either leg ever connected."""
+        return self.publish.connected.is_set() or self.subscribe.connected.is_set()
+
+    def leg_lost(self, leg: Leg) -> bool:
+        """Whether ``leg`` was connected (or is a rebuild) and is not connected now."""
+        transport = self.publish if leg == "publish" else self.subscribe
+        if not (transport.connected.is_set() or transport.replacement):
+            return False  # never negotiated yet (e.g. nothing published)
+        return transport.closed or transport.pc.connectionState != "connected"
+
     def rebuilding(self, leg: Leg) -> bool:
         """Whether ``leg`` was rebuilt and has not connected yet."""
         transport = self.publish if leg == "publish" else self.subscribe

@@ -22,6 +22,9 @@ SOURCES = ("camera", "microphone", "screen")
 class Join:
     token: str
     name: str
+    resume: bool = False
+    """The page still holds its peer connections and lost only its WebSocket: keep its media
+    (within the relay's resume grace) instead of starting over."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ def parse(text: str | bytes) -> ClientMessage:
         return Join(
             token=_str(data, "token", limit=MAX_TOKEN_CHARS),
             name=_str(data, "name", required=False, limit=80),
+            resume=data.get("resume") is True,
         )
     if kind in ("offer", "answer"):
         pc = data.get("pc")

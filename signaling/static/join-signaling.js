@@ -5,11 +5,15 @@
 // docs/browser.md, docs/design.md.
 
 import {
+  CLOSE_MEDIA_FAILED,
   CLOSE_REPLACED,
   CLOSE_SESSION_ENDED,
   LEG_REBUILD_TIMEOUT_MS,
   MAX_LEG_REBUILDS,
+  ONLINE_SETTLE_MS,
   PC_DISCONNECTED_GRACE_MS,
+  RECONNECT_PROBE_MS,
+  RESUME_WINDOW_MS,
   RETRY_DELAYS_MS,
   WELCOME_TIMEOUT_MS,
   endedText,
@@ -38,19 +42,46 @@ export function waitForGathering(pc, ms) {
 export function createSignaling(app) {
   const st = app.state;
   const signaling = {
+    /** The device's network came back after going away: the old socket may sit in TCP
+     * back-off for seconds, so resume on a fresh one now (the relay restarts lost legs). */
+    onOnline() {
+      const attempt = st.call;
+      if (!attempt || attempt.closed || !attempt.welcomed || !attempt.wentOffline) return;
+      attempt.wentOffline = false;
+      // after a moment: the browser's WebRTC network list follows the "online" event
+      signaling.resume(attempt, "the network came back");
+      clearTimeout(attempt.resumeTimer);
+      attempt.resumeTimer = setTimeout(() => signaling.openSocket(attempt, true), ONLINE_SETTLE_MS);
+    },
+
     send(attempt, msg) {
       if (attempt.ws && attempt.ws.readyState === WebSocket.OPEN) attempt.ws.send(JSON.stringify(msg));
     },
 
-    /** A new attempt (the first, or a reconnect). */
+    /** A new attempt (the first, or a reconnect). While an attempt is resuming (the "online"
+     * event, say), its socket is retried at once instead. */
     connect() {
       clearTimeout(st.retryTimer);
+      if (st.call && !st.call.closed && st.call.resuming) return signaling.openSocket(st.call, true);
       const attempt = createAttempt(++st.attemptSeq);
       st.call = attempt;
       if (st.phase !== "reconnecting") app.ui.setState("connecting");
+      signaling.openSocket(attempt, false);
+      attempt.welcomeTimer = setTimeout(() => {
+        if (!attempt.welcomed) signaling.lostConnection(attempt, "no welcome from the server");
+      }, WELCOME_TIMEOUT_MS);
+    },
+
+    /** The attempt's WebSocket; `resume`: join again keeping this attempt's peer connections. */
+    openSocket(attempt, resume) {
+      clearTimeout(attempt.resumeTimer);
+      if (attempt.ws && attempt.ws.readyState <= WebSocket.OPEN) {
+        attempt.ws.onclose = null;
+        attempt.ws.close(1000);
+      }
       const ws = new WebSocket(wsUrl(location));
       attempt.ws = ws;
-      ws.onopen = () => signaling.send(attempt, { type: "join", token: st.token, name: st.name });
+      ws.onopen = () => signaling.send(attempt, { type: "join", token: st.token, name: st.name, ...(resume ? { resume: true } : {}) });
       ws.onmessage = (ev) => {
         let msg;
         try {
@@ -58,25 +89,56 @@ export function createSignaling(app) {
         } catch {
           return;
         }
-        signaling.onMessage(attempt, msg);
+        if (attempt.ws === ws) signaling.onMessage(attempt, msg);
       };
       ws.onclose = (ev) => {
-        if (attempt.closed || st.call !== attempt) return;
+        if (attempt.closed || st.call !== attempt || attempt.ws !== ws) return;
         if (ev.code === CLOSE_REPLACED) {
           return app.controller.finish("left", "You joined from another tab or device", "This window was disconnected because the same link was opened elsewhere.", true);
         }
         if (ev.code === CLOSE_SESSION_ENDED) return app.controller.finish("ended", "The session has ended", endedText(""));
+        if (attempt.welcomed && ev.code !== CLOSE_MEDIA_FAILED) return signaling.resume(attempt, `signaling closed (${ev.code})`);
         signaling.lostConnection(attempt, `signaling closed (${ev.code})`);
       };
-      attempt.welcomeTimer = setTimeout(() => {
-        if (!attempt.welcomed) signaling.lostConnection(attempt, "no welcome from the server");
-      }, WELCOME_TIMEOUT_MS);
+    },
+
+    /** Only the WebSocket was lost (a network drop, a proxy cutting idle connections): keep the
+     * peer connections and join again with `resume`, for as long as the relay keeps our media
+     * (RESUME_WINDOW_MS); then, or if the relay answers without `resumed`, a full reconnect. */
+    resume(attempt, why) {
+      const now = Date.now();
+      if (!attempt.resuming) {
+        console.warn("parley: signaling lost, resuming:", why);
+        attempt.resuming = now;
+        attempt.resumeTries = 0;
+        app.ui.setState("reconnecting", "Reconnecting…");
+        app.ui.banner("Connection lost. Reconnecting…");
+      }
+      if (now - attempt.resuming > RESUME_WINDOW_MS) return signaling.lostConnection(attempt, `${why}; not resumed in time`);
+      const delay = RETRY_DELAYS_MS[Math.min(attempt.resumeTries, RETRY_DELAYS_MS.length - 1)];
+      attempt.resumeTries += 1;
+      clearTimeout(attempt.resumeTimer);
+      attempt.resumeTimer = setTimeout(() => signaling.openSocket(attempt, true), Math.min(delay, 2000));
+    },
+
+    onResumed(attempt, msg) {
+      if (!msg.resumed) return signaling.lostConnection(attempt, "the relay no longer had our media");
+      attempt.resuming = 0;
+      clearTimeout(attempt.resumeTimer);
+      st.roster.clear();
+      for (const p of msg.participants || []) {
+        if (p.participant_id !== msg.participant_id && !p.left_at) st.roster.set(p.participant_id, p);
+      }
+      app.ui.setState("connected");
+      app.ui.banner("");
+      app.remote.renderRoster();
     },
 
     teardown(attempt) {
       if (!attempt || attempt.closed) return;
       attempt.closed = true;
       clearTimeout(attempt.welcomeTimer);
+      clearTimeout(attempt.resumeTimer);
       for (const t of Object.values(attempt.pcTimers)) clearTimeout(t);
       if (attempt.answerWaiter) attempt.answerWaiter.reject(new Error("connection closed"));
       for (const pc of [attempt.publish, attempt.subscribe]) {
@@ -101,7 +163,7 @@ export function createSignaling(app) {
       if (attempt !== st.call || attempt.closed) return;
       switch (msg.type) {
         case "welcome":
-          return signaling.onWelcome(attempt, msg);
+          return attempt.welcomed ? signaling.onResumed(attempt, msg) : signaling.onWelcome(attempt, msg);
         case "reconnect":
           if (msg.pc === "publish" || msg.pc === "subscribe") signaling.rebuildLeg(attempt, msg.pc);
           return;
@@ -140,7 +202,10 @@ export function createSignaling(app) {
 
     onError(attempt, msg) {
       const text = msg.message || msg.code || "error";
-      if (!attempt.welcomed) {
+      if (attempt.resuming && !["session_ended", "session_not_found"].includes(msg.code)) {
+        return signaling.lostConnection(attempt, `resume refused: ${text}`);
+      }
+      if (!attempt.welcomed || attempt.resuming) {
         // the server refused the join: retrying with the same token will not help
         const ended = msg.code === "session_ended" || msg.code === "session_not_found";
         return app.controller.finish(ended ? "ended" : "failed", ended ? "The session has ended" : "Could not join the call", text);
@@ -208,6 +273,7 @@ export function createSignaling(app) {
       old.close();
       clearTimeout(attempt.pcTimers[label]);
       clearTimeout(attempt.pcTimers[`${label}-rebuild`]);
+      clearTimeout(attempt.pcTimers[`${label}-probe`]);
       attempt.legRebuilds = (attempt.legRebuilds || 0) + 1;
       const pc = signaling.newPc(attempt, label);
       if (label === "publish") {
@@ -228,10 +294,18 @@ export function createSignaling(app) {
     /** One leg looks dead: ask the relay to rebuild it (it answers `reconnect`), or, with no
      * signaling or after too many rebuilds, reconnect in full. */
     legLost(attempt, label, why) {
+      if (attempt.resuming) return; // the relay restarts lost legs when we are back
       const open = attempt.ws && attempt.ws.readyState === WebSocket.OPEN;
       if (!open || (attempt.legRebuilds || 0) >= MAX_LEG_REBUILDS) return signaling.lostConnection(attempt, why);
       console.warn("parley: media leg lost, rebuilding it:", why);
       signaling.send(attempt, { type: "reconnect", pc: label });
+      // no answer soon: the socket is probably down too (or stuck in TCP back-off after a
+      // network drop), so resume on a fresh one; the relay then restarts the lost legs
+      const lost = attempt[label];
+      clearTimeout(attempt.pcTimers[`${label}-probe`]);
+      attempt.pcTimers[`${label}-probe`] = setTimeout(() => {
+        if (attempt[label] === lost && !attempt.closed) signaling.resume(attempt, `no answer to reconnect ${label}`);
+      }, RECONNECT_PROBE_MS);
       clearTimeout(attempt.pcTimers[`${label}-rebuild`]);
       attempt.pcTimers[`${label}-rebuild`] = setTimeout(() => {
         if (attempt[label] && attempt[label].connectionState !== "connected") signaling.lostConnection(attempt, `${why}; no rebuild`);
@@ -253,5 +327,9 @@ export function createSignaling(app) {
       }
     },
   };
+  window.addEventListener("offline", () => {
+    if (st.call) st.call.wentOffline = true;
+  });
+  window.addEventListener("online", () => signaling.onOnline());
   return signaling;
 }

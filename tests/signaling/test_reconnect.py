@@ -237,3 +237,40 @@ async def test_a_leg_that_the_page_reports_dead_is_rebuilt_alone(service: Servic
     finally:
         for p in (agent, customer, third):
             await p.close()
+
+
+async def test_a_page_that_lost_its_socket_and_its_media_resumes_without_anyone_noticing(
+    service: Service,
+) -> None:
+    agent, customer, third = await three_party_call(service)
+    try:
+        assert agent.client is not None and customer.client is not None
+        before = {p.name: (offers(p), len(churn(p))) for p in (customer, third)}
+        session = service.app[SESSIONS].get(agent.welcome["session_id"])  # type: ignore[index]
+        count = customer.client.frames_from(agent.id, "video")
+        # the whole network goes: media and the WebSocket (the TCP connection is cut)
+        agent.network.down(agent.client.pub, agent.client.sub)
+        transport = agent._ws._response.connection.transport  # type: ignore[union-attr]
+        transport.abort()
+        await agent.closed.wait()
+        await asyncio.sleep(3)  # a few seconds away, within the relay's resume grace
+        agent.network.up()
+        agent.closed.clear()
+        after_index = len(agent.messages)
+        await agent.connect()
+        await agent.send({"type": "join", "token": agent.token, "name": agent.name, "resume": True})
+        welcome = await agent.wait_message(lambda m: m["type"] == "welcome", after=after_index)
+        assert welcome.get("resumed") is True
+        assert await wait_for(
+            lambda: (
+                customer.client is not None
+                and customer.client.frames_from(agent.id, "video") >= count + 15
+            ),
+            timeout=30,
+        ), ("no video from the resumed participant", agent.asked)
+        after = {p.name: (offers(p), len(churn(p))) for p in (customer, third)}
+        assert after == before
+        assert [p.id for p in session.connected()] == [agent.id, customer.id, third.id]
+    finally:
+        for p in (agent, customer, third):
+            await p.close()
