@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
+import pylibsrtp
 from aiortc import MediaStreamTrack, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import (
@@ -110,6 +111,8 @@ class Consumer:
         self.nacked = 0
         self.retransmitted = 0
         self.keyframe_requests = 0
+        self.protect_errors = 0
+        """Packets libsrtp refused to protect (lost, see :meth:`_protect_refused`)."""
         self.remb: int | None = None
         self.fraction_lost = 0
         self.quality = quality.DownstreamQuality(producer.kind, producer.codec.clockRate)
@@ -209,11 +212,24 @@ class Consumer:
         self._history[(packet.sequence_number + rewriter.seq_offset) & self._history_mask] = data
         self.packets += 1
         self.octets += len(packet.payload)
-        self._last = packet
+        previous, self._last = self._last, packet
         try:
             self._send(data)
         except ConnectionError:
             pass
+        except pylibsrtp.Error as exc:
+            self._last = previous
+            self._protect_refused(exc)
+
+    def _protect_refused(self, error: pylibsrtp.Error) -> None:
+        """libsrtp refused a packet. An index it will not take (a publisher's wild sequence
+        jump or SSRC collision) loses that packet and the stream continues from the last one
+        sent; anything else (no SRTP context: a broken subscriber) raises, and the producer
+        drops this consumer."""
+        if not str(error).startswith("replay check failed"):
+            raise ConnectionError(f"SRTP refused the packet: {error}") from error
+        self.protect_errors += 1
+        self.resync()
 
     # --- RTCP from the subscriber ------------------------------------------------------------
 
@@ -267,8 +283,8 @@ class Consumer:
         self.retransmitted += 1
         try:
             self._send(data)
-        except ConnectionError:
-            pass
+        except (ConnectionError, pylibsrtp.Error):
+            pass  # a retransmission is best effort
 
     async def send_reports(self, packets: list[AnyRtcpPacket]) -> None:
         """Replaces the aiortc sender's RTCP output: its SR would claim nothing was sent."""

@@ -226,6 +226,11 @@ class Producer:
             packet = unwrap_rtx_in(packet, payload_type=apt, ssrc=media_ssrc)
             self.retransmissions += 1
         elif self._media_ssrc != ssrc:
+            if self._media_ssrc is not None:
+                # another stream (an SSRC change or collision): its sequence numbers and
+                # timestamps are unrelated, so consumers continue theirs from where they are
+                for consumer in self._view.consumers:
+                    consumer.resync()
             self._media_ssrc = ssrc
 
         self.packets += 1
