@@ -113,8 +113,12 @@ class Peer:
         closing.add_done_callback(self._closing.discard)
 
     def had_media(self) -> bool:
-        """Whether either leg ever connected."""
-        return self.publish.connected.is_set() or self.subscribe.connected.is_set()
+        """Whether either leg ever connected (a rebuilt leg replaces one that had)."""
+        return (
+            self.rebuilds > 0
+            or self.publish.connected.is_set()
+            or self.subscribe.connected.is_set()
+        )
 
     def leg_lost(self, leg: Leg) -> bool:
         """Whether ``leg`` was connected (or is a rebuild) and is not connected now."""
