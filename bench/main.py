@@ -105,6 +105,10 @@ def main(args: argparse.Namespace) -> int:
         from . import fuzz
 
         return fuzz.main(args)
+    if args.soak:
+        from . import soak
+
+        return soak.main(args)
     if args.replot:
         return replot(args)
     if args.sweep:

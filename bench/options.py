@@ -26,9 +26,10 @@ def _cpu_list(text: str) -> list[int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from . import fuzz
+    from . import fuzz, soak
 
     fuzz.add_arguments(p)  # --fuzz SECONDS: the live fuzz campaign (bench/fuzz.py)
+    soak.add_arguments(p)  # --soak SECONDS: leaks under steady calls and churn (bench/soak.py)
     p.add_argument(
         "--sessions",
         "-n",

@@ -62,6 +62,10 @@ class SignalingClient:
         one renegotiation never overtakes another."""
         return None
 
+    async def on_reconnect(self, message: dict[str, Any]) -> None:
+        """The relay is rebuilding one media leg (``message["pc"]``): replace that peer
+        connection before the next message (a new subscribe offer may follow at once)."""
+
     async def connect(self) -> None:
         if self._http is None:
             self._http = aiohttp.ClientSession()
@@ -138,6 +142,8 @@ class SignalingClient:
                     answer = await self.on_subscribe_offer(message)
                     if answer is not None:
                         await self.send({"type": "answer", "pc": "subscribe", "sdp": answer})
+                elif kind == "reconnect":
+                    await self.on_reconnect(message)
                 elif kind == "answer" and pc == "publish":
                     if self._publish_answer is not None and not self._publish_answer.done():
                         self._publish_answer.set_result(message["sdp"])

@@ -374,7 +374,7 @@ class DatagramGuard:
     drops STUN that aioice cannot parse, feeds RTP to the fast path when installed, and never
     lets an exception escape into aioice or the event loop."""
 
-    __slots__ = ("stock", "fast", "stats")
+    __slots__ = ("stock", "fast", "stats", "received")
 
     def __init__(
         self, stock: Callable[[bytes, Any], None], stats: DatagramStats = DATAGRAMS
@@ -382,8 +382,11 @@ class DatagramGuard:
         self.stock = stock
         self.fast: FastReceive | None = None
         self.stats = stats
+        self.received = 0
+        """Datagrams that arrived, whatever they were (the dead-leg watchdog reads it)."""
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.received += 1
         try:
             fast = self.fast
             # RTP (not RTCP: RFC 5761 §4 payload types 192-223) once SRTP keys exist
@@ -429,6 +432,17 @@ def guard_datagrams(pc: RTCPeerConnection) -> None:
     for _, connection in _connections(pc):
         for protocol in _attr(connection, "_protocols"):
             _guard(protocol)
+
+
+def datagrams_received(pc: RTCPeerConnection) -> int:
+    """Datagrams that arrived on ``pc``'s guarded media sockets so far."""
+    total = 0
+    for _, connection in _connections(pc):
+        for protocol in _attr(connection, "_protocols"):
+            guard = protocol.__dict__.get("_parley_guard")
+            if guard is not None:
+                total += guard.received
+    return total
 
 
 def install_fast_receive(pc: RTCPeerConnection) -> None:

@@ -28,6 +28,11 @@ class MediaConfig:
     negotiation_timeout: float = 15.0
     """Seconds a subscriber has to answer the relay's offer."""
 
+    dead_leg_after: float = 8.0
+    """Seconds without a single datagram (RTP, RTCP or STUN) on a connected leg after which it
+    counts as dead (peers send consent checks at least every 6 s, RFC 7675); 0 turns it off
+    (aioice's own consent expiry, about 30 s, remains)."""
+
     def __post_init__(self) -> None:
         if not self.addresses:
             raise ValueError("MediaConfig.addresses needs at least one address")
@@ -37,5 +42,7 @@ class MediaConfig:
             low, high = self.port_range
             if not 1024 <= low <= high <= 65535:
                 raise ValueError(f"invalid media port range {low}-{high}")
+        if self.dead_leg_after < 0:
+            raise ValueError("dead_leg_after must be >= 0")
         if self.history_size < 16 or self.history_size & (self.history_size - 1):
             raise ValueError("history_size must be a power of two >= 16")

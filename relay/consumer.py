@@ -108,6 +108,8 @@ class Consumer:
         self.nacked = 0
         self.retransmitted = 0
         self.keyframe_requests = 0
+        self.protect_errors = 0
+        """Packets libsrtp refused to protect (lost, see :meth:`_protect_refused`)."""
         self.remb: int | None = None
         self.fraction_lost = 0
         self.quality = quality.DownstreamQuality(producer.kind, producer.codec.clockRate)
@@ -122,6 +124,8 @@ class Consumer:
         self._route: accel.Route | None = None
         """The compiled or pure packet path's state once synced: offsets, NACK history (the
         forwarded packets), counters and the leg's :class:`accel.Tx` (read by ``accel.fan_out``)."""
+        self._counted = (0, 0)
+        """Packets and octets of routes this consumer had before a resync."""
         self._tx_retry = 0
         self._rtx_payload_type: int | None = None
         self._rtx_ssrc = 0
@@ -135,12 +139,14 @@ class Consumer:
     @property
     def packets(self) -> int:
         """Packets forwarded to the subscriber."""
-        return self._route.packets if self._route is not None else 0
+        route = self._route
+        return self._counted[0] + (route.packets if route is not None else 0)
 
     @property
     def octets(self) -> int:
         """Payload octets forwarded to the subscriber."""
-        return self._route.octets if self._route is not None else 0
+        route = self._route
+        return self._counted[1] + (route.octets if route is not None else 0)
 
     @property
     def active(self) -> bool:
@@ -243,6 +249,19 @@ class Consumer:
                 self._send(data)
         except ConnectionError:
             pass
+        except accel.SrtpError as exc:
+            self._protect_refused(exc)
+
+    def _protect_refused(self, error: Exception) -> None:
+        """libsrtp refused a packet. An index it will not take (a publisher's wild sequence
+        jump or SSRC collision: "replay check failed", status 9/10) loses that packet and the
+        stream continues from the last one sent, from the next keyframe; anything else (no SRTP
+        context: a broken subscriber) raises, and the producer drops this consumer."""
+        text = str(error)
+        if not (text.startswith("replay check failed") or text.endswith(("(9)", "(10)"))):
+            raise ConnectionError(f"SRTP refused the packet: {error}") from error
+        self.protect_errors += 1
+        self.resync()
 
     # --- RTCP from the subscriber ------------------------------------------------------------
 
@@ -305,6 +324,8 @@ class Consumer:
                 self._send(data)
         except ConnectionError:
             pass
+        except accel.SrtpError:
+            pass  # a retransmission is best effort
 
     async def send_reports(self, packets: list[AnyRtcpPacket]) -> None:
         """Replaces the aiortc sender's RTCP output: its SR would claim nothing was sent."""
@@ -356,6 +377,23 @@ class Consumer:
             clock_rate=self.producer.codec.clockRate,
             at=time.monotonic(),
         )
+
+    def resync(self) -> None:
+        """The producer's packets now come from a new upstream stream (its publisher rebuilt
+        the publish leg): continue this consumer's stream from where it is, from the next
+        keyframe, so that to the subscriber it is one stream that paused."""
+        if self.closed or not self._synced:
+            return
+        self._resume = self.position()
+        route, self._route = self._route, None  # fan_out hands it back until it syncs again
+        if route is not None:
+            self._counted = (self._counted[0] + route.packets, self._counted[1] + route.octets)
+            route.clear()
+            route.tx = None
+        self._tx_retry = 0
+        self._synced = False
+        if self._gated and self._ready:
+            self.producer.waiting_consumers += 1
 
     def close(self) -> None:
         if self.closed:

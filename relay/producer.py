@@ -130,6 +130,47 @@ class Producer:
         if ssrcs or rtx_ssrcs:
             _aiortc.register_ssrcs(receiver, [*ssrcs, *rtx_ssrcs])
 
+    def rebind(
+        self,
+        receiver: RTCRtpReceiver,
+        mid: str,
+        codecs: list[RTCRtpCodecParameters],
+        ssrcs: list[int],
+        rtx_ssrcs: dict[int, int],
+    ) -> None:
+        """Carry on from a new publish leg (the publisher rebuilt its connection): packets now
+        come from ``receiver`` with new SSRCs, sequence numbers and timestamps, perhaps other
+        payload types of the same codec. Consumers continue their own streams where they were
+        (and wait for the keyframe this asks for), so subscribers renegotiate nothing."""
+        primary = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
+        if primary is None or primary.payloadType is None:
+            raise ValueError("a producer needs a media codec")
+        self.mid = mid
+        self.payload_type = primary.payloadType
+        self._rtx_apt = {
+            c.payloadType: int(str(c.parameters["apt"]))
+            for c in codecs
+            if c.mimeType.lower().endswith("/rtx")
+            and "apt" in c.parameters
+            and c.payloadType is not None
+        }
+        self._rtx_ssrcs = dict(rtx_ssrcs)
+        self._media_ssrc = ssrcs[0] if ssrcs else None
+        self._streams = {}
+        self._nack = _aiortc.new_nack_generator() if self.kind == "video" else None
+        self._last_remb = None
+        self.sender_report = None
+        self._receiver = receiver
+        _aiortc.hook_receiver(
+            receiver, self.handle_rtp, self.handle_rtcp, self._streams, self.forward
+        )
+        if ssrcs or rtx_ssrcs:
+            _aiortc.register_ssrcs(receiver, [*ssrcs, *rtx_ssrcs])
+        for consumer in self._view.consumers:
+            consumer.resync()
+        self._last_keyframe_request = -1e9
+        self.request_keyframe()
+
     def media_statistics(self) -> _aiortc.StreamStatistics | None:
         """Sequence and jitter statistics of the media SSRC (not RTX), for reports."""
         return self._streams.get(self._media_ssrc) if self._media_ssrc is not None else None
@@ -185,6 +226,11 @@ class Producer:
             packet = unwrap_rtx_in(packet, payload_type=apt, ssrc=media_ssrc)
             self.retransmissions += 1
         elif self._media_ssrc != ssrc:
+            if self._media_ssrc is not None:
+                # another stream (an SSRC change or collision): its sequence numbers and
+                # timestamps are unrelated, so consumers continue theirs from where they are
+                for consumer in self._view.consumers:
+                    consumer.resync()
             self._media_ssrc = ssrc
 
         self.packets += 1

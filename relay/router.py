@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Literal
 
 from .config import MediaConfig
 from .consumer import Consumer
@@ -16,8 +17,13 @@ from .transport import OfferSender, PublishTransport, SubscribeTransport
 logger = logging.getLogger(__name__)
 
 
+Leg = Literal["publish", "subscribe"]
+
+
 class Peer:
-    """One participant's media: a publish and a subscribe transport."""
+    """One participant's media: a publish and a subscribe transport. Either can be rebuilt
+    alone (:meth:`rebuild`) while the other, the participant's producers and everybody else's
+    connections stay as they are."""
 
     def __init__(
         self,
@@ -30,26 +36,110 @@ class Peer:
         self.id = id
         self.router = router
         self.closed = False
+        self.failed_leg: Leg | None = None
+        """The leg whose failure was reported last."""
+        self.rebuilds = 0
         self._on_failed = on_failed
-        self.publish = PublishTransport(
-            peer_id=id,
-            config=router.config,
-            fanout=router.fanout,
-            on_producer=router._producer_added,
-            on_producer_closed=router._producer_closed,
-            on_failed=self._failed,
+        self._send_offer = send_offer
+        self._closing: set[asyncio.Future[None]] = set()
+        """Closes of replaced legs still under way."""
+        self.publish = self._new_publish()
+        self.subscribe = self._new_subscribe()
+
+    def _new_publish(self, orphans: list[Producer] | None = None) -> PublishTransport:
+        transport: PublishTransport
+
+        def failed() -> None:
+            if self.publish is transport:
+                self._failed("publish")
+
+        transport = PublishTransport(
+            peer_id=self.id,
+            config=self.router.config,
+            fanout=self.router.fanout,
+            on_producer=self.router._producer_added,
+            on_producer_closed=self.router._producer_closed,
+            on_failed=failed,
+            orphans=orphans or (),
         )
-        self.subscribe = SubscribeTransport(
-            peer_id=id,
-            config=router.config,
-            fanout=router.fanout,
-            send_offer=send_offer,
-            on_failed=self._failed,
+        transport.replacement = orphans is not None
+        return transport
+
+    def _new_subscribe(self) -> SubscribeTransport:
+        transport: SubscribeTransport
+
+        def failed() -> None:
+            if self.subscribe is transport:
+                self._failed("subscribe")
+
+        transport = SubscribeTransport(
+            peer_id=self.id,
+            config=self.router.config,
+            fanout=self.router.fanout,
+            send_offer=self._send_offer,
+            on_failed=failed,
         )
+        return transport
 
     @property
     def producers(self) -> list[Producer]:
-        return list(self.publish.producers.values())
+        return [*self.publish.producers.values(), *self.publish.orphans]
+
+    def rebuild(self, leg: Leg) -> None:
+        """Replace one leg by a new peer connection. ``publish``: the participant's next offer
+        goes to the new leg, which adopts the producers (their consumers carry on, nobody else
+        renegotiates). ``subscribe``: the participant's consumers move to a new leg, which
+        offers at once. The old leg closes in the background."""
+        if self.closed:
+            return
+        self.rebuilds += 1
+        old: PublishTransport | SubscribeTransport
+        if leg == "publish":
+            old = self.publish
+            self.publish = self._new_publish(old.detach())
+        else:
+            old = self.subscribe
+            old.detach()  # its consumers leave the table without renegotiating it
+            for consumer in list(self.router.fanout.consumed_by(self.id).values()):
+                self.router.fanout.remove(consumer)
+            self.subscribe = self._new_subscribe()
+            self.subscribe.replacement = True
+            for producer in self.router.producers():
+                if producer.peer_id != self.id:
+                    self.router._consume(self, producer)
+        closing = asyncio.ensure_future(asyncio.shield(old.pc.close()))
+        logger.info("[%s/%s] rebuilding the %s leg", self.router.id, self.id, leg)
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    def had_media(self) -> bool:
+        """Whether either leg ever connected (a rebuilt leg replaces one that had)."""
+        return (
+            self.rebuilds > 0
+            or self.publish.connected.is_set()
+            or self.subscribe.connected.is_set()
+        )
+
+    def leg_lost(self, leg: Leg) -> bool:
+        """Whether ``leg`` was connected (or is a rebuild) and is not connected now."""
+        transport = self.publish if leg == "publish" else self.subscribe
+        if not (transport.connected.is_set() or transport.replacement):
+            return False  # never negotiated yet (e.g. nothing published)
+        return transport.closed or transport.pc.connectionState != "connected"
+
+    def rebuilding(self, leg: Leg) -> bool:
+        """Whether ``leg`` was rebuilt and has not connected yet."""
+        transport = self.publish if leg == "publish" else self.subscribe
+        return transport.replacement and not transport.connected.is_set()
+
+    async def wait_connected(self, leg: Leg, timeout: float) -> bool:  # noqa: ASYNC109
+        """Whether the (current) ``leg`` connects within ``timeout`` seconds."""
+        transport = self.publish if leg == "publish" else self.subscribe
+        try:
+            await asyncio.wait_for(transport.connected.wait(), timeout)
+        except TimeoutError:
+            return False
+        return not transport.closed and transport.pc.connectionState == "connected"
 
     async def handle_publish_offer(self, sdp: str, sources: dict[str, str]) -> str:
         return await self.publish.handle_offer(sdp, sources)
@@ -57,9 +147,10 @@ class Peer:
     async def handle_subscribe_answer(self, sdp: str) -> None:
         await self.subscribe.handle_answer(sdp)
 
-    def _failed(self) -> None:
+    def _failed(self, leg: Leg) -> None:
         if not self.closed:
-            logger.info("[%s/%s] media connection failed", self.router.id, self.id)
+            logger.info("[%s/%s] %s connection failed", self.router.id, self.id, leg)
+            self.failed_leg = leg
             self._on_failed(self)
 
     async def close(self) -> None:
@@ -67,7 +158,9 @@ class Peer:
             return
         self.closed = True
         self.router._peer_closed(self)
-        await asyncio.gather(self.publish.close(), self.subscribe.close())
+        await asyncio.gather(
+            self.publish.close(), self.subscribe.close(), *self._closing, return_exceptions=True
+        )
 
 
 class Router:

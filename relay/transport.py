@@ -44,6 +44,46 @@ GONE_STATES = ("failed", "closed")
 itself when its DTLS transport ends (the remote side closed, or a datagram killed it)."""
 
 
+class LegWatchdog:
+    """Calls ``on_dead`` once when a connected leg has received no datagram at all (RTP, RTCP,
+    STUN consent) for ``after`` seconds: a dead network path, noticed well before aioice's
+    consent expiry (6 failed checks 5 s apart). Reads only a counter the datagram guard keeps,
+    so the packet path pays one increment."""
+
+    def __init__(self, pc: RTCPeerConnection, after: float, on_dead: Callable[[], None]) -> None:
+        self._pc = pc
+        self._after = after
+        self._on_dead = on_dead
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._after > 0 and self._task is None:
+            self._task = asyncio.ensure_future(self._watch())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = min(1.0, self._after / 4)
+        seen, since = -1, loop.time()
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            if self._pc.connectionState != "connected":
+                if self._pc.connectionState in GONE_STATES:
+                    return
+                seen, since = -1, now  # connecting: nothing is due yet
+                continue
+            count = _aiortc.datagrams_received(self._pc)
+            if count != seen:
+                seen, since = count, now
+            elif now - since >= self._after:
+                self._on_dead()
+                return
+
+
 def _new_pc() -> RTCPeerConnection:
     # MAX_BUNDLE: one transport per peer connection; avoids aiortc's lost second track when one
     # offer adds two tracks of the same kind (shared/research/feasibility.md).
@@ -156,10 +196,15 @@ class PublishTransport:
         on_producer: Callable[[Producer], None],
         on_producer_closed: Callable[[Producer], None],
         on_failed: Callable[[], None],
+        orphans: Sequence[Producer] = (),
     ) -> None:
         self.peer_id = peer_id
         self.pc = _new_pc()
         self.producers: dict[str, Producer] = {}
+        self.orphans: list[Producer] = list(orphans)
+        """Producers of the publish leg this one replaces: the first offer adopts each one
+        whose source and codec it publishes again (subscribers keep their consumers, no
+        renegotiation), and closes the others."""
         self.closed = False
         self._config = config
         self._fanout = fanout
@@ -169,11 +214,33 @@ class PublishTransport:
         self._negotiated: list[tuple[str, str]] = []
         """``(mid, kind)`` of the m-sections of the last offer applied, in order."""
 
+        self.connected = asyncio.Event()
+        self.replacement = False
+        """Whether this leg replaces a dead one (set by the peer)."""
+
+        def dead() -> None:
+            if not self.closed:
+                logger.info("[%s] publish connection silent: dead", self.peer_id)
+                on_failed()
+
+        self.watchdog = LegWatchdog(self.pc, config.dead_leg_after, dead)
+
         @self.pc.on("connectionstatechange")
         def _state() -> None:
+            if self.pc.connectionState == "connected":
+                self.connected.set()
             if self.pc.connectionState in GONE_STATES and not self.closed:
                 logger.info("[%s] publish connection %s", self.peer_id, self.pc.connectionState)
                 on_failed()
+
+    def detach(self) -> list[Producer]:
+        """Close this leg but keep its producers open (for the leg that replaces it)."""
+        self.closed = True
+        self.watchdog.stop()
+        kept = [*self.producers.values(), *self.orphans]
+        self.producers.clear()
+        self.orphans = []
+        return kept
 
     async def handle_offer(self, sdp: str, sources: dict[str, str]) -> str:
         """Apply the participant's offer, create or close producers, return our answer.
@@ -200,6 +267,9 @@ class PublishTransport:
                 raise InvalidSdp(f"the offer cannot be applied: {exc}") from exc
             self._negotiated = [(m.rtp.muxId, m.kind) for m in parsed.media]
             self._sync_producers(parsed, sources)
+            for orphan in self.orphans:
+                orphan.close()  # not published again on the new leg
+            self.orphans = []
             _aiortc.configure_host_candidates(
                 self.pc, list(self._config.addresses), self._config.port_range
             )
@@ -211,6 +281,7 @@ class PublishTransport:
                     raise TransportClosed("the publish connection is closed") from exc
                 raise NegotiationError(f"cannot answer this offer: {exc}") from exc
             _aiortc.install_fast_receive(self.pc)
+            self.watchdog.start()
             return str(self.pc.localDescription.sdp)
 
     def _sync_producers(
@@ -239,6 +310,18 @@ class PublishTransport:
                 source = sources.get(mid) or DEFAULT_SOURCE[transceiver.kind]
                 if source not in SOURCES:
                     source = DEFAULT_SOURCE[transceiver.kind]
+                codecs = _aiortc.transceiver_codecs(transceiver)
+                adopted = self._adopt(transceiver.kind, source, codecs)
+                if adopted is not None:
+                    adopted.rebind(transceiver.receiver, mid, codecs, ssrcs, rtx)
+                    self.producers[mid] = adopted
+                    logger.info(
+                        "[%s] producing %s %s again on a new leg",
+                        self.peer_id,
+                        adopted.kind,
+                        source,
+                    )
+                    continue
                 producer = Producer(
                     id=uuid.uuid4().hex[:12],
                     peer_id=self.peer_id,
@@ -246,7 +329,7 @@ class PublishTransport:
                     source=source,
                     mid=mid,
                     receiver=transceiver.receiver,
-                    codecs=_aiortc.transceiver_codecs(transceiver),
+                    codecs=codecs,
                     ssrcs=ssrcs,
                     rtx_ssrcs=rtx,
                     config=self._config,
@@ -263,13 +346,28 @@ class PublishTransport:
                 )
                 self._on_producer(producer)
 
+    def _adopt(
+        self, kind: str, source: str, codecs: list[RTCRtpCodecParameters]
+    ) -> Producer | None:
+        """The replaced leg's producer of ``source``, if it can carry on with ``codecs``."""
+        primary = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
+        for orphan in self.orphans:
+            if orphan.kind == kind and orphan.source == source and not orphan.closed:
+                if primary is None or codec_key(primary) != codec_key(orphan.codec):
+                    return None
+                self.orphans.remove(orphan)
+                return orphan
+        return None
+
     async def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        for producer in list(self.producers.values()):
+        self.watchdog.stop()
+        for producer in [*self.producers.values(), *self.orphans]:
             producer.close()
         self.producers.clear()
+        self.orphans = []
         # shielded: aiortc may be closing the connection itself (its DTLS session ended), and a
         # cancelled caller awaiting aiortc's own close future would break that close
         await asyncio.shield(self.pc.close())
@@ -311,9 +409,21 @@ class SubscribeTransport:
         self._dirty = False
         self._task: asyncio.Task[None] | None = None
         self._answer: asyncio.Future[None] | None = None
+        self.connected = asyncio.Event()
+        self.replacement = False
+        """Whether this leg replaces a dead one (set by the peer)."""
+
+        def dead() -> None:
+            if not self.closed:
+                logger.info("[%s] subscribe connection silent: dead", self.peer_id)
+                on_failed()
+
+        self.watchdog = LegWatchdog(self.pc, config.dead_leg_after, dead)
 
         @self.pc.on("connectionstatechange")
         def _state() -> None:
+            if self.pc.connectionState == "connected":
+                self.connected.set()
             if self.pc.connectionState in GONE_STATES and not self.closed:
                 logger.info("[%s] subscribe connection %s", self.peer_id, self.pc.connectionState)
                 on_failed()
@@ -408,6 +518,7 @@ class SubscribeTransport:
         )
         await self.pc.setLocalDescription(offer)
         _aiortc.guard_datagrams(self.pc)
+        self.watchdog.start()
         if self.closed:
             raise TransportClosed("closed during negotiation")
         offered = [c for c in candidates if c.mid is not None and not c.closed]
@@ -438,18 +549,24 @@ class SubscribeTransport:
         if not self._answer.done():
             self._answer.set_result(None)
 
+    def detach(self) -> None:
+        """Stop this leg (no more offers, no failure reports); the connection itself closes
+        with :meth:`close` or, for a replaced leg, in the background."""
+        self.closed = True
+        self.watchdog.stop()
+        if self._answer is not None and not self._answer.done():
+            self._answer.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
     async def close(self) -> None:
         """Close the connection (the router has taken this subscriber's consumers out of its
         table first)."""
         if self.closed:
             return
-        self.closed = True
+        self.detach()
         for consumer in list(self.consumers.values()):
             consumer.close()
-        if self._answer is not None and not self._answer.done():
-            self._answer.cancel()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
         # shielded: aiortc may be closing the connection itself (its DTLS session ended), and a
         # cancelled caller awaiting aiortc's own close future would break that close
         await asyncio.shield(self.pc.close())

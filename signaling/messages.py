@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from .errors import BadRequest, InvalidJson, SignalingError, UnknownMessageType
 
@@ -22,6 +22,9 @@ SOURCES = ("camera", "microphone", "screen")
 class Join:
     token: str
     name: str
+    resume: bool = False
+    """The page still holds its peer connections and lost only its WebSocket: keep its media
+    (within the relay's resume grace) instead of starting over."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,14 @@ class TrackState:
     enabled: bool
 
 
-ClientMessage = Join | Offer | Answer | Leave | End | RecordingAction | TrackState
+
+@dataclass(frozen=True)
+class Reconnect:
+    pc: Literal["publish", "subscribe"]
+    """``publish`` or ``subscribe``: the leg the page found dead and wants rebuilt."""
+
+
+ClientMessage = Join | Offer | Answer | Leave | End | RecordingAction | TrackState | Reconnect
 
 
 def _str(data: dict[str, Any], key: str, *, required: bool = True, limit: int = 0) -> str:
@@ -91,6 +101,7 @@ def parse(text: str | bytes) -> ClientMessage:
         return Join(
             token=_str(data, "token", limit=MAX_TOKEN_CHARS),
             name=_str(data, "name", required=False, limit=80),
+            resume=data.get("resume") is True,
         )
     if kind in ("offer", "answer"):
         pc = data.get("pc")
@@ -108,6 +119,10 @@ def parse(text: str | bytes) -> ClientMessage:
         ):
             raise BadRequest("'sources' must map mids to camera, microphone or screen")
         return Offer(pc=pc, sdp=sdp, sources=dict(sources))
+    if kind == "reconnect":
+        if data.get("pc") not in ("publish", "subscribe"):
+            raise BadRequest("'pc' must be 'publish' or 'subscribe'")
+        return Reconnect(pc="publish" if data["pc"] == "publish" else "subscribe")
     if kind == "leave":
         return Leave()
     if kind == "end":

@@ -7,6 +7,7 @@ into this registry when it starts), so every TURN metric is published once, with
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,6 +50,13 @@ class RelayCollector:
             sessions.add_metric([state], count)
         yield sessions
         yield GaugeMetricFamily("parley_participants", "Connected participants", value=participants)
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # no running loop (collected outside the service)
+            tasks = 0
+        yield GaugeMetricFamily(
+            "parley_asyncio_tasks", "Tasks of the service's event loop (leak checks)", value=tasks
+        )
         for name, doc, value in (
             (
                 "parley_rtp_received_packets",

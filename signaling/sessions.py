@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from parley.relay import MediaConfig, Peer, RelayError, Router
+from parley.relay.router import Leg
 
 from . import tokens
 from .errors import Forbidden, SessionEnded, SessionFull, SessionNotFound, SignalingError
@@ -27,6 +28,14 @@ logger = logging.getLogger(__name__)
 CLOSE_REPLACED = 4000
 CLOSE_MEDIA_FAILED = 4001
 CLOSE_SESSION_ENDED = 4002
+
+LEG_REBUILD_TIMEOUT = 30.0
+"""Seconds a rebuilt media leg has to connect before the page is told to reconnect in full."""
+LEG_REBUILDS_PER_JOIN = 5
+"""Leg rebuilds one connection may have; after these a failed leg means a full reconnect."""
+RESUME_GRACE = 15.0
+"""Seconds a participant whose WebSocket vanished stays listed, its media kept, for its page to
+come back with ``join`` + ``resume`` (a network drop takes the socket down too)."""
 
 
 class Connection(Protocol):
@@ -105,6 +114,8 @@ class Session:
     listener: SessionListener | None = None
     presence: Presence = field(init=False, repr=False)
     """participant_state, speaking and connection_quality (signaling/presence.py)."""
+    _grace: set[asyncio.Future[None]] = field(default_factory=set)
+    """Pending leaves of vanished participants (see :meth:`vanished`)."""
 
     def __post_init__(self) -> None:
         self.presence = Presence(self)
@@ -141,8 +152,10 @@ class Session:
         name: str,
         connection: Connection,
         welcome: Callable[[Participant], dict[str, Any]],
+        resume: bool = False,
     ) -> Participant:
-        """Connect a participant; a second join with the same token replaces the first."""
+        """Connect a participant; a second join with the same token replaces the first, unless
+        it ``resume``s: then the participant keeps its media and only its socket changes."""
         if self.ended_at is not None:
             raise SessionEnded("the session has ended")
         participant = self.participants.get(claims.participant_id)
@@ -157,6 +170,8 @@ class Session:
                 name=name or claims.name or claims.role.capitalize(),
             )
             self.participants[participant.id] = participant
+        elif resume and participant.peer is not None and not participant.peer.closed:
+            return await self._resume(participant, connection, welcome)
         elif participant.connection is not None:
             old = participant.connection
             await self._disconnect(participant)
@@ -176,13 +191,17 @@ class Session:
         await connection.send(welcome(participant))
 
         async def send_offer(sdp: str, tracks: list[dict[str, Any]]) -> None:
-            await connection.send(
-                {"type": "offer", "pc": "subscribe", "sdp": sdp, "tracks": tracks}
-            )
+            # the participant's socket of the moment (a resume changes it)
+            if participant.connection is not None:
+                await participant.connection.send(
+                    {"type": "offer", "pc": "subscribe", "sdp": sdp, "tracks": tracks}
+                )
 
         def failed(peer: Peer) -> None:
-            if participant.peer is peer and participant.connection is connection:
-                asyncio.ensure_future(self._media_failed(participant, connection))
+            current = participant.connection
+            if participant.peer is peer and current is not None:
+                leg = peer.failed_leg
+                asyncio.ensure_future(self._leg_failed(participant, current, peer, leg))
 
         participant.peer = self.router.add_peer(participant.id, send_offer, failed)
         logger.info(
@@ -200,6 +219,50 @@ class Session:
             await self.listener.joined(self, participant, connection)
         return participant
 
+    async def _resume(
+        self,
+        participant: Participant,
+        connection: Connection,
+        welcome: Callable[[Participant], dict[str, Any]],
+    ) -> Participant:
+        """The participant's page is back on a new socket with its peer connections: swap the
+        socket, keep the media, tell nobody (the page rebuilds legs that died meanwhile)."""
+        old = participant.connection
+        participant.connection = connection
+        participant.joins += 1
+        logger.info("[%s/%s] resumed on a new connection", self.id, participant.id)
+        if old is not None and old is not connection:
+            await old.close(1000, "resumed on a new connection")
+        await connection.send(welcome(participant) | {"resumed": True})
+        peer = participant.peer
+        if peer is not None:
+            # legs that died meanwhile (a rebuild told to the lost socket is started again)
+            for leg in ("publish", "subscribe"):
+                if peer.leg_lost(leg):
+                    asyncio.ensure_future(self._leg_failed(participant, connection, peer, leg))
+        return participant
+
+    def vanished(self, participant: Participant, connection: Connection) -> bool:
+        """The participant's socket closed without a ``leave``: if it has media, it leaves
+        only when its page does not resume on a new socket within :data:`RESUME_GRACE`
+        (True: kept for that long). False: nothing to keep, the caller makes it leave."""
+        peer = participant.peer
+        if participant.connection is not connection or peer is None or not peer.had_media():
+            return False
+
+        async def grace() -> None:
+            await asyncio.sleep(RESUME_GRACE)
+            try:
+                # bounded: aiortc's close can hang
+                await asyncio.wait_for(self.leave(participant, connection), 10.0)
+            except TimeoutError:
+                logger.warning("[%s/%s] leaving took longer than 10 s", self.id, participant.id)
+
+        task = asyncio.ensure_future(grace())
+        self._grace.add(task)
+        task.add_done_callback(self._grace.discard)
+        return True
+
     async def leave(self, participant: Participant, connection: Connection) -> None:
         """The participant left (``leave``, closed socket, vanished). Stale connections of a
         replaced participant are ignored."""
@@ -211,6 +274,31 @@ class Session:
         await self.broadcast({"type": "participant_left", "participant_id": participant.id})
         if self.listener is not None:
             await self.listener.left(self, participant)
+
+    async def _leg_failed(
+        self, participant: Participant, connection: Connection, peer: Peer, leg: Leg | None
+    ) -> None:
+        """One media leg died (silent, consent expired, DTLS closed): rebuild only that leg
+        (``reconnect`` tells the page which: it makes a new peer connection for it) while the
+        participant stays listed and everybody else's connections stay as they are. If the new
+        leg does not connect in time, or this connection has rebuilt too often, the page
+        reconnects in full (LiveKit's resume, then full reconnect)."""
+        if participant.peer is not peer or participant.connection is not connection:
+            return
+        if leg is None or peer.rebuilds >= LEG_REBUILDS_PER_JOIN:
+            await self._media_failed(participant, connection)
+            return
+        logger.info("[%s/%s] %s leg lost; rebuilding it", self.id, participant.id, leg)
+        await connection.send({"type": "reconnect", "pc": leg})
+        if participant.peer is not peer or participant.connection is not connection:
+            return
+        peer.rebuild(leg)
+        rebuilds = peer.rebuilds
+        if await peer.wait_connected(leg, LEG_REBUILD_TIMEOUT):
+            logger.info("[%s/%s] %s leg rebuilt", self.id, participant.id, leg)
+            return
+        if peer.rebuilds == rebuilds:  # not already being rebuilt again
+            await self._media_failed(participant, connection)
 
     async def _media_failed(self, participant: Participant, connection: Connection) -> None:
         """A media leg failed or closed under the relay (consent expired, DTLS closed): tell the
@@ -243,6 +331,8 @@ class Session:
         """End the session for everyone: ``session_ended``, then their sockets close."""
         if self.ended_at is not None:
             return
+        for task in list(self._grace):
+            task.cancel()
         self.ended_at = self.clock()
         self.end_reason = reason
         self.presence.close()
@@ -276,6 +366,8 @@ class Session:
         """Server shutdown with a store: drop every connection and the media, keep the session
         open (it is restored at the next start and its participants rejoin by themselves)."""
         self.presence.close()
+        for task in list(self._grace):
+            task.cancel()
         for participant in list(self.participants.values()):
             connection = participant.connection
             if connection is not None:
@@ -317,6 +409,14 @@ class Session:
             await peer.handle_subscribe_answer(answer.sdp)
         except RelayError as exc:
             raise SignalingError(str(exc), code=exc.code) from exc
+
+    def handle_reconnect(self, participant: Participant, leg: Leg) -> None:
+        """The page found one of its legs dead: rebuild it as if the relay had (in a task of its
+        own: the page's fresh offer must get through meanwhile)."""
+        peer, connection = self._peer(participant), participant.connection
+        if connection is None or peer.rebuilding(leg):
+            return  # already under way (the relay noticed first)
+        asyncio.ensure_future(self._leg_failed(participant, connection, peer, leg))
 
     async def handle_end(self, participant: Participant) -> None:
         if participant.role != "agent":

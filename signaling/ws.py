@@ -64,6 +64,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             heartbeat=HEARTBEAT, max_msg_size=messages.MAX_MESSAGE_BYTES, timeout=CLOSE_TIMEOUT
         )
         await ws.prepare(request)
+    except ConnectionError:
+        # the client gave up during the handshake (a page retrying its socket): nothing to log
+        limits.joined_or_closed(address)
+        return ws
     except BaseException:
         limits.joined_or_closed(address)
         raise
@@ -81,6 +85,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             asyncio.ensure_future(connection.close(CLOSE_JOIN_TIMEOUT, "no join message in time"))
 
     join_timer = loop.call_later(app[CONFIG].join_timeout, join_timeout)
+    finished = False
+    """The page left or ended the session (or must reconnect in full): no resume grace."""
     try:
         async for msg in ws:
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -136,7 +142,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                             "recording": recordings.state_of(app, s.id),
                         }
 
-                    participant = await session.join(claims, message.name, connection, welcome)
+                    participant = await session.join(
+                        claims, message.name, connection, welcome, resume=message.resume
+                    )
                     join_timer.cancel()
                     if unjoined:
                         unjoined = False
@@ -152,11 +160,15 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                     await connection.send(await session.handle_offer(participant, message))
                 elif isinstance(message, messages.Answer):
                     await session.handle_answer(participant, message)
+                elif isinstance(message, messages.Reconnect):
+                    session.handle_reconnect(participant, message.pc)
                 elif isinstance(message, messages.Leave):
+                    finished = True
                     await session.leave(participant, connection)
                     await connection.close(1000, "left")
                     break
                 elif isinstance(message, messages.End):
+                    finished = True
                     await session.handle_end(participant)
                     break
                 elif isinstance(message, messages.TrackState):
@@ -180,7 +192,15 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         if unjoined:
             limits.joined_or_closed(address)
         app[SOCKETS].discard(ws)
-        if session is not None and participant is not None:
+        if (
+            session is not None
+            and participant is not None
+            and not finished
+            and not app[DRAINING].is_set()
+            and session.vanished(participant, connection)
+        ):
+            pass  # the socket went away without a leave (a network drop?): the page may resume
+        elif session is not None and participant is not None:
             try:
                 await asyncio.wait_for(session.leave(participant, connection), LEAVE_TIMEOUT)
             except TimeoutError:

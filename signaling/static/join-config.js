@@ -4,9 +4,15 @@ export const GATHER_TIMEOUT_MS = 4000; // the relay is non-trickle: wait this lo
 export const ANSWER_TIMEOUT_MS = 15000;
 export const WELCOME_TIMEOUT_MS = 15000;
 export const PC_DISCONNECTED_GRACE_MS = 4000; // "disconnected" this long means the path is gone
+export const LEG_REBUILD_TIMEOUT_MS = 30000; // a rebuilt leg not connected by then: full reconnect
+export const MAX_LEG_REBUILDS = 5; // per attempt; then a lost leg means a full reconnect
+export const RESUME_WINDOW_MS = 30000; // the relay keeps a vanished participant's media 15 s after it noticed
+export const ONLINE_SETTLE_MS = 1000; // after the "online" event, before resuming on a fresh socket
+export const RECONNECT_PROBE_MS = 2000; // no answer to our reconnect: resume on a fresh socket
 export const RETRY_DELAYS_MS = Object.freeze([500, 1000, 2000, 4000, 8000]);
 // WebSocket close codes from the server (signaling/sessions.py); 4001 (media failed) reconnects
 export const CLOSE_REPLACED = 4000;
+export const CLOSE_MEDIA_FAILED = 4001;
 export const CLOSE_SESSION_ENDED = 4002;
 export const CLOSE_TEST_DROP = 4099;
 

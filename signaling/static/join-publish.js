@@ -43,11 +43,19 @@ export function createPublisher(app) {
       if (call && call.welcomed) app.signaling.send(call, { type: "track_state", source, enabled });
     },
 
+    /** Send what we have (microphone, camera, screen) on a new publish connection. */
+    publishLocal(attempt) {
+      if (local.mic) publisher.addSender(attempt, "microphone", local.micMuted ? null : local.mic, "audio");
+      if (local.camera || local.cameraOff) publisher.addSender(attempt, "camera", local.cameraOff ? null : local.camera, "video");
+      if (local.screen) publisher.addSender(attempt, "screen", local.screen, "video");
+      if (Object.keys(attempt.senders).length) publisher.renegotiate(attempt);
+    },
+
     /** Queue one offer/answer round on the publish connection (rounds never overlap). */
     renegotiate(attempt) {
       const run = () => publisher.publishOnce(attempt);
       attempt.publishChain = attempt.publishChain.then(run, run).catch((err) => {
-        if (attempt.closed) return;
+        if (attempt.closed || /leg rebuilt/.test(String(err))) return;
         console.warn("parley: publish negotiation failed:", err);
         if (/timed out/.test(String(err))) app.signaling.lostConnection(attempt, `publish: ${err}`);
         else app.ui.banner(`Could not update what you send: ${err.message || err}`);

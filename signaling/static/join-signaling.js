@@ -1,11 +1,19 @@
 // parley join page: signaling. One connection attempt = a WebSocket to /api/v1/ws, the join,
 // and after the welcome two RTCPeerConnections to the relay (publish and subscribe). A lost
-// connection is retried as a new attempt with the same token. Protocol: docs/browser.md.
+// connection is retried as a new attempt with the same token; a dead media leg alone is rebuilt
+// within the attempt (`reconnect`, LiveKit's resume before the full reconnect). Protocol:
+// docs/browser.md, docs/design.md.
 
 import {
+  CLOSE_MEDIA_FAILED,
   CLOSE_REPLACED,
   CLOSE_SESSION_ENDED,
+  LEG_REBUILD_TIMEOUT_MS,
+  MAX_LEG_REBUILDS,
+  ONLINE_SETTLE_MS,
   PC_DISCONNECTED_GRACE_MS,
+  RECONNECT_PROBE_MS,
+  RESUME_WINDOW_MS,
   RETRY_DELAYS_MS,
   WELCOME_TIMEOUT_MS,
   endedText,
@@ -34,19 +42,46 @@ export function waitForGathering(pc, ms) {
 export function createSignaling(app) {
   const st = app.state;
   const signaling = {
+    /** The device's network came back after going away: the old socket may sit in TCP
+     * back-off for seconds, so resume on a fresh one now (the relay restarts lost legs). */
+    onOnline() {
+      const attempt = st.call;
+      if (!attempt || attempt.closed || !attempt.welcomed || !attempt.wentOffline) return;
+      attempt.wentOffline = false;
+      // after a moment: the browser's WebRTC network list follows the "online" event
+      signaling.resume(attempt, "the network came back");
+      clearTimeout(attempt.resumeTimer);
+      attempt.resumeTimer = setTimeout(() => signaling.openSocket(attempt, true), ONLINE_SETTLE_MS);
+    },
+
     send(attempt, msg) {
       if (attempt.ws && attempt.ws.readyState === WebSocket.OPEN) attempt.ws.send(JSON.stringify(msg));
     },
 
-    /** A new attempt (the first, or a reconnect). */
+    /** A new attempt (the first, or a reconnect). While an attempt is resuming (the "online"
+     * event, say), its socket is retried at once instead. */
     connect() {
       clearTimeout(st.retryTimer);
+      if (st.call && !st.call.closed && st.call.resuming) return signaling.openSocket(st.call, true);
       const attempt = createAttempt(++st.attemptSeq);
       st.call = attempt;
       if (st.phase !== "reconnecting") app.ui.setState("connecting");
+      signaling.openSocket(attempt, false);
+      attempt.welcomeTimer = setTimeout(() => {
+        if (!attempt.welcomed) signaling.lostConnection(attempt, "no welcome from the server");
+      }, WELCOME_TIMEOUT_MS);
+    },
+
+    /** The attempt's WebSocket; `resume`: join again keeping this attempt's peer connections. */
+    openSocket(attempt, resume) {
+      clearTimeout(attempt.resumeTimer);
+      if (attempt.ws && attempt.ws.readyState <= WebSocket.OPEN) {
+        attempt.ws.onclose = null;
+        attempt.ws.close(1000);
+      }
       const ws = new WebSocket(wsUrl(location));
       attempt.ws = ws;
-      ws.onopen = () => signaling.send(attempt, { type: "join", token: st.token, name: st.name });
+      ws.onopen = () => signaling.send(attempt, { type: "join", token: st.token, name: st.name, ...(resume ? { resume: true } : {}) });
       ws.onmessage = (ev) => {
         let msg;
         try {
@@ -54,25 +89,56 @@ export function createSignaling(app) {
         } catch {
           return;
         }
-        signaling.onMessage(attempt, msg);
+        if (attempt.ws === ws) signaling.onMessage(attempt, msg);
       };
       ws.onclose = (ev) => {
-        if (attempt.closed || st.call !== attempt) return;
+        if (attempt.closed || st.call !== attempt || attempt.ws !== ws) return;
         if (ev.code === CLOSE_REPLACED) {
           return app.controller.finish("left", "You joined from another tab or device", "This window was disconnected because the same link was opened elsewhere.", true);
         }
         if (ev.code === CLOSE_SESSION_ENDED) return app.controller.finish("ended", "The session has ended", endedText(""));
+        if (attempt.welcomed && ev.code !== CLOSE_MEDIA_FAILED) return signaling.resume(attempt, `signaling closed (${ev.code})`);
         signaling.lostConnection(attempt, `signaling closed (${ev.code})`);
       };
-      attempt.welcomeTimer = setTimeout(() => {
-        if (!attempt.welcomed) signaling.lostConnection(attempt, "no welcome from the server");
-      }, WELCOME_TIMEOUT_MS);
+    },
+
+    /** Only the WebSocket was lost (a network drop, a proxy cutting idle connections): keep the
+     * peer connections and join again with `resume`, for as long as the relay keeps our media
+     * (RESUME_WINDOW_MS); then, or if the relay answers without `resumed`, a full reconnect. */
+    resume(attempt, why) {
+      const now = Date.now();
+      if (!attempt.resuming) {
+        console.warn("parley: signaling lost, resuming:", why);
+        attempt.resuming = now;
+        attempt.resumeTries = 0;
+        app.ui.setState("reconnecting", "Reconnecting…");
+        app.ui.banner("Connection lost. Reconnecting…");
+      }
+      if (now - attempt.resuming > RESUME_WINDOW_MS) return signaling.lostConnection(attempt, `${why}; not resumed in time`);
+      const delay = RETRY_DELAYS_MS[Math.min(attempt.resumeTries, RETRY_DELAYS_MS.length - 1)];
+      attempt.resumeTries += 1;
+      clearTimeout(attempt.resumeTimer);
+      attempt.resumeTimer = setTimeout(() => signaling.openSocket(attempt, true), Math.min(delay, 2000));
+    },
+
+    onResumed(attempt, msg) {
+      if (!msg.resumed) return signaling.lostConnection(attempt, "the relay no longer had our media");
+      attempt.resuming = 0;
+      clearTimeout(attempt.resumeTimer);
+      st.roster.clear();
+      for (const p of msg.participants || []) {
+        if (p.participant_id !== msg.participant_id && !p.left_at) st.roster.set(p.participant_id, p);
+      }
+      app.ui.setState("connected");
+      app.ui.banner("");
+      app.remote.renderRoster();
     },
 
     teardown(attempt) {
       if (!attempt || attempt.closed) return;
       attempt.closed = true;
       clearTimeout(attempt.welcomeTimer);
+      clearTimeout(attempt.resumeTimer);
       for (const t of Object.values(attempt.pcTimers)) clearTimeout(t);
       if (attempt.answerWaiter) attempt.answerWaiter.reject(new Error("connection closed"));
       for (const pc of [attempt.publish, attempt.subscribe]) {
@@ -97,7 +163,10 @@ export function createSignaling(app) {
       if (attempt !== st.call || attempt.closed) return;
       switch (msg.type) {
         case "welcome":
-          return signaling.onWelcome(attempt, msg);
+          return attempt.welcomed ? signaling.onResumed(attempt, msg) : signaling.onWelcome(attempt, msg);
+        case "reconnect":
+          if (msg.pc === "publish" || msg.pc === "subscribe") signaling.rebuildLeg(attempt, msg.pc);
+          return;
         case "answer":
           if (msg.pc === "publish" && attempt.answerWaiter) attempt.answerWaiter.resolve(msg);
           return;
@@ -137,7 +206,10 @@ export function createSignaling(app) {
 
     onError(attempt, msg) {
       const text = msg.message || msg.code || "error";
-      if (!attempt.welcomed) {
+      if (attempt.resuming && !["session_ended", "session_not_found"].includes(msg.code)) {
+        return signaling.lostConnection(attempt, `resume refused: ${text}`);
+      }
+      if (!attempt.welcomed || attempt.resuming) {
         // the server refused the join: retrying with the same token will not help
         const ended = msg.code === "session_ended" || msg.code === "session_not_found";
         return app.controller.finish(ended ? "ended" : "failed", ended ? "The session has ended" : "Could not join the call", text);
@@ -169,22 +241,14 @@ export function createSignaling(app) {
         iceTransportPolicy: msg.ice_transport_policy || "all",
         bundlePolicy: "max-bundle",
       };
-      attempt.publish = new RTCPeerConnection(config);
-      attempt.subscribe = new RTCPeerConnection(config);
-      for (const [label, pc] of [["publish", attempt.publish], ["subscribe", attempt.subscribe]]) {
-        pc.onconnectionstatechange = () => signaling.watchPc(attempt, label, pc);
-      }
-      attempt.subscribe.ontrack = () => app.remote.reconcile(attempt);
-
-      const local = st.local;
-      const publisher = app.publisher;
-      if (local.mic) publisher.addSender(attempt, "microphone", local.micMuted ? null : local.mic, "audio");
-      if (local.camera || local.cameraOff) publisher.addSender(attempt, "camera", local.cameraOff ? null : local.camera, "video");
-      if (local.screen) publisher.addSender(attempt, "screen", local.screen, "video");
-      if (Object.keys(attempt.senders).length) publisher.renegotiate(attempt);
+      attempt.pcConfig = config;
+      signaling.newPc(attempt, "publish");
+      signaling.newPc(attempt, "subscribe");
+      app.publisher.publishLocal(attempt);
       // the server starts a (re)joined participant with nothing turned off
-      if (local.mic && local.micMuted) publisher.trackState("microphone", false);
-      if (local.cameraOff) publisher.trackState("camera", false);
+      const local = st.local;
+      if (local.mic && local.micMuted) app.publisher.trackState("microphone", false);
+      if (local.cameraOff) app.publisher.trackState("camera", false);
 
       $("end-button").hidden = msg.role !== "agent";
       app.recording.show(msg.recording, msg.role);
@@ -196,20 +260,84 @@ export function createSignaling(app) {
       app.media.render();
     },
 
+    /** A new peer connection for one leg ("publish" or "subscribe") of this attempt. */
+    newPc(attempt, label) {
+      const pc = new RTCPeerConnection(attempt.pcConfig);
+      attempt[label] = pc;
+      pc.onconnectionstatechange = () => signaling.watchPc(attempt, label, pc);
+      if (label === "subscribe") pc.ontrack = () => app.remote.reconcile(attempt);
+      return pc;
+    },
+
+    /** The relay rebuilds one leg (`reconnect`): replace only that peer connection. Publish:
+     * a fresh offer with the same sources (the relay's producers carry on, nobody else
+     * renegotiates). Subscribe: the relay's fresh offer follows. The session, the other leg
+     * and the roster stay; the remote tiles freeze until the new leg carries media. */
+    rebuildLeg(attempt, label) {
+      if (attempt.closed || !attempt[label]) return;
+      const old = attempt[label];
+      old.onconnectionstatechange = null;
+      old.ontrack = null;
+      old.close();
+      clearTimeout(attempt.pcTimers[label]);
+      clearTimeout(attempt.pcTimers[`${label}-rebuild`]);
+      clearTimeout(attempt.pcTimers[`${label}-probe`]);
+      attempt.legRebuilds = (attempt.legRebuilds || 0) + 1;
+      const pc = signaling.newPc(attempt, label);
+      if (label === "publish") {
+        if (attempt.answerWaiter) attempt.answerWaiter.reject(new Error("publish leg rebuilt"));
+        attempt.senders = {};
+        app.publisher.publishLocal(attempt);
+      } else {
+        attempt.tracks = new Map();
+      }
+      // the fallback: the full reconnect if the new leg does not connect in time
+      attempt.pcTimers[`${label}-rebuild`] = setTimeout(() => {
+        if (attempt[label] === pc && pc.connectionState !== "connected") {
+          signaling.lostConnection(attempt, `${label} leg rebuild did not connect`);
+        }
+      }, LEG_REBUILD_TIMEOUT_MS);
+    },
+
+    /** One leg looks dead: ask the relay to rebuild it (it answers `reconnect`), or, with no
+     * signaling or after too many rebuilds, reconnect in full. */
+    legLost(attempt, label, why) {
+      if (attempt.resuming) return; // the relay restarts lost legs when we are back
+      const open = attempt.ws && attempt.ws.readyState === WebSocket.OPEN;
+      if (!open || (attempt.legRebuilds || 0) >= MAX_LEG_REBUILDS) return signaling.lostConnection(attempt, why);
+      console.warn("parley: media leg lost, rebuilding it:", why);
+      signaling.send(attempt, { type: "reconnect", pc: label });
+      // no answer soon: the socket is probably down too (or stuck in TCP back-off after a
+      // network drop), so resume on a fresh one; the relay then restarts the lost legs
+      const lost = attempt[label];
+      clearTimeout(attempt.pcTimers[`${label}-probe`]);
+      attempt.pcTimers[`${label}-probe`] = setTimeout(() => {
+        if (attempt[label] === lost && !attempt.closed) signaling.resume(attempt, `no answer to reconnect ${label}`);
+      }, RECONNECT_PROBE_MS);
+      clearTimeout(attempt.pcTimers[`${label}-rebuild`]);
+      attempt.pcTimers[`${label}-rebuild`] = setTimeout(() => {
+        if (attempt[label] && attempt[label].connectionState !== "connected") signaling.lostConnection(attempt, `${why}; no rebuild`);
+      }, LEG_REBUILD_TIMEOUT_MS);
+    },
+
     watchPc(attempt, label, pc) {
-      if (attempt.closed) return;
+      if (attempt.closed || attempt[label] !== pc) return;
       const s = pc.connectionState;
       clearTimeout(attempt.pcTimers[label]);
       if (s === "failed") {
-        signaling.lostConnection(attempt, `${label} peer connection failed`);
+        signaling.legLost(attempt, label, `${label} peer connection failed`);
       } else if (s === "disconnected") {
         attempt.pcTimers[label] = setTimeout(() => {
-          if (["disconnected", "failed"].includes(pc.connectionState)) {
-            signaling.lostConnection(attempt, `${label} peer connection disconnected`);
+          if (attempt[label] === pc && ["disconnected", "failed"].includes(pc.connectionState)) {
+            signaling.legLost(attempt, label, `${label} peer connection disconnected`);
           }
         }, PC_DISCONNECTED_GRACE_MS);
       }
     },
   };
+  window.addEventListener("offline", () => {
+    if (st.call) st.call.wentOffline = true;
+  });
+  window.addEventListener("online", () => signaling.onOnline());
   return signaling;
 }

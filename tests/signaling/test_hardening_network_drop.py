@@ -1,7 +1,9 @@
 """A participant's network drops in the middle of a call (issue 12). The relay notices when its
 consent checks expire (aioice's interval is shortened here so the test takes seconds, not 30 s),
-tells the page (``error`` ``media_failed``, then close 4001 so it reconnects), lists the
-participant as gone and tells the others."""
+would rebuild the dead legs (``reconnect``, tests/signaling/test_reconnect.py); here no rebuild
+is allowed, so it takes its fallback, the full reconnect: it tells the page
+(``error`` ``media_failed``, then close 4001 so it reconnects), lists the participant as gone and
+tells the others."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import aioice.ice
 import pytest
 from aiortc import RTCPeerConnection
 
+from parley.signaling import sessions
 from parley.signaling.keys import SESSIONS
 from parley.signaling.sessions import CLOSE_MEDIA_FAILED
 from tests.signaling.conftest import Service
@@ -28,6 +31,8 @@ async def test_a_dead_leg_is_reported_to_the_page_and_the_participant_listed_as_
     service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)
+    # no leg rebuild allowed: straight to the full reconnect (the fallback when rebuilds fail)
+    monkeypatch.setattr(sessions, "LEG_REBUILDS_PER_JOIN", 0)
     session = await service.create_session()
     agent, customer = await call(service.base_url, session["agent_url"], session["customer_url"])
     try:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
+from parley.signaling import sessions
 from parley.signaling.keys import SESSIONS
 from tests.media_client import wait_for
 from tests.signaling.conftest import ServiceFactory
@@ -13,8 +16,10 @@ from tests.signaling.test_media import assert_two_way_media, call
 
 
 async def test_a_leg_closed_under_the_relay_ends_that_participant_visibly(
-    service_factory: ServiceFactory,
+    service_factory: ServiceFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # no leg rebuild allowed (tests/signaling/test_reconnect.py has those): the fallback
+    monkeypatch.setattr(sessions, "LEG_REBUILDS_PER_JOIN", 0)
     service = await service_factory()
     session = await service.create_session()
     agent, customer = await call(service.base_url, session["agent_url"], session["customer_url"])

@@ -34,6 +34,7 @@ TURN_TYPES = {
 RELAY_TYPES = {
     "parley_sessions": "gauge",
     "parley_participants": "gauge",
+    "parley_asyncio_tasks": "gauge",
     "parley_rtp_received_packets": "gauge",
     "parley_rtp_received_bytes": "gauge",
     "parley_rtp_forwarded_packets": "gauge",

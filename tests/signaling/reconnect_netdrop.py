@@ -1,0 +1,167 @@
+"""One Chromium participant's network interface goes down for 10 s and comes back (issue 12).
+
+Run by tests/signaling/test_reconnect_netdrop.py inside a network namespace of its own (A) with a
+veth pair: v0 (10.201.0.1) stays in A, where `parley serve` and the pages of Alice and Sue run;
+v1 (10.201.0.2) is moved into a second namespace (B), held by a `sleep`, where Carl's Chromium
+runs (launched through nsenter). `ip link set v1 down` in B is Carl's network dropping: media and
+signaling together. Prints one JSON line of figures; exit status 0 when the call recovered
+without a full reconnect and Sue never lost Alice's video.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from playwright import sync_api  # noqa: E402
+
+from tests.signaling.browser_support import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ParleyServer,
+    media_stats,
+    participant_id,
+    wait_for_media,
+    wait_for_state,
+)
+
+SERVER_IP, CARL_IP = "10.201.0.1", "10.201.0.2"
+DROP_SECONDS = 10.0
+AV = ("camera", "microphone")
+
+
+def sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, timeout=10)
+
+
+def namespace_b() -> subprocess.Popen[bytes]:
+    """A second network namespace, held by a sleeping process, with v1 in it."""
+    holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "120"])
+    ns = f"/proc/{holder.pid}/ns/net"
+    for _ in range(50):  # bounded: the namespace exists once unshare has exec'd sleep
+        if os.readlink(ns) != os.readlink("/proc/self/ns/net"):
+            break
+        time.sleep(0.05)
+    sh("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+    sh("ip", "addr", "add", f"{SERVER_IP}/24", "dev", "v0")
+    sh("ip", "link", "set", "v0", "up")
+    sh("ip", "link", "set", "v1", "netns", str(holder.pid))
+    in_b = ["nsenter", f"--net={ns}"]
+    sh(*in_b, "ip", "link", "set", "lo", "up")
+    sh(*in_b, "ip", "addr", "add", f"{CARL_IP}/24", "dev", "v1")
+    sh(*in_b, "ip", "link", "set", "v1", "up")
+    return holder
+
+
+def frames(page: Any, key: str) -> int:
+    stats = media_stats(page)["media"].get(key)
+    return int(stats["framesDecoded"]) if stats else 0
+
+
+def main() -> int:
+    holder = namespace_b()
+    in_b = ["nsenter", f"--net=/proc/{holder.pid}/ns/net"]
+    wrapper = Path(tempfile.mkdtemp(prefix="parley-netdrop-")) / "chromium-in-b"
+    wrapper.write_text(f'#!/bin/sh\nexec {" ".join(in_b)} {CHROMIUM} "$@"\n')
+    wrapper.chmod(0o755)
+    server = ParleyServer()
+    origin = f"http://{SERVER_IP}:{server.port}"
+    server.extra = ["--host", "0.0.0.0", "--public-url", origin, "--media-address", SERVER_IP]
+    args = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={origin}"]
+    server.start()
+    try:
+        with sync_api.sync_playwright() as p:
+            here = p.chromium.launch(executable_path=CHROMIUM, args=args)
+            there = p.chromium.launch(executable_path=str(wrapper), args=args)
+            session = server.create_session("netdrop")
+            sue_url = server.api(
+                "POST",
+                f"/api/v1/sessions/{session['session_id']}/invites",
+                {"role": "agent", "name": "Sue"},
+            )["url"]
+            pages: dict[str, Any] = {}
+            for browser, url, name in (
+                (here, session["agent_url"], "Alice"),
+                (there, session["customer_url"], "Carl"),
+                (here, sue_url, "Sue"),
+            ):
+                page = browser.new_context(permissions=["camera", "microphone"]).new_page()
+                page.set_default_timeout(20_000)
+                page.goto(url)
+                page.get_by_label("Your name").fill(name)
+                page.get_by_role("button", name="Join", exact=True).click()
+                wait_for_state(page, "connected")
+                pages[name] = page
+            ids = {name: participant_id(page) for name, page in pages.items()}
+            for name, page in pages.items():
+                wait_for_media(page, {ids[o]: AV for o in pages if o != name}, timeout=40)
+            attempts = {n: pg.evaluate("() => window.parley.attempts") for n, pg in pages.items()}
+            watched = {
+                "Alice <- Carl": (pages["Alice"], f"{ids['Carl']}/camera"),
+                "Carl <- Alice": (pages["Carl"], f"{ids['Alice']}/camera"),
+                "Sue <- Alice": (pages["Sue"], f"{ids['Alice']}/camera"),
+            }
+            rises: dict[str, list[float]] = {k: [] for k in watched}
+            last = {k: -1 for k in watched}
+
+            def sample() -> None:
+                for key, (page, track) in watched.items():
+                    count = frames(page, track)
+                    if count > last[key]:
+                        rises[key].append(time.monotonic())
+                    last[key] = count
+
+            sample()
+            down_at = time.monotonic()
+            sh(*in_b, "ip", "link", "set", "v1", "down")
+            while time.monotonic() - down_at < DROP_SECONDS:
+                sample()
+                pages["Sue"].wait_for_timeout(100)  # lets the pages run
+            sh(*in_b, "ip", "link", "set", "v1", "up")
+            up_at = time.monotonic()
+            for _ in range(300):  # bounded: about 30 s after the network is back
+                sample()
+                if all(rises[k] and rises[k][-1] > up_at + 0.5 for k in watched):
+                    break
+                pages["Sue"].wait_for_timeout(100)
+            figures: dict[str, Any] = {"drop_s": DROP_SECONDS}
+            for key in watched:
+                after = [t for t in rises[key] if t > up_at + 0.3]
+                figures[f"{key}: video back after network up (s)"] = (
+                    round(after[0] - up_at, 2) if after else None
+                )
+                before = [t for t in rises[key] if t < down_at][-1:]
+                times = before + [t for t in rises[key] if t >= down_at]
+                gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+                figures[f"{key}: longest gap (s)"] = round(max(gaps, default=0.0), 2)
+            now_attempts = {
+                n: pg.evaluate("() => window.parley.attempts") for n, pg in pages.items()
+            }
+            figures["full reconnects"] = {n: now_attempts[n] - attempts[n] for n in pages}
+            figures["states"] = {
+                n: pg.evaluate("() => window.parley.state") for n, pg in pages.items()
+            }
+            print(json.dumps(figures))
+            ok = (
+                all(figures[f"{k}: video back after network up (s)"] is not None for k in watched)
+                and figures["Sue <- Alice: longest gap (s)"] < 2.0
+                and figures["full reconnects"] == {n: 0 for n in pages}
+            )
+            here.close()
+            there.close()
+            return 0 if ok else 1
+    finally:
+        server.stop()
+        holder.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
