@@ -297,3 +297,16 @@ def live_local_tracks(page: Any) -> list[str]:
             "() => window.parley.localTracks.filter(t => t.readyState === 'live').map(t => t.kind)"
         )
     )
+
+
+@contextlib.contextmanager
+def launch_chromium() -> Iterator[Any]:
+    """Debian's chromium through Playwright, with the flags every browser test uses."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

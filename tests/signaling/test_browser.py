@@ -15,10 +15,10 @@ import pytest
 from .browser_support import (
     ARTIFACTS,
     CHROMIUM,
-    CHROMIUM_ARGS,
     PAIRS_JS,
     ParleyServer,
     chromium_available,
+    launch_chromium,
     live_local_tracks,
     media_stats,
     participant_id,
@@ -53,12 +53,8 @@ def server() -> Iterator[ParleyServer]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with launch_chromium() as b:
+        yield b
 
 
 Opener = Callable[..., Any]

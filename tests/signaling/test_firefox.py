@@ -20,10 +20,10 @@ import pytest
 
 from .browser_support import (
     CHROMIUM,
-    CHROMIUM_ARGS,
     PAIRS_JS,
     ParleyServer,
     chromium_available,
+    launch_chromium,
     media_stats,
     running_server,
     wait_for_media,
@@ -58,12 +58,8 @@ def server() -> Iterator[ParleyServer]:
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with launch_chromium() as b:
+        yield b
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ import pytest
 
 from .browser_support import (
     CHROMIUM,
-    CHROMIUM_ARGS,
     ParleyServer,
     chromium_available,
+    launch_chromium,
     media_stats,
     participant_id,
     running_server,
@@ -46,12 +46,8 @@ def server() -> Iterator[ParleyServer]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with launch_chromium() as b:
+        yield b
 
 
 def join(browser: Any, url: str, name: str, errors: list[str]) -> Any:
