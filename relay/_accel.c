@@ -90,48 +90,40 @@ static int Session_init(Session *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
-static PyObject *Session_protect(Session *self, PyObject *arg) {
+typedef srtp_err_status_t (*srtp_transform)(srtp_t, void *, int *);
+
+/* One packet through srtp_protect or srtp_unprotect, on a stack copy (the input is immutable). */
+static PyObject *Session_apply(Session *self, PyObject *arg, srtp_transform transform,
+                               Py_ssize_t max_len, const char *what) {
     Py_buffer in;
     if (PyObject_GetBuffer(arg, &in, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
-    if (in.len < 12 || in.len > MAX_PACKET) {
+    if (in.len < 12 || in.len > max_len) {
         PyBuffer_Release(&in);
-        PyErr_SetString(AccelError, "RTP packet size out of range");
+        PyErr_Format(AccelError, "%s packet size out of range",
+                     transform == srtp_protect ? "RTP" : "SRTP");
         return NULL;
     }
     unsigned char buf[BUF_SIZE];
     int len = (int)in.len;
     memcpy(buf, in.buf, in.len);
     PyBuffer_Release(&in);
-    srtp_err_status_t status = srtp_protect(self->ctx, buf, &len);
+    srtp_err_status_t status = transform(self->ctx, buf, &len);
     if (status != srtp_err_status_ok) {
-        PyErr_Format(AccelError, "srtp_protect failed (%d)", (int)status);
+        PyErr_Format(AccelError, "%s failed (%d)", what, (int)status);
         return NULL;
     }
     return PyBytes_FromStringAndSize((char *)buf, len);
 }
 
+static PyObject *Session_protect(Session *self, PyObject *arg) {
+    return Session_apply(self, arg, srtp_protect, MAX_PACKET, "srtp_protect");
+}
+
 static PyObject *Session_unprotect(Session *self, PyObject *arg) {
-    Py_buffer in;
-    if (PyObject_GetBuffer(arg, &in, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    if (in.len < 12 || in.len > MAX_PACKET + SRTP_MAX_TRAILER_LEN) {
-        PyBuffer_Release(&in);
-        PyErr_SetString(AccelError, "SRTP packet size out of range");
-        return NULL;
-    }
-    unsigned char buf[BUF_SIZE];
-    int len = (int)in.len;
-    memcpy(buf, in.buf, in.len);
-    PyBuffer_Release(&in);
-    srtp_err_status_t status = srtp_unprotect(self->ctx, buf, &len);
-    if (status != srtp_err_status_ok) {
-        PyErr_Format(AccelError, "srtp_unprotect failed (%d)", (int)status);
-        return NULL;
-    }
-    return PyBytes_FromStringAndSize((char *)buf, len);
+    return Session_apply(self, arg, srtp_unprotect, MAX_PACKET + SRTP_MAX_TRAILER_LEN,
+                         "srtp_unprotect");
 }
 
 static PyMethodDef Session_methods[] = {
