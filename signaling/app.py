@@ -81,10 +81,14 @@ def create_app(config: ServiceConfig) -> web.Application:
     app[SOCKETS] = weakref.WeakSet()
     app[ICE_SERVERS] = ice_servers_factory(config, list(config.turn.external_urls))
     app[DRAINING] = asyncio.Event()
-    app[LIMITS] = Limits(
-        sessions_per_minute=config.sessions_per_minute,
-        joins_per_minute=config.joins_per_minute,
-        messages_per_second=config.messages_per_second,
+    app[LIMITS] = (
+        Limits.unlimited()  # a media worker: its control process applies the limits
+        if config.worker
+        else Limits(
+            sessions_per_minute=config.sessions_per_minute,
+            joins_per_minute=config.joins_per_minute,
+            messages_per_second=config.messages_per_second,
+        )
     )
     app.add_routes(api.routes)
     app.router.add_get("/api/v1/ws", websocket_handler)
@@ -201,7 +205,8 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
             await manager.expire()
 
     task = asyncio.ensure_future(sweep())
-    app[metrics.REGISTRY].register(LimitsCollector(app))
+    if not app[CONFIG].worker:  # a worker's are all off; the control process reports its own
+        app[metrics.REGISTRY].register(LimitsCollector(app))
     yield
     task.cancel()
     await shutdown(app)

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import hmac
 import json
 import logging
 import os
@@ -46,7 +47,7 @@ from parley.turn.server import TurnServer
 from . import messages, tokens
 from .api import client_address, error_middleware
 from .config import ServiceConfig
-from .errors import ShuttingDown, SignalingError
+from .errors import RateLimited, ShuttingDown, SignalingError
 from .keys import CONFIG, DRAINING, ICE_SERVERS, LIMITS, RELAYED_TRANSPORTS, SESSIONS
 from .limits import Limits
 from .ws import GOING_AWAY_REASON, HEARTBEAT
@@ -490,6 +491,26 @@ async def forwarded_scheme(request: web.Request, handler: Any) -> web.StreamResp
     return await handler(request)
 
 
+def _check_api_limits(request: web.Request) -> bool:
+    """The HTTP API's rate limits, here for the whole machine (the workers apply none): session
+    creation per API key (before forwarding, as api.create_session checks it before reading the
+    body). True when the request carries a wrong API key (the worker's 401 then costs the
+    client's address a token, as in api._authorize)."""
+    config = request.app[CONFIG]
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not key:
+        return False
+    if not hmac.compare_digest(key.strip().encode(), config.api_key.encode()):
+        return True
+    if (
+        request.method == "POST"
+        and request.path == "/api/v1/sessions"
+        and not request.app[DRAINING].is_set()
+    ):
+        request.app[LIMITS].sessions.check(config.api_key)
+    return False
+
+
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
     control = request.app[CONTROL]
     path = request.path
@@ -504,6 +525,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
             raise NoWorker() from exc
     if worker is None:
         worker = control.least_loaded()
+    wrong_key = _check_api_limits(request)
     body = await request.read()
     assert worker.http is not None
     try:
@@ -518,6 +540,9 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         logger.warning("media worker %d did not answer: %s", worker.index, exc)
         raise NoWorker() from exc
     try:
+        if wrong_key and upstream.status == 401:
+            # as api._authorize: a wrong key costs the address a token (429 once none is left)
+            request.app[LIMITS].auth_failures.check(client_address(request))
         if (
             request.method == "POST"
             and path.rstrip("/") == "/api/v1/sessions"
@@ -555,16 +580,84 @@ def _session_of_join(config: ServiceConfig, data: str) -> str | None:
     return None
 
 
+class PageGate:
+    """The limits ws.py applies to a page's socket in one process, applied here for the whole
+    machine (the workers apply none): the socket counts as unjoined for its address until its
+    worker welcomes it; every message takes a token from the connection's bucket; until the
+    welcome, a ``join`` takes one from the address's join bucket. A refused message is answered
+    here and never reaches the worker."""
+
+    def __init__(self, limits: Limits, address: str, ws: web.WebSocketResponse) -> None:
+        self.limits = limits
+        self.address = address
+        self.ws = ws
+        self.bucket = limits.message_bucket()
+        self.throttled_until = 0.0
+        self.joined = False
+        self.unjoined = True
+
+    def release(self) -> None:
+        """No longer an unjoined socket of its address (welcomed, or closed)."""
+        if self.unjoined:
+            self.unjoined = False
+            self.limits.joined_or_closed(self.address)
+
+    async def admit(self, msg: aiohttp.WSMessage) -> bool:
+        """Whether ``msg`` goes on to the worker (else it was answered here)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        wait = self.bucket.take(now)
+        if wait > 0:
+            self.limits.messages_rejected += 1
+            if now >= self.throttled_until:  # answered at most once a second, as in ws.py
+                self.throttled_until = now + 1.0
+                await self._send(
+                    messages.error_message(
+                        "rate_limited", f"too many messages; retry in {wait:.1f} s"
+                    )
+                    | {"retry_after": round(wait, 1)}
+                )
+            return False
+        if not self.joined and msg.type == WSMsgType.TEXT and _type_of(msg.data) == "join":
+            try:
+                self.limits.joins.check(self.address)
+            except RateLimited as exc:
+                await self._send(
+                    messages.error_message(exc.code, exc.message)
+                    | {"retry_after": round(exc.retry_after, 1)}
+                )
+                return False
+        return True
+
+    def from_worker(self, data: str) -> None:
+        """Watch the worker's messages until it welcomes the page."""
+        if not self.joined and _type_of(data) == "welcome":
+            self.joined = True
+            self.release()
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.send_json(message)
+
+
+def _type_of(data: str) -> str:
+    """The ``type`` of a JSON message ("" when it is not one; the worker answers those)."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return ""
+    kind = value.get("type") if isinstance(value, dict) else None
+    return kind if isinstance(kind, str) else ""
+
+
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     """Accept the page's socket, wait for its first message, relay to its session's worker."""
     app = request.app
-    control = app[CONTROL]
-    config = app[CONFIG]
     if app[DRAINING].is_set():
         raise ShuttingDown("the server is shutting down; reconnect shortly")
     limits = app[LIMITS]
     address = client_address(request)
-    limits.open_unjoined(address)
+    limits.open_unjoined(address)  # 429 when this address holds too many unjoined sockets
     try:
         ws = web.WebSocketResponse(
             heartbeat=HEARTBEAT, max_msg_size=messages.MAX_MESSAGE_BYTES, timeout=2.0
@@ -573,16 +666,30 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     except BaseException:
         limits.joined_or_closed(address)
         raise
+    gate = PageGate(limits, address, ws)
     try:
+        return await _serve_page(request, ws, gate)
+    finally:
+        gate.release()
+
+
+async def _serve_page(
+    request: web.Request, ws: web.WebSocketResponse, gate: PageGate
+) -> web.WebSocketResponse:
+    control = request.app[CONTROL]
+    config = request.app[CONFIG]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + config.join_timeout
+    while True:  # the first message the limits let through picks the worker
         try:
-            first = await ws.receive(timeout=config.join_timeout)
+            first = await ws.receive(timeout=max(0.0, deadline - loop.time()))
         except TimeoutError:
             await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"no join message in time")
             return ws
-    finally:
-        limits.joined_or_closed(address)
-    if first.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-        return ws
+        if first.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            return ws
+        if await gate.admit(first):
+            break
     session_id = _session_of_join(config, first.data) if first.type == WSMsgType.TEXT else None
     worker: Worker | None = None
     try:
@@ -602,7 +709,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         upstream = await worker.http.ws_connect(
             "http://worker/api/v1/ws",
             headers={
-                "X-Forwarded-For": address,
+                "X-Forwarded-For": gate.address,
                 "User-Agent": request.headers.get("User-Agent", ""),
             },
             max_msg_size=messages.MAX_MESSAGE_BYTES,
@@ -618,7 +725,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             await upstream.send_str(first.data)
         else:
             await upstream.send_bytes(first.data)
-        reason = await _relay(ws, upstream)
+        reason = await _relay(ws, upstream, gate)
     finally:
         worker.relayed.discard(ws)
         if not upstream.closed:
@@ -632,21 +739,26 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _relay(ws: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> bytes:
+async def _relay(
+    ws: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse, gate: PageGate
+) -> bytes:
     """Frames both ways until either side closes; the worker's close reason."""
     close_reason: list[bytes] = []
 
     async def page_to_worker() -> None:
         async for msg in ws:
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY) or not await gate.admit(msg):
+                continue
             if msg.type == WSMsgType.TEXT:
                 await upstream.send_str(msg.data)
-            elif msg.type == WSMsgType.BINARY:
+            else:
                 await upstream.send_bytes(msg.data)
 
     async def worker_to_page() -> None:
         while True:
             msg = await upstream.receive()
             if msg.type == WSMsgType.TEXT:
+                gate.from_worker(msg.data)
                 await ws.send_str(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 await ws.send_bytes(msg.data)
@@ -806,13 +918,14 @@ def create_control_app(config: ServiceConfig) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=1024**2 * 2)
     app[CONFIG] = config
     app[DRAINING] = asyncio.Event()
-    app[LIMITS] = Limits(  # here only the unjoined-sockets limit; the workers apply the rest
+    app[LIMITS] = Limits(  # every rate limit, for the whole machine (the workers apply none)
         sessions_per_minute=config.sessions_per_minute,
         joins_per_minute=config.joins_per_minute,
         messages_per_second=config.messages_per_second,
     )
     app[ICE_SERVERS] = app_module.ice_servers_factory(config, list(config.turn.external_urls))
     app[REGISTRY] = CollectorRegistry()
+    app[REGISTRY].register(app_module.LimitsCollector(app))
     app.cleanup_ctx.append(app_module._turn_server)
     app.cleanup_ctx.append(_control_context)
     app.router.add_get("/healthz", healthz_handler)
