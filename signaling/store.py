@@ -15,8 +15,10 @@ change often, the steps below translate one to one into Alembic revisions.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
+import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -35,6 +37,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    create_engine,
     event,
     func,
     insert,
@@ -43,12 +46,20 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 logger = logging.getLogger(__name__)
 
 DATABASE_FILE = "parley.db"
+
+SQLITE_BUSY_TIMEOUT_MS = 10000
+"""How long an SQLite write waits for another process's write lock (each holds it for a few
+milliseconds: the whole transaction runs in the writer thread, never across event loop turns)."""
+SQLITE_BUSY_RETRIES = 3
+"""Further attempts of a write that still found the database locked (after a short random
+delay), before the error is raised."""
 
 metadata = MetaData()
 
@@ -184,8 +195,19 @@ def redacted(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+Transaction = Callable[[Connection], Any]
+"""The body of one write transaction, run on a synchronous connection."""
+
+
 class Store:
-    """One database; every method is a coroutine running one short transaction."""
+    """One database; every method is a coroutine running one short transaction.
+
+    Writes to SQLite run whole in one writer thread per process, on the standard library
+    driver, under ``BEGIN IMMEDIATE``: the database's single write lock is held only while the
+    statements run, never while an await waits for a busy event loop (with aiosqlite each
+    statement is a round trip through the loop, and several media workers' joins on a loaded
+    machine then wait past any busy timeout: "database is locked"). Reads stay on aiosqlite;
+    in WAL mode they never wait for the writer. PostgreSQL runs everything on asyncpg."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -194,8 +216,38 @@ class Store:
         if self.dialect == "postgresql":
             options = {"pool_size": 5, "max_overflow": 5, "pool_pre_ping": True}
         self.engine: AsyncEngine = create_async_engine(url, **options)
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._write_engine: Engine | None = None
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        if self.dialect == "sqlite" and make_url(url).database not in (None, "", ":memory:"):
+            self._writer = concurrent.futures.ThreadPoolExecutor(1, "parley-store-writer")
+            self._write_engine = create_engine(
+                make_url(url).set(drivername="sqlite+pysqlite"), pool_size=1, max_overflow=0
+            )
+            event.listen(self._write_engine, "connect", _sqlite_writer_connect)
+            event.listen(self._write_engine, "begin", _sqlite_begin_immediate)
+
+    async def _write(self, transaction: Transaction) -> Any:
+        """Run ``transaction`` in one transaction and return its result."""
+        if self._writer is None:
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(transaction)
+        loop = asyncio.get_running_loop()
+        for attempt in range(SQLITE_BUSY_RETRIES + 1):
+            try:
+                return await loop.run_in_executor(self._writer, self._run_sqlite, transaction)
+            except OperationalError as exc:
+                if attempt == SQLITE_BUSY_RETRIES or not _is_busy(exc):
+                    raise
+                logger.warning("store: the database was locked; retrying the write")
+                await asyncio.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _run_sqlite(self, transaction: Transaction) -> Any:
+        assert self._write_engine is not None
+        with self._write_engine.begin() as conn:
+            return transaction(conn)
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -213,61 +265,65 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self._writer is not None and self._write_engine is not None:
+            # the writer's connection belongs to its thread: closed there
+            await asyncio.get_running_loop().run_in_executor(
+                self._writer, self._write_engine.dispose
+            )
+            self._writer.shutdown(wait=False)
 
     async def migrate(self) -> int:
         """Apply the missing steps; returns the schema version."""
-        async with self.engine.begin() as conn:
-            if self.dialect == "postgresql":
-                await conn.execute(text("SELECT pg_advisory_xact_lock(7263019)"))
-            await conn.run_sync(lambda c: schema_version.create(c, checkfirst=True))
-            current = (await conn.execute(select(func.max(schema_version.c.version)))).scalar() or 0
+        postgresql = self.dialect == "postgresql"
+
+        def steps(conn: Connection) -> None:
+            if postgresql:
+                conn.execute(text("SELECT pg_advisory_xact_lock(7263019)"))
+            schema_version.create(conn, checkfirst=True)
+            current = conn.execute(select(func.max(schema_version.c.version))).scalar() or 0
             if current > len(MIGRATIONS):
                 raise RuntimeError(
                     f"the database schema (version {current}) is newer than this parley "
                     f"({len(MIGRATIONS)})"
                 )
             for version in range(current + 1, len(MIGRATIONS) + 1):
-                await conn.run_sync(MIGRATIONS[version - 1])
-                await conn.execute(
-                    insert(schema_version).values(version=version, applied_at=_now())
-                )
+                MIGRATIONS[version - 1](conn)
+                conn.execute(insert(schema_version).values(version=version, applied_at=_now()))
                 logger.info("store: schema migrated to version %d", version)
+
+        await self._write(steps)
         return len(MIGRATIONS)
 
     # --- sessions and participants -----------------------------------------------------------
 
     async def save_session(self, row: dict[str, Any]) -> None:
         """Insert or update one session (``row`` has every column)."""
-        async with self.engine.begin() as conn:
-            await _upsert(conn, sessions, {"id": row["id"]}, row)
+        await self._write(lambda conn: _upsert(conn, sessions, {"id": row["id"]}, row))
 
     async def save_participant(self, row: dict[str, Any]) -> None:
-        async with self.engine.begin() as conn:
-            await _upsert(
-                conn,
-                participants,
-                {"session_id": row["session_id"], "participant_id": row["participant_id"]},
-                row,
-            )
+        key = {"session_id": row["session_id"], "participant_id": row["participant_id"]}
+        await self._write(lambda conn: _upsert(conn, participants, key, row))
 
     async def add_connection(self, row: dict[str, Any]) -> int:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(insert(connections).values(**row))
-            key = result.inserted_primary_key
+        def add(conn: Connection) -> int:
+            key = conn.execute(insert(connections).values(**row)).inserted_primary_key
             assert key is not None
             return int(key[0])
 
+        return int(await self._write(add))
+
     async def update_connection(self, connection_id: int, **values: Any) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
+        await self._write(
+            lambda conn: conn.execute(
                 update(connections).where(connections.c.id == connection_id).values(**values)
             )
+        )
 
     async def set_network_path(
         self, session_id: str, participant_id: str, connection_id: int | None, path: str, turn: str
     ) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
+        def set_path(conn: Connection) -> None:
+            conn.execute(
                 update(participants)
                 .where(
                     and_(
@@ -278,11 +334,13 @@ class Store:
                 .values(network_path=path, turn_server=turn or None)
             )
             if connection_id is not None:
-                await conn.execute(
+                conn.execute(
                     update(connections)
                     .where(connections.c.id == connection_id)
                     .values(network_path=path, turn_server=turn or None)
                 )
+
+        await self._write(set_path)
 
     async def get_session(self, session_id: str) -> dict[str, Any] | None:
         rows = await self._sessions_where(sessions.c.id == session_id)
@@ -365,8 +423,8 @@ class Store:
     async def add_samples(self, rows: Sequence[dict[str, Any]]) -> None:
         if not rows:
             return
-        async with self.engine.begin() as conn:
-            await conn.execute(insert(quality_samples), list(rows))
+        batch = list(rows)
+        await self._write(lambda conn: conn.execute(insert(quality_samples), batch))
 
     async def samples(self, session_id: str) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
@@ -394,9 +452,10 @@ class Store:
 
     async def add_event(self, row: dict[str, Any], urls: Iterable[str], now: float) -> int:
         """Store an event and, in the same transaction, one outbox row per webhook URL."""
-        async with self.engine.begin() as conn:
-            result = await conn.execute(insert(events).values(**row))
-            key = result.inserted_primary_key
+        targets = list(urls)
+
+        def add(conn: Connection) -> int:
+            key = conn.execute(insert(events).values(**row)).inserted_primary_key
             assert key is not None
             seq = int(key[0])
             deliveries = [
@@ -408,11 +467,13 @@ class Store:
                     "attempts": 0,
                     "next_attempt_at": now,
                 }
-                for url in urls
+                for url in targets
             ]
             if deliveries:
-                await conn.execute(insert(webhook_deliveries), deliveries)
+                conn.execute(insert(webhook_deliveries), deliveries)
             return seq
+
+        return int(await self._write(add))
 
     async def recorded_sessions(self, session_ids: list[str]) -> set[str]:
         """Those of ``session_ids`` that recorded something (a ``recording.started`` event)."""
@@ -467,10 +528,11 @@ class Store:
         """Take the due rows for this process until ``until`` (a lease: several machines on
         one PostgreSQL never send the same row at once; a crashed sender's rows come back
         when the lease ends). Returns the rows this call won."""
-        won = []
-        async with self.engine.begin() as conn:
+
+        def take(conn: Connection) -> list[dict[str, Any]]:
+            won = []
             for row in rows:
-                result = await conn.execute(
+                result = conn.execute(
                     update(webhook_deliveries)
                     .where(
                         and_(
@@ -483,7 +545,9 @@ class Store:
                 )
                 if result.rowcount == 1:
                     won.append(row)
-        return won
+            return won
+
+        return list(await self._write(take))
 
     async def next_delivery_at(self) -> float | None:
         """When the earliest pending delivery is due (None: nothing pending)."""
@@ -498,8 +562,8 @@ class Store:
             ).scalar()
 
     async def delivery_done(self, delivery_id: int, at: float, status: int) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
+        await self._write(
+            lambda conn: conn.execute(
                 update(webhook_deliveries)
                 .where(webhook_deliveries.c.id == delivery_id)
                 .values(
@@ -509,6 +573,7 @@ class Store:
                     attempts=webhook_deliveries.c.attempts + 1,
                 )
             )
+        )
 
     async def delivery_failed(
         self,
@@ -519,8 +584,8 @@ class Store:
         error: str,
         abandon_at: float | None = None,
     ) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
+        await self._write(
+            lambda conn: conn.execute(
                 update(webhook_deliveries)
                 .where(webhook_deliveries.c.id == delivery_id)
                 .values(
@@ -531,6 +596,7 @@ class Store:
                     attempts=webhook_deliveries.c.attempts + 1,
                 )
             )
+        )
 
     async def deliveries(self) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
@@ -540,24 +606,39 @@ class Store:
             return [dict(r._mapping) for r in result]
 
 
-async def _upsert(
-    conn: AsyncConnection, table: Table, key: dict[str, Any], row: dict[str, Any]
-) -> None:
+def _upsert(conn: Connection, table: Table, key: dict[str, Any], row: dict[str, Any]) -> None:
     # portable (SQLite and PostgreSQL): update, insert when nothing matched
     clause = and_(*(table.c[name] == value for name, value in key.items()))
     values = {k: v for k, v in row.items() if k not in key}
-    result = await conn.execute(update(table).where(clause).values(**values))
+    result = conn.execute(update(table).where(clause).values(**values))
     if result.rowcount == 0:
-        await conn.execute(insert(table).values(**row))
+        conn.execute(insert(table).values(**row))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # first: the next one waits
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _sqlite_writer_connect(dbapi_connection: Any, record: Any) -> None:
+    # no implicit BEGIN from the driver: _sqlite_begin_immediate opens each transaction
+    dbapi_connection.isolation_level = None
+    _sqlite_pragmas(dbapi_connection, record)
+
+
+def _sqlite_begin_immediate(conn: Connection) -> None:
+    # take the write lock first (a deferred transaction that read before writing gets
+    # SQLITE_BUSY at once, without waiting, when another process wrote in between)
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _is_busy(exc: OperationalError) -> bool:
+    message = str(exc.orig).lower()
+    return "locked" in message or "busy" in message
 
 
 def _make_private_file(path: Path) -> None:
