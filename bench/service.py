@@ -75,9 +75,10 @@ async def relay_service(
     cpus: set[int] | None = None,
 ) -> AsyncIterator[Service]:
     """``python -m parley.signaling serve`` on loopback with the embedded TURN server;
-    ``--workers`` when ``workers`` > 1; pinned to ``cpus`` (sched_setaffinity) when given."""
+    ``--workers`` always (the default is one per core); pinned to ``cpus`` (sched_setaffinity)
+    when given."""
     port, turn_port = free_port(), free_port()
-    extra = ["--workers", str(workers)] if workers > 1 else []
+    extra = ["--workers", str(workers)]
 
     def pin() -> None:
         if cpus:

@@ -85,6 +85,23 @@ def store_settings_from_args(args: argparse.Namespace, notes: list[str]) -> Stor
     )
 
 
+def workers_per_core(values: Mapping[str, Any], notes: list[str]) -> int:
+    """``--workers 0``: one media worker per core, or one process where workers cannot run
+    (one core; ``--port 0``, as the workers' URLs need the port before it is bound; no store),
+    said in the banner."""
+    cores = min(64, os.cpu_count() or 1)
+    if cores == 1:
+        notes.append("one process (one core)")
+        return 1
+    if values.get("port") == 0:
+        notes.append("one process: media workers (one per core) need a fixed --port")
+        return 1
+    if not (values.get("data_dir") or values.get("database_url")):
+        notes.append("one process: media workers (one per core) need the store (--data-dir)")
+        return 1
+    return cores
+
+
 def config_from_args(args: argparse.Namespace) -> tuple[ServiceConfig, list[str]]:
     """The service config from resolved options, and notes for the banner about generated
     secrets. Options with a ``field`` go where it says; the others are composed here."""
@@ -93,9 +110,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[ServiceConfig, list[str]
     for path, value in options.fields(values).items():
         section, _, name = path.rpartition(".")
         by_section[section][name] = value
-    if by_section[""].get("workers") == 0:  # issue 11: one media worker per core
-        by_section[""]["workers"] = min(64, os.cpu_count() or 1)
     notes: list[str] = []
+    if by_section[""].get("workers") == 0:  # issue 11: one media worker per core (the default)
+        by_section[""]["workers"] = workers_per_core(values, notes)
     api_key = args.api_key
     if not api_key:
         # never starts with "-"; kept in the data directory

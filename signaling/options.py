@@ -194,9 +194,10 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("--max-participants", "per session", INTEGER, 4, field="max_participants"),
     Option(
         "--workers",
-        "media worker processes, each owning whole sessions (1: one process; 0: one per core)",
+        "media worker processes, each owning whole sessions (0, the default: one per core; "
+        "1: one process)",
         INTEGER,
-        1,
+        0,
         field="workers",
     ),  # issue 11; 0 is turned into the core count in signaling.cli.config_from_args
     Option(

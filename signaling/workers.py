@@ -356,6 +356,8 @@ class Control:
         if self.stopping:
             return
         self.stopping = True
+        pages = sum(len(w.relayed) for w in self.workers)
+        logger.info("shutting down: telling %d connected pages to reconnect", pages)
         for worker in self.workers:
             for ws in list(worker.relayed):
                 self._spawn(ws.close(code=WSCloseCode.GOING_AWAY, message=GOING_AWAY_REASON))
@@ -514,7 +516,9 @@ def _check_api_limits(request: web.Request) -> bool:
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
     control = request.app[CONTROL]
     path = request.path
-    if path.startswith(INTERNAL):
+    if path.startswith(INTERNAL) or path == "/metrics":
+        # the workers' routes stay inside; /metrics is the control's own (only on
+        # --metrics-listen when that is set)
         raise web.HTTPNotFound()
     worker: Worker | None = None
     match = SESSION_PATH.match(path)
@@ -1004,7 +1008,8 @@ async def serve_control(config: ServiceConfig, notes: list[str]) -> None:
         await web.TCPSite(metrics_runner, config.metrics_host, config.metrics_port).start()
     notes = [
         *notes,
-        f"{config.workers} media workers (pids {', '.join(str(w.pid) for w in app[CONTROL].workers)})",
+        f"{config.workers} media workers (pids {', '.join(str(w.pid) for w in app[CONTROL].workers)}"
+        "; --workers 1: one process)",
     ]
     print(banner(config, notes, config.port), flush=True)
 

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from tests.signaling.ws_client import WsParticipant
 
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
@@ -119,7 +121,8 @@ class RejoiningParticipant:
                 welcome = await participant.join()
                 assert welcome["type"] == "welcome", welcome
                 await participant.publish()
-            except (OSError, ConnectionError, TimeoutError, AssertionError):
+            except (OSError, ConnectionError, TimeoutError, AssertionError, aiohttp.ClientError):
+                # aiohttp.ClientError: e.g. 503 while the server drains (the page retries too)
                 await participant.close()
                 await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
                 attempt += 1
