@@ -44,7 +44,7 @@ def session_json(row: dict[str, Any], live: Session | None = None) -> dict[str, 
     return {
         "session_id": row["id"],
         "conversation_id": row["conversation_id"],
-        "state": "ended" if row["ended_at"] is not None else "waiting",
+        "state": _stored_state(row),
         "created_at": iso(row["created_at"]),
         "expires_at": iso(row["expires_at"]),
         "ended_at": iso(row["ended_at"]),
@@ -62,6 +62,17 @@ def session_json(row: dict[str, Any], live: Session | None = None) -> dict[str, 
             if p["joined_at"] is not None
         ],
     }
+
+
+def _stored_state(row: dict[str, Any]) -> str:
+    """A session's state from its row, as ``Session.state`` has it: the process that answers
+    need not be the one holding it (another media worker or node), and the row knows who is in."""
+    if row["ended_at"] is not None:
+        return "ended"
+    participants = row.get("participants", [])
+    if any(p["joined_at"] is not None and p["left_at"] is None for p in participants):
+        return "active"
+    return "waiting"
 
 
 def live_json(session: Session) -> dict[str, Any]:

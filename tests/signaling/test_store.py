@@ -194,3 +194,21 @@ def test_database_url_picks_the_async_driver(tmp_path: Path) -> None:
     assert database_url("", "postgresql://u:p@h/db") == "postgresql+asyncpg://u:p@h/db"
     with pytest.raises(ValueError, match="unsupported"):
         database_url("", "mysql://h/db")
+
+
+def test_a_stored_session_answers_the_state_its_participants_give() -> None:
+    """Another media worker (or node) answers from the row: someone in is 'active'."""
+    from parley.signaling.store_journal import session_json
+
+    def person(joined: float | None, left: float | None) -> dict[str, object]:
+        return {"participant_id": "p_a", "role": "agent", "name": "Ann",
+                "joined_at": joined, "left_at": left}  # fmt: skip
+
+    row = {**session_row("s_w", "chat-w", 100.0), "participants": [person(None, None)]}
+    assert session_json(row)["state"] == "waiting"
+    row["participants"] = [person(110.0, None)]
+    assert session_json(row)["state"] == "active"
+    row["participants"] = [person(110.0, 120.0)]
+    assert session_json(row)["state"] == "waiting"
+    row.update(ended_at=130.0, participants=[person(110.0, None)])
+    assert session_json(row)["state"] == "ended"
