@@ -341,7 +341,8 @@ class Session:
         left = []
         for participant in self.connected():
             connection = participant.connection
-            assert connection is not None
+            if connection is None:  # its socket closed while an earlier one was being told
+                continue
             connections.append(connection)
             await self._disconnect(participant)
             participant.left_at = self.ended_at

@@ -273,3 +273,23 @@ def test_ending_tells_everyone_closes_every_socket_and_the_router() -> None:
         join(session, claims("customer"))
     asyncio.run(session.end("again"))  # idempotent
     assert session.end_reason == "ended_by_agent"
+
+
+def test_ending_copes_with_a_participant_leaving_meanwhile() -> None:
+    """A DELETE answered 500 (an assert) when a socket closed while the session was telling an
+    earlier participant it ended (seen in `parley bench --soak`: sessions ended while churning)."""
+    session, router, _ = make_session(3)
+    agent, agent_conn = join(session, claims("agent"))
+    customer, customer_conn = join(session, claims("customer"))
+
+    class LeavesOthers(FakeConnection):
+        async def send(self, message: dict[str, Any]) -> None:
+            await super().send(message)
+            if message["type"] == "session_ended":  # the customer's socket closes meanwhile
+                await session.leave(customer, customer_conn)
+
+    agent.connection = agent_conn = LeavesOthers()
+    asyncio.run(session.end("ended_by_api"))
+    assert agent_conn.closed == (CLOSE_SESSION_ENDED, "session ended")
+    assert customer.left_at is not None and customer.connection is None
+    assert session.state == "ended" and router.closed
