@@ -584,6 +584,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if first.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
         return ws
     session_id = _session_of_join(config, first.data) if first.type == WSMsgType.TEXT else None
+    if config.redis_url and session_id is not None:  # several nodes: it may be on another one
+        from .cluster import relay_to_owner
+
+        if await relay_to_owner(request, ws, first, session_id):
+            return ws
     worker: Worker | None = None
     try:
         if session_id is not None:
@@ -872,6 +877,10 @@ async def serve_control(config: ServiceConfig, notes: list[str]) -> None:
     if config.port == 0:
         raise ValueError("--workers above 1 needs a fixed --port")
     app = create_control_app(config)
+    if config.redis_url:  # a member of a cluster of nodes (signaling/cluster.py)
+        from .cluster import join_cluster
+
+        join_cluster(app)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -896,6 +905,10 @@ async def serve_control(config: ServiceConfig, notes: list[str]) -> None:
     print(banner(config, notes, config.port), flush=True)
 
     async def stop() -> None:
+        if config.redis_url:  # leave the cluster first: the pages rejoin onto live nodes
+            from .cluster import drain
+
+            await drain(app)
         app[DRAINING].set()
         await app[CONTROL].stop()
 
