@@ -186,6 +186,10 @@ class Cluster:
         self.nodes: dict[str, Node] = {}
         """The live nodes at the last refresh (this one included)."""
         self.available = False
+        self.run_id: str | None = None
+        """The Redis server's run id (a new one: Redis restarted, the map may be empty)."""
+        self.registry_since = 0.0
+        """Monotonic time this node first saw the current Redis server."""
         self.draining = False
         self.unreachable: dict[str, float] = {}
         """Node id -> monotonic time until which it counts as dead here."""
@@ -238,6 +242,7 @@ class Cluster:
                     pipe.set(session_key(session_id), self.id, ex=SESSION_KEY_TTL, nx=True)
                 await pipe.execute()
             await self._read_nodes()
+            run_id = (await self.redis.info("server")).get("run_id")
         except (RedisError, OSError) as exc:
             if self.available:
                 logger.error(
@@ -245,6 +250,9 @@ class Cluster:
                 )
             self.available = False
             return False
+        if run_id != self.run_id:  # a Redis we have not seen (started, or restarted empty)
+            self.run_id = run_id
+            self.registry_since = time.monotonic()
         if not self.available:
             logger.info("cluster: node %s registered; %d live nodes", self.id, len(self.nodes))
         self.available = True
@@ -322,6 +330,18 @@ class Cluster:
         self.placed_since_refresh[chosen.id] = self.placed_since_refresh.get(chosen.id, 0) + 1
         return chosen
 
+    async def _registered_now(self, node_id: str) -> bool:
+        """Whether ``node_id`` has a live entry in Redis now (our list is up to 2 s old)."""
+        try:
+            raw = await self.redis.get(node_key(node_id))
+        except (RedisError, OSError) as exc:
+            raise ClusterUnavailable() from exc
+        node = Node.parse(raw) if raw is not None else None
+        if node is None or node.draining:
+            return False
+        self.nodes[node.id] = node
+        return True
+
     async def mapped(self, session_id: str) -> None:
         """A session created here."""
         try:
@@ -339,12 +359,18 @@ class Cluster:
                 return None  # Redis is down: the sessions here go on
             raise ClusterUnavailable() from exc
         if owner is None:
-            return None  # unknown (or the map was lost): here; the next refresh maps it
+            if time.monotonic() - self.registry_since < NODE_TTL:
+                # a new (or restarted, empty) Redis: the nodes holding sessions map them again
+                # at their next refresh; until then an unmapped session may be held elsewhere
+                raise ClusterUnavailable("the registry is being rebuilt after a Redis restart")
+            return None  # unknown: served here (adopted from the store), mapped at the refresh
         owner_id = owner.decode() if isinstance(owner, bytes) else str(owner)
         if owner_id == self.id:
             return None
         if self.is_live(owner_id):
             return self.nodes[owner_id]
+        if owner_id not in self.unreachable and await self._registered_now(owner_id):
+            return self.nodes[owner_id]  # it registered since our last refresh
         try:
             now_owner = await self._claim(
                 keys=[session_key(session_id)], args=[owner_id, self.id, SESSION_KEY_TTL]

@@ -1,0 +1,140 @@
+"""A real ``redis-server`` on a loopback port in a temporary folder (Debian's ``redis-server``;
+``scripts/setup.sh test`` installs it) and cluster nodes: ``parley serve --redis-url`` processes
+with their own HTTP host and media address, sharing one PostgreSQL store and the secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.signaling.store_serve import ParleyProcess, free_port
+
+
+class RedisServer:
+    """``redis-server`` with no persistence (``--save '' --appendonly no``), restartable on the
+    same port (a stopped registry comes back empty, as a Redis without persistence does)."""
+
+    def __init__(self, folder: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise AssertionError(
+                "redis-server is missing: run scripts/setup.sh test (Debian package redis-server)"
+            )
+        self.binary = binary
+        self.folder = folder
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "redis-server exited at start"
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not answer within 20 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+
+def shared_secrets(*data_dirs: Path) -> None:
+    """The same API key, token, TURN and webhook secrets in each node's data directory (a
+    cluster's nodes share them: a join URL made by one verifies on every other)."""
+    values = {
+        "api-key": "pk_" + secrets.token_urlsafe(24),
+        "token-secret": secrets.token_urlsafe(32),
+        "turn-secret": secrets.token_urlsafe(24),
+        "webhook-secret": "whsec_" + base64.b64encode(os.urandom(24)).decode(),
+    }
+    for folder in data_dirs:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for name, value in values.items():
+            path = folder / name
+            path.write_text(value + "\n")
+            path.chmod(0o600)
+
+
+class ClusterNode(ParleyProcess):
+    """One node: HTTP, TURN and media on its own loopback address."""
+
+    def __init__(self, data_dir: Path, address: str, *extra: str) -> None:
+        super().__init__(
+            data_dir, "--host", address, "--media-address", address, "--workers", "1", *extra
+        )
+        self.address = address
+        self.base_url = f"http://{address}:{self.port}"
+
+    async def health(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+        async with http.get(f"{self.base_url}/healthz") as response:
+            assert response.status == 200, await response.text()
+            data: dict[str, Any] = await response.json()
+            return data
+
+    def kill_all(self, worker_pids: list[int]) -> None:
+        """``kill -9`` of the node: its control process and media workers at once."""
+        assert self.proc is not None
+        for pid in [self.proc.pid, *worker_pids]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+async def wait_until(check: Any, timeout: float) -> Any:  # noqa: ASYNC109
+    """Poll the async ``check`` until it returns something true, at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.1)

@@ -1,0 +1,184 @@
+"""Two ``parley serve --redis-url`` nodes (HTTP and media on 127.0.0.2 and 127.0.0.3), a real
+``redis-server`` and a real PostgreSQL: a session created on node A is placed on node B, its two
+aiortc participants join through A's URL and talk across; ``kill -9`` of node B mid-call brings
+both back on A with media within 10 s. Redis stopped: the call goes on, new sessions are refused
+with ``cluster_unavailable``, and taken again once Redis is back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.media_client import wait_for
+from tests.signaling.cluster_support import ClusterNode, RedisServer, shared_secrets, wait_until
+from tests.signaling.postgres_server import postgres_server, postgres_url  # noqa: F401
+from tests.signaling.store_serve import RejoiningParticipant
+
+NODE_A, NODE_B = "127.0.0.2", "127.0.0.3"
+
+
+def in_call(a: RejoiningParticipant, b: RejoiningParticipant, frames: int = 10) -> bool:
+    return all(
+        x.frames_from(y, kind) >= frames for x, y in ((a, b), (b, a)) for kind in ("audio", "video")
+    )
+
+
+def video_frames(a: RejoiningParticipant, b: RejoiningParticipant) -> int:
+    return min(a.frames_from(b, "video"), b.frames_from(a, "video"))
+
+
+class Cluster:
+    def __init__(self, redis: RedisServer, a: ClusterNode, b: ClusterNode) -> None:
+        self.redis, self.a, self.b = redis, a, b
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, postgres_url: str) -> AsyncIterator[Cluster]:  # noqa: F811
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    shared_secrets(tmp_path / "a", tmp_path / "b")
+    flags = ("--redis-url", redis.url, "--database-url", postgres_url)
+    a = ClusterNode(tmp_path / "a", NODE_A, *flags)
+    b = ClusterNode(tmp_path / "b", NODE_B, *flags)
+    try:
+        await a.start()
+        await b.start()
+        async with aiohttp.ClientSession() as http:
+
+            async def both_live() -> bool:
+                ids = [len((await n.health(http))["cluster"]["nodes"]) for n in (a, b)]
+                return ids == [2, 2]
+
+            assert await wait_until(both_live, 10), (a.output + b.output).decode()[-3000:]
+        yield Cluster(redis, a, b)
+    finally:
+        await a.stop()
+        await b.stop()
+        redis.stop()
+
+
+async def create(
+    http: aiohttp.ClientSession, node: ClusterNode, name: str
+) -> aiohttp.ClientResponse:
+    return await http.post(
+        f"{node.base_url}/api/v1/sessions", json={"conversation_id": name}, headers=node.auth()
+    )
+
+
+async def create_on(
+    http: aiohttp.ClientSession, via: ClusterNode, target: ClusterNode
+) -> dict[str, Any]:
+    """Create sessions through ``via`` until one is placed on ``target`` (the join URLs name the
+    node that made the session); at most four."""
+    for i in range(4):
+        async with await create(http, via, f"chat-{i}") as response:
+            assert response.status == 201, await response.text()
+            data: dict[str, Any] = await response.json()
+        if data["agent_url"].startswith(target.base_url + "/join/"):
+            return data
+    raise AssertionError("no session was placed on the other node")
+
+
+async def test_a_session_placed_on_b_survives_kill_9_of_b(cluster: Cluster) -> None:
+    a, b = cluster.a, cluster.b
+    people: list[RejoiningParticipant] = []
+    async with aiohttp.ClientSession() as http:
+        try:
+            session = await create_on(http, a, b)
+            sid = session["session_id"]
+            # the join URL names node B; the participants' sockets go to node A all the same
+            a1 = RejoiningParticipant(a.base_url, session["agent_url"], "Ann")
+            a2 = RejoiningParticipant(a.base_url, session["customer_url"], "Carl")
+            people = [a1, a2]
+            for p in people:
+                p.start()
+            assert await wait_for(lambda: in_call(a1, a2), timeout=40), b.output.decode()[-3000:]
+            health_b = await b.health(http)
+            assert sum(w["sessions"] for w in health_b["workers"]) >= 1
+            assert health_b["cluster"]["node_id"] != (await a.health(http))["cluster"]["node_id"]
+            async with http.get(f"{b.base_url}/api/v1/sessions/{sid}", headers=b.auth()) as r:
+                assert r.status == 200 and (await r.json())["state"] == "active"
+            async with http.get(f"{a.base_url}/api/v1/sessions/{sid}", headers=a.auth()) as r:
+                assert r.status == 200 and (await r.json())["state"] == "active"  # forwarded
+
+            b.kill_all([w["pid"] for w in health_b["workers"]])
+            killed_at = time.monotonic()
+            assert await wait_for(lambda: a1.joins >= 2 and a2.joins >= 2, timeout=10), (
+                a.output.decode()[-3000:]
+            )
+            assert await wait_for(lambda: in_call(a1, a2, frames=5), timeout=15)
+            back = time.monotonic() - killed_at
+            assert back < 10.0, f"media back after {back:.1f} s"
+            # the session is on node A now, and node B drops out of the registry (5 s expiry)
+            health_a = await a.health(http)
+            assert sum(w["sessions"] for w in health_a["workers"]) >= 1
+
+            async def b_gone() -> bool:
+                return len((await a.health(http))["cluster"]["nodes"]) == 1
+
+            assert await wait_until(b_gone, 8)
+            async with http.get(f"{a.base_url}/api/v1/sessions/{sid}", headers=a.auth()) as r:
+                assert r.status == 200 and (await r.json())["state"] == "active"
+        finally:
+            for p in people:
+                await p.close()
+
+
+async def test_redis_down_keeps_the_call_and_refuses_new_sessions_until_it_is_back(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.a, cluster.b
+    people: list[RejoiningParticipant] = []
+    async with aiohttp.ClientSession() as http:
+        try:
+            session = await create_on(http, a, b)
+            a1 = RejoiningParticipant(a.base_url, session["agent_url"], "Ann")
+            a2 = RejoiningParticipant(a.base_url, session["customer_url"], "Carl")
+            people = [a1, a2]
+            for p in people:
+                p.start()
+            assert await wait_for(lambda: in_call(a1, a2), timeout=40)
+
+            cluster.redis.stop()
+            before = video_frames(a1, a2)
+            for node in (a, b):
+                async with await create(http, node, "chat-no-redis") as response:
+                    assert response.status == 503, await response.text()
+                    body = await response.json()
+                    assert body["error"]["code"] == "cluster_unavailable"
+                    assert "Redis" in body["error"]["message"]
+            assert await wait_for(lambda: video_frames(a1, a2) >= before + 30, timeout=20)
+            assert a1.joins == 1 and a2.joins == 1  # the call never noticed
+            assert (await a.health(http))["status"] == "degraded"
+
+            cluster.redis.start()  # empty: the nodes register again, their sessions are re-mapped
+
+            async def created() -> bool:
+                async with await create(http, a, "chat-redis-back") as response:
+                    return response.status == 201
+
+            assert await wait_until(created, 10)
+            assert await wait_for(lambda: video_frames(a1, a2) >= before + 60, timeout=20)
+            # the session map came back from the node holding it: A forwards to B again
+            sid = session["session_id"]
+
+            async def forwarded_to_b() -> bool:
+                async with http.get(f"{a.base_url}/api/v1/sessions/{sid}", headers=a.auth()) as r:
+                    if r.status == 503:  # the registry is being rebuilt (a few seconds)
+                        assert (await r.json())["error"]["code"] == "cluster_unavailable"
+                        return False
+                    assert r.status == 200, await r.text()
+                    state = (await r.json())["state"]
+                    assert state == "active", state  # never adopted on A meanwhile
+                    return True
+
+            assert await wait_until(forwarded_to_b, 10)
+            assert a1.joins == 1 and a2.joins == 1
+        finally:
+            for p in people:
+                await p.close()
