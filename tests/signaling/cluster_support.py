@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import dataclasses
 import os
 import secrets
 import shutil
@@ -13,12 +15,13 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from tests.signaling.store_serve import ParleyProcess, free_port
+from tests.signaling.store_serve import ParleyProcess, RejoiningParticipant, free_port
 
 
 class RedisServer:
@@ -138,3 +141,75 @@ async def wait_until(check: Any, timeout: float) -> Any:  # noqa: ASYNC109
         if result or time.monotonic() > deadline:
             return result
         await asyncio.sleep(0.1)
+
+
+NODE_A, NODE_B = "127.0.0.2", "127.0.0.3"
+
+
+@dataclasses.dataclass
+class Cluster:
+    redis: RedisServer
+    a: ClusterNode
+    b: ClusterNode
+
+
+@contextlib.asynccontextmanager
+async def running_cluster(tmp_path: Path, database_url: str, *extra: str) -> AsyncIterator[Cluster]:
+    """A real redis-server and two nodes (A on 127.0.0.2, B on 127.0.0.3) sharing it and the
+    PostgreSQL database ``database_url``; both see each other live when this yields."""
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    if not (tmp_path / "a" / "api-key").exists():  # or made by the caller beforehand
+        shared_secrets(tmp_path / "a", tmp_path / "b")
+    flags = ("--redis-url", redis.url, "--database-url", database_url, *extra)
+    a = ClusterNode(tmp_path / "a", NODE_A, *flags)
+    b = ClusterNode(tmp_path / "b", NODE_B, *flags)
+    try:
+        await a.start()
+        await b.start()
+        async with aiohttp.ClientSession() as http:
+
+            async def both_live() -> bool:
+                seen = [len((await n.health(http))["cluster"]["nodes"]) for n in (a, b)]
+                return seen == [2, 2]
+
+            assert await wait_until(both_live, 10), (a.output + b.output).decode()[-3000:]
+        yield Cluster(redis, a, b)
+    finally:
+        await a.stop()
+        await b.stop()
+        redis.stop()
+
+
+async def create(
+    http: aiohttp.ClientSession, node: ClusterNode, name: str, **options: Any
+) -> aiohttp.ClientResponse:
+    return await http.post(
+        f"{node.base_url}/api/v1/sessions",
+        json={"conversation_id": name, **options},
+        headers=node.auth(),
+    )
+
+
+async def create_on(
+    http: aiohttp.ClientSession, via: ClusterNode, target: ClusterNode
+) -> dict[str, Any]:
+    """Create sessions through ``via`` until one is placed on ``target`` (the join URLs name the
+    node that made the session); at most four."""
+    for i in range(4):
+        async with await create(http, via, f"chat-{i}") as response:
+            assert response.status == 201, await response.text()
+            data: dict[str, Any] = await response.json()
+        if data["agent_url"].startswith(target.base_url + "/join/"):
+            return data
+    raise AssertionError("no session was placed on the other node")
+
+
+def in_call(a: RejoiningParticipant, b: RejoiningParticipant, frames: int = 10) -> bool:
+    return all(
+        x.frames_from(y, kind) >= frames for x, y in ((a, b), (b, a)) for kind in ("audio", "video")
+    )
+
+
+def video_frames(a: RejoiningParticipant, b: RejoiningParticipant) -> int:
+    return min(a.frames_from(b, "video"), b.frames_from(a, "video"))

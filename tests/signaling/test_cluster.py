@@ -9,79 +9,28 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.media_client import wait_for
-from tests.signaling.cluster_support import ClusterNode, RedisServer, shared_secrets, wait_until
+from tests.signaling.cluster_support import (
+    Cluster,
+    create,
+    create_on,
+    in_call,
+    running_cluster,
+    video_frames,
+    wait_until,
+)
 from tests.signaling.postgres_server import postgres_server, postgres_url  # noqa: F401
 from tests.signaling.store_serve import RejoiningParticipant
-
-NODE_A, NODE_B = "127.0.0.2", "127.0.0.3"
-
-
-def in_call(a: RejoiningParticipant, b: RejoiningParticipant, frames: int = 10) -> bool:
-    return all(
-        x.frames_from(y, kind) >= frames for x, y in ((a, b), (b, a)) for kind in ("audio", "video")
-    )
-
-
-def video_frames(a: RejoiningParticipant, b: RejoiningParticipant) -> int:
-    return min(a.frames_from(b, "video"), b.frames_from(a, "video"))
-
-
-class Cluster:
-    def __init__(self, redis: RedisServer, a: ClusterNode, b: ClusterNode) -> None:
-        self.redis, self.a, self.b = redis, a, b
 
 
 @pytest.fixture
 async def cluster(tmp_path: Path, postgres_url: str) -> AsyncIterator[Cluster]:  # noqa: F811
-    redis = RedisServer(tmp_path / "redis")
-    redis.start()
-    shared_secrets(tmp_path / "a", tmp_path / "b")
-    flags = ("--redis-url", redis.url, "--database-url", postgres_url)
-    a = ClusterNode(tmp_path / "a", NODE_A, *flags)
-    b = ClusterNode(tmp_path / "b", NODE_B, *flags)
-    try:
-        await a.start()
-        await b.start()
-        async with aiohttp.ClientSession() as http:
-
-            async def both_live() -> bool:
-                ids = [len((await n.health(http))["cluster"]["nodes"]) for n in (a, b)]
-                return ids == [2, 2]
-
-            assert await wait_until(both_live, 10), (a.output + b.output).decode()[-3000:]
-        yield Cluster(redis, a, b)
-    finally:
-        await a.stop()
-        await b.stop()
-        redis.stop()
-
-
-async def create(
-    http: aiohttp.ClientSession, node: ClusterNode, name: str
-) -> aiohttp.ClientResponse:
-    return await http.post(
-        f"{node.base_url}/api/v1/sessions", json={"conversation_id": name}, headers=node.auth()
-    )
-
-
-async def create_on(
-    http: aiohttp.ClientSession, via: ClusterNode, target: ClusterNode
-) -> dict[str, Any]:
-    """Create sessions through ``via`` until one is placed on ``target`` (the join URLs name the
-    node that made the session); at most four."""
-    for i in range(4):
-        async with await create(http, via, f"chat-{i}") as response:
-            assert response.status == 201, await response.text()
-            data: dict[str, Any] = await response.json()
-        if data["agent_url"].startswith(target.base_url + "/join/"):
-            return data
-    raise AssertionError("no session was placed on the other node")
+    async with running_cluster(tmp_path, postgres_url) as nodes:
+        yield nodes
 
 
 async def test_a_session_placed_on_b_survives_kill_9_of_b(cluster: Cluster) -> None:

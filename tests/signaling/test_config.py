@@ -22,6 +22,7 @@ def _in_a_temporary_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     these tests resolve without the environment): let that be a temporary folder."""
     monkeypatch.chdir(tmp_path)
 
+
 # the flags and environment variables parley serve had before the table: a contract
 LEGACY_FLAGS = {
     "--host", "--port", "--public-url", "--api-key", "--token-secret", "--token-ttl",
