@@ -36,6 +36,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlparse
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -128,6 +129,25 @@ class Node:
             )
         except (ValueError, TypeError, KeyError):
             return None
+
+
+def least_loaded(nodes: list[Node], placed: dict[str, int]) -> Node | None:
+    """The node forwarding the fewest packets per second (to the nearest ten), then with the
+    fewest sessions (counting those ``placed`` on it since its entry was read), then by id."""
+
+    def load(node: Node) -> tuple[float, int, str]:
+        rate, sessions = node.load()
+        return (rate, sessions + placed.get(node.id, 0), node.id)
+
+    return min(nodes, key=load, default=None)
+
+
+def tls_name(node: Node) -> str | None:
+    """The name a node's certificate is checked against when it is called over HTTPS on its
+    address (the host of its public URL; None over plain HTTP)."""
+    if not node.internal_url.startswith("https://"):
+        return None
+    return urlparse(node.public_url).hostname
 
 
 def node_key(node_id: str) -> str:
@@ -234,7 +254,7 @@ class Cluster:
         try:
             entry = self.entry()
             async with self.redis.pipeline(transaction=False) as pipe:
-                if not self.draining or self.id in self.nodes:
+                if not self.draining:  # a draining node has left (drain deleted its entry)
                     pipe.set(
                         node_key(self.id), json.dumps(entry.to_json()), px=int(NODE_TTL * 1000)
                     )
@@ -315,18 +335,12 @@ class Cluster:
         from Redis now; :class:`ClusterUnavailable` when Redis does not answer."""
         if not await self.refresh():
             raise ClusterUnavailable()
-        me = self.entry()
         candidates = [n for n in self.nodes.values() if n.id != self.id and self.is_live(n.id)]
         if not self.draining:
-            candidates.append(me)
-        if not candidates:
+            candidates.append(self.entry())
+        chosen = least_loaded(candidates, self.placed_since_refresh)
+        if chosen is None:
             raise ClusterUnavailable("no live node takes sessions")
-
-        def load(node: Node) -> tuple[float, int, str]:
-            rate, sessions = node.load()
-            return (rate, sessions + self.placed_since_refresh.get(node.id, 0), node.id)
-
-        chosen = min(candidates, key=load)
         self.placed_since_refresh[chosen.id] = self.placed_since_refresh.get(chosen.id, 0) + 1
         return chosen
 
@@ -422,10 +436,15 @@ async def forward_http(request: web.Request, cluster: Cluster, node: Node) -> we
             data=body if body else None,
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=30, sock_connect=3),
+            server_hostname=tls_name(node),
         )
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         cluster.mark_unreachable(node.id)
         raise ConnectionError(str(exc)) from exc
+    if upstream.status == 503:  # draining, or no media worker there: the session moves here
+        upstream.release()
+        cluster.mark_unreachable(node.id)
+        raise ConnectionError(f"node {node.id} answered 503")
     try:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for key, value in upstream.headers.items():
@@ -553,6 +572,7 @@ async def _relay_to_node(
             max_msg_size=messages.MAX_MESSAGE_BYTES,
             heartbeat=None,
             timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+            server_hostname=tls_name(node),
         )
     except (aiohttp.ClientError, OSError, TimeoutError):
         cluster.mark_unreachable(node.id)

@@ -875,7 +875,7 @@ async def serve_control(config: ServiceConfig, notes: list[str]) -> None:
     from .cli import RedactingAccessLogger, banner, run_until_signalled, server_ssl_context
 
     if config.port == 0:
-        raise ValueError("--workers above 1 needs a fixed --port")
+        raise ValueError("--workers above 1 and --redis-url need a fixed --port")
     app = create_control_app(config)
     if config.redis_url:  # a member of a cluster of nodes (signaling/cluster.py)
         from .cluster import join_cluster
