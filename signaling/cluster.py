@@ -34,13 +34,14 @@ import json
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 from urllib.parse import urlparse
 
 import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import WSCloseCode, web
+from prometheus_client.core import GaugeMetricFamily, Metric
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -65,7 +66,7 @@ for up to :data:`NODE_TTL` after it died)."""
 REDIS_TIMEOUT = 1.0
 """Seconds one Redis command may take before the cluster counts as unavailable."""
 SESSION_KEY_TTL = 24 * 3600
-"""Seconds a session → node entry is kept after its last refresh (longer than a join URL)."""
+"""Seconds a session → node entry is kept at least (and twice the join URLs' lifetime)."""
 PREFIX = "parley:"
 NODE_HEADER = "X-Parley-Cluster-Node"
 KEY_HEADER = "X-Parley-Cluster-Key"
@@ -196,6 +197,7 @@ class Cluster:
         self.id = node_id or default_node_id(config)
         self.key = cluster_key(config)
         self.internal_url = internal_url(config)
+        self.session_ttl = max(SESSION_KEY_TTL, 2 * config.token_ttl)
         self.redis = aioredis.Redis.from_url(
             config.redis_url,
             socket_timeout=REDIS_TIMEOUT,
@@ -259,7 +261,7 @@ class Cluster:
                         node_key(self.id), json.dumps(entry.to_json()), px=int(NODE_TTL * 1000)
                     )
                 for session_id in self.local_sessions():
-                    pipe.set(session_key(session_id), self.id, ex=SESSION_KEY_TTL, nx=True)
+                    pipe.set(session_key(session_id), self.id, ex=self.session_ttl, nx=True)
                 await pipe.execute()
             await self._read_nodes()
             run_id = (await self.redis.info("server")).get("run_id")
@@ -359,7 +361,7 @@ class Cluster:
     async def mapped(self, session_id: str) -> None:
         """A session created here."""
         try:
-            await self.redis.set(session_key(session_id), self.id, ex=SESSION_KEY_TTL)
+            await self.redis.set(session_key(session_id), self.id, ex=self.session_ttl)
         except (RedisError, OSError) as exc:
             raise ClusterUnavailable() from exc
 
@@ -387,7 +389,7 @@ class Cluster:
             return self.nodes[owner_id]  # it registered since our last refresh
         try:
             now_owner = await self._claim(
-                keys=[session_key(session_id)], args=[owner_id, self.id, SESSION_KEY_TTL]
+                keys=[session_key(session_id)], args=[owner_id, self.id, self.session_ttl]
             )
         except (RedisError, OSError) as exc:
             raise ClusterUnavailable() from exc
@@ -605,7 +607,27 @@ def join_cluster(app: web.Application) -> None:
     app.cleanup_ctx.append(_cluster_context)
 
 
+class ClusterCollector:
+    """The registry as this node sees it, for ``/metrics``."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "parley_cluster_registry_up", "1 while this node reaches the Redis registry"
+        )
+        up.add_metric([], 1 if self.cluster.available else 0)
+        live = GaugeMetricFamily(
+            "parley_cluster_live_nodes", "Live nodes in the registry (this one included)"
+        )
+        live.add_metric([], len(self.cluster.to_json()["nodes"]))
+        yield from (up, live)
+
+
 async def _cluster_context(app: web.Application) -> AsyncIterator[None]:
+    from .metrics import REGISTRY
+
     control = app[CONTROL]
     cluster = Cluster(
         app[CONFIG],
@@ -613,6 +635,7 @@ async def _cluster_context(app: web.Application) -> AsyncIterator[None]:
         local_sessions=lambda: list(control.placement),
     )
     app[CLUSTER] = cluster
+    app[REGISTRY].register(ClusterCollector(cluster))
     await cluster.start()
     try:
         yield

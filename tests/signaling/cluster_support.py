@@ -165,8 +165,7 @@ async def running_cluster(tmp_path: Path, database_url: str, *extra: str) -> Asy
     a = ClusterNode(tmp_path / "a", NODE_A, *flags)
     b = ClusterNode(tmp_path / "b", NODE_B, *flags)
     try:
-        await a.start()
-        await b.start()
+        await asyncio.gather(a.start(), b.start())
         async with aiohttp.ClientSession() as http:
 
             async def both_live() -> bool:

@@ -71,6 +71,10 @@ async def test_a_session_placed_on_b_survives_kill_9_of_b(cluster: Cluster) -> N
                 return len((await a.health(http))["cluster"]["nodes"]) == 1
 
             assert await wait_until(b_gone, 8)
+            async with http.get(f"{a.base_url}/metrics") as r:
+                text = await r.text()
+            assert "parley_cluster_live_nodes 1.0" in text
+            assert "parley_cluster_registry_up 1.0" in text
             async with http.get(f"{a.base_url}/api/v1/sessions/{sid}", headers=a.auth()) as r:
                 assert r.status == 200 and (await r.json())["state"] == "active"
         finally:
@@ -103,7 +107,10 @@ async def test_redis_down_keeps_the_call_and_refuses_new_sessions_until_it_is_ba
                     assert "Redis" in body["error"]["message"]
             assert await wait_for(lambda: video_frames(a1, a2) >= before + 30, timeout=20)
             assert a1.joins == 1 and a2.joins == 1  # the call never noticed
-            assert (await a.health(http))["status"] == "degraded"
+            health = await a.health(http)
+            assert health["status"] == "degraded" and not health["cluster"]["available"]
+            async with http.get(f"{a.base_url}/metrics") as r:
+                assert "parley_cluster_registry_up 0.0" in await r.text()
 
             cluster.redis.start()  # empty: the nodes register again, their sessions are re-mapped
 
