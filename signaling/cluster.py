@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import json
 import logging
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -68,6 +69,8 @@ REDIS_TIMEOUT = 1.0
 SESSION_KEY_TTL = 24 * 3600
 """Seconds a session → node entry is kept at least (and twice the join URLs' lifetime)."""
 PREFIX = "parley:"
+EPOCH_KEY = PREFIX + "epoch"
+"""Set once by the first node that finds it missing: a new value means the map was lost."""
 NODE_HEADER = "X-Parley-Cluster-Node"
 KEY_HEADER = "X-Parley-Cluster-Key"
 
@@ -208,8 +211,8 @@ class Cluster:
         self.nodes: dict[str, Node] = {}
         """The live nodes at the last refresh (this one included)."""
         self.available = False
-        self.run_id: str | None = None
-        """The Redis server's run id (a new one: Redis restarted, the map may be empty)."""
+        self.epoch: bytes | None = None
+        """The registry's epoch key (a new one: Redis lost its data, the map may be empty)."""
         self.registry_since = 0.0
         """Monotonic time this node first saw the current Redis server."""
         self.draining = False
@@ -236,7 +239,10 @@ class Cluster:
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(REFRESH)
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # never let the loop die: the node would drop out of the cluster
+                logger.exception("cluster: refresh failed")
 
     def entry(self) -> Node:
         sessions, rate = self.load()
@@ -251,20 +257,28 @@ class Cluster:
         )
 
     async def refresh(self) -> bool:
-        """Write this node's entry (and its sessions, where the map has none, as after a Redis
-        restart), read the live nodes; False when Redis did not answer."""
+        """Write this node's entry, read the live nodes; False when Redis did not answer. On a
+        Redis that lost its data (restarted empty, flushed: the epoch key is new) this node maps
+        its sessions again, where the map has none."""
         try:
-            entry = self.entry()
             async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(EPOCH_KEY, secrets.token_hex(8), nx=True)
+                pipe.get(EPOCH_KEY)
                 if not self.draining:  # a draining node has left (drain deleted its entry)
+                    entry = self.entry()
                     pipe.set(
                         node_key(self.id), json.dumps(entry.to_json()), px=int(NODE_TTL * 1000)
                     )
-                for session_id in self.local_sessions():
-                    pipe.set(session_key(session_id), self.id, ex=self.session_ttl, nx=True)
-                await pipe.execute()
+                replies = await pipe.execute()
+            epoch = replies[1]
+            if epoch != self.epoch:
+                sessions = self.local_sessions()
+                if sessions:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for session_id in sessions:
+                            pipe.set(session_key(session_id), self.id, ex=self.session_ttl, nx=True)
+                        await pipe.execute()
             await self._read_nodes()
-            run_id = (await self.redis.info("server")).get("run_id")
         except (RedisError, OSError) as exc:
             if self.available:
                 logger.error(
@@ -272,8 +286,8 @@ class Cluster:
                 )
             self.available = False
             return False
-        if run_id != self.run_id:  # a Redis we have not seen (started, or restarted empty)
-            self.run_id = run_id
+        if epoch != self.epoch:  # a Redis we have not seen (started, or emptied)
+            self.epoch = epoch
             self.registry_since = time.monotonic()
         if not self.available:
             logger.info("cluster: node %s registered; %d live nodes", self.id, len(self.nodes))
