@@ -461,6 +461,14 @@ async def forward_http(request: web.Request, cluster: Cluster, node: Node) -> we
         upstream.release()
         cluster.mark_unreachable(node.id)
         raise ConnectionError(f"node {node.id} answered 503")
+    if request.method == "POST" and upstream.status == 201:  # a session or an invite
+        try:
+            data = await upstream.json()
+        finally:
+            upstream.release()
+        return web.json_response(
+            entry_join_urls(data, node, cluster.config.base_url), status=upstream.status
+        )
     try:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for key, value in upstream.headers.items():
@@ -475,6 +483,21 @@ async def forward_http(request: web.Request, cluster: Cluster, node: Node) -> we
         return response
     finally:
         upstream.release()
+
+
+def entry_join_urls(data: Any, node: Node, base_url: str) -> Any:
+    """The join URLs another node made (``agent_url``, ``customer_url``, an invite's ``url``)
+    turned into this node's: the page then comes to the node the API client used, which relays
+    its WebSocket to the session's node, and moves the session when that node dies."""
+    if not isinstance(data, dict):
+        return data
+    theirs = node.public_url.rstrip("/") + "/join/"
+    ours = base_url.rstrip("/") + "/join/"
+    for key in ("agent_url", "customer_url", "url"):
+        value = data.get(key)
+        if isinstance(value, str) and value.startswith(theirs):
+            data[key] = ours + value[len(theirs) :]
+    return data
 
 
 def _is_create(request: web.Request) -> bool:

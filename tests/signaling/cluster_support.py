@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 
 from tests.signaling.store_serve import ParleyProcess, RejoiningParticipant, free_port
 
@@ -108,14 +109,26 @@ def shared_secrets(*data_dirs: Path) -> None:
 
 
 class ClusterNode(ParleyProcess):
-    """One node: HTTP, TURN and media on its own loopback address."""
+    """One node: HTTP and media on its own loopback address. No TURN: the participants reach
+    the media address directly (a participant's peer connections close at once when their node
+    is gone, instead of retrying TURN deallocations to it for many seconds)."""
 
     def __init__(self, data_dir: Path, address: str, *extra: str) -> None:
         super().__init__(
-            data_dir, "--host", address, "--media-address", address, "--workers", "1", *extra
+            data_dir,
+            "--host",
+            address,
+            "--media-address",
+            address,
+            "--workers",
+            "1",
+            "--turn-port",
+            "0",
+            *extra,
         )
         self.address = address
         self.base_url = f"http://{address}:{self.port}"
+        self.redis_url = extra[extra.index("--redis-url") + 1] if "--redis-url" in extra else ""
 
     async def health(self, http: aiohttp.ClientSession) -> dict[str, Any]:
         async with http.get(f"{self.base_url}/healthz") as response:
@@ -193,14 +206,22 @@ async def create(
 async def create_on(
     http: aiohttp.ClientSession, via: ClusterNode, target: ClusterNode
 ) -> dict[str, Any]:
-    """Create sessions through ``via`` until one is placed on ``target`` (the join URLs name the
-    node that made the session); at most four."""
-    for i in range(4):
-        async with await create(http, via, f"chat-{i}") as response:
-            assert response.status == 201, await response.text()
-            data: dict[str, Any] = await response.json()
-        if data["agent_url"].startswith(target.base_url + "/join/"):
-            return data
+    """Create sessions through ``via`` until one is placed on ``target`` (as the session map in
+    Redis says); at most four. Its join URLs name ``via``, the node the API client used."""
+    target_id = (await target.health(http))["cluster"]["node_id"]
+    redis = aioredis.Redis.from_url(via.redis_url)
+    try:
+        for i in range(4):
+            async with await create(http, via, f"chat-{i}") as response:
+                assert response.status == 201, await response.text()
+                data: dict[str, Any] = await response.json()
+            assert data["agent_url"].startswith(via.base_url + "/join/"), data
+            assert data["customer_url"].startswith(via.base_url + "/join/"), data
+            owner = await redis.get(f"parley:session:{data['session_id']}")
+            if owner == target_id.encode():
+                return data
+    finally:
+        await redis.aclose()
     raise AssertionError("no session was placed on the other node")
 
 

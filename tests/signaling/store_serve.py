@@ -106,7 +106,6 @@ class RejoiningParticipant:
         self.rejoined_at: float | None = None
         self._stop = False
         self._task: asyncio.Task[None] | None = None
-        self._closing: set[asyncio.Task[None]] = set()
         self.joined = asyncio.Event()
 
     def start(self) -> None:
@@ -135,11 +134,7 @@ class RejoiningParticipant:
             if participant.close_code == 4002:
                 return
             self.current = None
-            # in the background, as a page drops its peer connections at once: closing waits for
-            # the TURN allocations of a server that may be gone (aioice retries for seconds)
-            closing = asyncio.ensure_future(participant.close())
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
+            await participant.close()
             await asyncio.sleep(RETRY_DELAYS[0])
 
     def frames_from(self, other: RejoiningParticipant, kind: str) -> int:
@@ -156,7 +151,3 @@ class RejoiningParticipant:
                 await self._task
         if self.current is not None:
             await self.current.close()
-        if self._closing:  # peer connections to a server that is gone: not waited for long
-            _, pending = await asyncio.wait(list(self._closing), timeout=2)
-            for task in pending:
-                task.cancel()

@@ -40,7 +40,7 @@ async def test_a_session_placed_on_b_survives_kill_9_of_b(cluster: Cluster) -> N
         try:
             session = await create_on(http, a, b)
             sid = session["session_id"]
-            # the join URL names node B; the participants' sockets go to node A all the same
+            # the join URLs name node A (asked for the session); A relays the sockets to B
             a1 = RejoiningParticipant(a.base_url, session["agent_url"], "Ann")
             a2 = RejoiningParticipant(a.base_url, session["customer_url"], "Carl")
             people = [a1, a2]

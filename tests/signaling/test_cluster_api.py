@@ -68,7 +68,7 @@ async def test_every_request_works_on_either_node_and_each_event_is_sent_once(
                 headers=a.auth(),
             ) as r:
                 assert r.status == 201, await r.text()
-                assert (await r.json())["url"].startswith(b.base_url + "/join/")  # made on B
+                assert (await r.json())["url"].startswith(a.base_url + "/join/")  # asked on A
 
             p1 = RejoiningParticipant(a.base_url, session["agent_url"], "Ann")
             p2 = RejoiningParticipant(b.base_url, session["customer_url"], "Carl")
@@ -106,9 +106,11 @@ async def test_every_request_works_on_either_node_and_each_event_is_sent_once(
 
             async with http.delete(f"{a.base_url}/api/v1/sessions/{sid}", headers=a.auth()) as r:
                 assert r.status == 204, await r.text()
-            assert await wait_for(
+            ok = await wait_for(
                 lambda: all(p._task is not None and p._task.done() for p in people), 15
             )
+            states = [(p.joins, p.current and p.current.close_code) for p in people]
+            assert ok, f"not ended: {states}\n" + (a.output + b.output).decode()[-4000:]
 
             def ended() -> bool:
                 return "session.ended" in receiver.by_session().get(sid, [])

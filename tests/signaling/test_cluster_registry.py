@@ -20,6 +20,7 @@ from parley.signaling.cluster import (
     Cluster,
     ClusterUnavailable,
     Node,
+    entry_join_urls,
     internal_url,
     least_loaded,
     tls_name,
@@ -82,6 +83,24 @@ def test_entries_parse_and_placement_prefers_packets_then_sessions() -> None:
     assert tls_name(a) is None and tls_name(c) == "c.example"
     wildcard = dataclasses.replace(node_config("redis://r", 8443, "10.0.0.5"), host="0.0.0.0")
     assert internal_url(wildcard) == "http://10.0.0.5:8443"  # the media address, for peers
+
+
+def test_join_urls_made_on_another_node_name_the_node_that_was_asked() -> None:
+    b = Node("b", "http://127.0.0.3:8080", "http://127.0.0.3:8080", ("127.0.0.3",))
+    made = {
+        "session_id": "s_1",
+        "agent_url": "http://127.0.0.3:8080/join/tok.en.a",
+        "customer_url": "http://127.0.0.3:8080/join/tok.en.c",
+        "expires_at": 1,
+    }
+    out = entry_join_urls(dict(made), b, "https://call.example.com/")
+    assert out["agent_url"] == "https://call.example.com/join/tok.en.a"
+    assert out["customer_url"] == "https://call.example.com/join/tok.en.c"
+    assert out["session_id"] == "s_1" and out["expires_at"] == 1
+    assert entry_join_urls({"url": "http://elsewhere/join/x"}, b, "http://a") == {
+        "url": "http://elsewhere/join/x"
+    }
+    assert entry_join_urls([1], b, "http://a") == [1]
 
 
 def test_a_cluster_needs_the_shared_store_and_a_redis_url() -> None:
