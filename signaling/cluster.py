@@ -64,6 +64,9 @@ NODE_TTL = 5.0
 UNREACHABLE_FOR = NODE_TTL
 """Seconds a node that refused a forwarded request counts as dead here (its entry may live on
 for up to :data:`NODE_TTL` after it died)."""
+RELAY_HEARTBEAT = 5.0
+"""Seconds between pings on a page's socket relayed to another node (no pong: the node is gone
+and the page is told to rejoin)."""
 REDIS_TIMEOUT = 1.0
 """Seconds one Redis command may take before the cluster counts as unavailable."""
 SESSION_KEY_TTL = 24 * 3600
@@ -219,7 +222,8 @@ class Cluster:
         self.unreachable: dict[str, float] = {}
         """Node id -> monotonic time until which it counts as dead here."""
         self.placed_since_refresh: dict[str, int] = {}
-        self.relayed: set[web.WebSocketResponse] = set()
+        self.relayed: dict[web.WebSocketResponse, str] = {}
+        """Pages' sockets relayed to another node -> that node's id."""
         self.http: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -289,6 +293,8 @@ class Cluster:
         if epoch != self.epoch:  # a Redis we have not seen (started, or emptied)
             self.epoch = epoch
             self.registry_since = time.monotonic()
+        elif time.monotonic() - self.registry_since >= NODE_TTL:  # every live node is listed
+            self._drop_relays_to_gone_nodes()
         if not self.available:
             logger.info("cluster: node %s registered; %d live nodes", self.id, len(self.nodes))
         self.available = True
@@ -304,6 +310,16 @@ class Cluster:
                 nodes[node.id] = node
         self.nodes = nodes
         self.placed_since_refresh.clear()
+
+    def _drop_relays_to_gone_nodes(self) -> None:
+        """Pages relayed to a node whose entry expired (it died without closing its sockets:
+        frozen, or its machine gone) are told to rejoin; the session then moves to a live node."""
+        for ws, node_id in list(self.relayed.items()):
+            if node_id not in self.nodes and not ws.closed:
+                logger.warning("cluster: node %s left the registry; its pages rejoin", node_id)
+                asyncio.ensure_future(
+                    ws.close(code=WSCloseCode.GOING_AWAY, message=GOING_AWAY_REASON)
+                )
 
     async def drain(self) -> None:
         """SIGTERM: leave the registry (no new sessions here), then the pages are told to
@@ -609,20 +625,20 @@ async def _relay_to_node(
                 **cluster.peer_headers(),
             },
             max_msg_size=messages.MAX_MESSAGE_BYTES,
-            heartbeat=None,
+            heartbeat=RELAY_HEARTBEAT,
             timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
             server_hostname=tls_name(node),
         )
     except (aiohttp.ClientError, OSError, TimeoutError):
         cluster.mark_unreachable(node.id)
         return False
-    cluster.relayed.add(ws)
+    cluster.relayed[ws] = node.id
     reason = b""
     try:
         await upstream.send_str(first.data)
         reason = await _relay(ws, upstream)
     finally:
-        cluster.relayed.discard(ws)
+        cluster.relayed.pop(ws, None)
         if not upstream.closed:
             await upstream.close()
         if not ws.closed:

@@ -136,12 +136,13 @@ class ClusterNode(ParleyProcess):
             data: dict[str, Any] = await response.json()
             return data
 
-    def kill_all(self, worker_pids: list[int]) -> None:
-        """``kill -9`` of the node: its control process and media workers at once."""
+    def kill_all(self, worker_pids: list[int], sig: int = signal.SIGKILL) -> None:
+        """``kill -9`` of the node (or another signal, SIGSTOP: frozen): its control process and
+        media workers at once."""
         assert self.proc is not None
         for pid in [self.proc.pid, *worker_pids]:
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, sig)
             except ProcessLookupError:
                 pass
 

@@ -6,12 +6,14 @@ with ``cluster_unavailable``, and taken again once Redis is back."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from tests.media_client import wait_for
 from tests.signaling.cluster_support import (
@@ -25,6 +27,16 @@ from tests.signaling.cluster_support import (
 )
 from tests.signaling.postgres_server import postgres_server, postgres_url  # noqa: F401
 from tests.signaling.store_serve import RejoiningParticipant
+
+
+async def session_owner(cluster: Cluster, session_id: str) -> str:
+    """The node the session map in Redis names for ``session_id``."""
+    client = aioredis.Redis.from_url(cluster.redis.url)
+    try:
+        value = await client.get(f"parley:session:{session_id}")
+        return value.decode() if value else ""
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture
@@ -78,6 +90,38 @@ async def test_a_session_placed_on_b_survives_kill_9_of_b(cluster: Cluster) -> N
             async with http.get(f"{a.base_url}/api/v1/sessions/{sid}", headers=a.auth()) as r:
                 assert r.status == 200 and (await r.json())["state"] == "active"
         finally:
+            for p in people:
+                await p.close()
+
+
+async def test_a_frozen_node_is_left_when_it_stops_answering(cluster: Cluster) -> None:
+    """SIGSTOP: its sockets stay open and say nothing; the relay's pings go unanswered and its
+    registry entry expires (5 s), so the pages rejoin and the session moves to A."""
+    a, b = cluster.a, cluster.b
+    people: list[RejoiningParticipant] = []
+    frozen: list[int] = []
+    async with aiohttp.ClientSession() as http:
+        try:
+            session = await create_on(http, a, b)
+            a1 = RejoiningParticipant(a.base_url, session["agent_url"], "Ann")
+            a2 = RejoiningParticipant(a.base_url, session["customer_url"], "Carl")
+            people = [a1, a2]
+            for p in people:
+                p.start()
+            assert await wait_for(lambda: in_call(a1, a2), timeout=40)
+            frozen = [w["pid"] for w in (await b.health(http))["workers"]]
+            b.kill_all(frozen, signal.SIGSTOP)
+            stopped_at = time.monotonic()
+            assert await wait_for(lambda: a1.joins >= 2 and a2.joins >= 2, timeout=15)
+            assert await wait_for(lambda: in_call(a1, a2, frames=5), timeout=15)
+            back = time.monotonic() - stopped_at
+            # detection takes the relay's ping (5 s, 2.5 s for the pong) or the entry's expiry
+            assert back < 15.0, f"media back after {back:.1f} s"
+            owner = await session_owner(cluster, session["session_id"])
+            assert owner == (await a.health(http))["cluster"]["node_id"]
+        finally:
+            if frozen:
+                b.kill_all(frozen)  # a stopped process does not act on SIGINT
             for p in people:
                 await p.close()
 
