@@ -222,6 +222,9 @@ class Cluster:
         self.unreachable: dict[str, float] = {}
         """Node id -> monotonic time until which it counts as dead here."""
         self.placed_since_refresh: dict[str, int] = {}
+        self.unmapped: set[str] = set()
+        """Sessions held here whose map entry could not be written (Redis failed): mapped (SET
+        NX) at the next refresh that reaches Redis."""
         self.relayed: dict[web.WebSocketResponse, str] = {}
         """Pages' sockets relayed to another node -> that node's id."""
         self.http: aiohttp.ClientSession | None = None
@@ -275,13 +278,15 @@ class Cluster:
                     )
                 replies = await pipe.execute()
             epoch = replies[1]
-            if epoch != self.epoch:
-                sessions = self.local_sessions()
+            if epoch != self.epoch or self.unmapped:
+                sessions = self.local_sessions() if epoch != self.epoch else []
+                sessions = [*sessions, *self.unmapped]
                 if sessions:
                     async with self.redis.pipeline(transaction=False) as pipe:
                         for session_id in sessions:
                             pipe.set(session_key(session_id), self.id, ex=self.session_ttl, nx=True)
                         await pipe.execute()
+                self.unmapped.clear()
             await self._read_nodes()
         except (RedisError, OSError) as exc:
             if self.available:
@@ -389,11 +394,11 @@ class Cluster:
         return True
 
     async def mapped(self, session_id: str) -> None:
-        """A session created here."""
+        """A session created here (when Redis fails now, it is mapped at the next refresh)."""
         try:
             await self.redis.set(session_key(session_id), self.id, ex=self.session_ttl)
-        except (RedisError, OSError) as exc:
-            raise ClusterUnavailable() from exc
+        except (RedisError, OSError):
+            self.unmapped.add(session_id)
 
     async def route(self, session_id: str, held_here: bool) -> Node | None:
         """The live node that holds ``session_id`` when it is another one; None: serve it here
@@ -409,14 +414,18 @@ class Cluster:
                 # a new (or restarted, empty) Redis: the nodes holding sessions map them again
                 # at their next refresh; until then an unmapped session may be held elsewhere
                 raise ClusterUnavailable("the registry is being rebuilt after a Redis restart")
-            return None  # unknown: served here (adopted from the store), mapped at the refresh
-        owner_id = owner.decode() if isinstance(owner, bytes) else str(owner)
-        if owner_id == self.id:
-            return None
-        if self.is_live(owner_id):
-            return self.nodes[owner_id]
-        if owner_id not in self.unreachable and await self._registered_now(owner_id):
-            return self.nodes[owner_id]  # it registered since our last refresh
+            if held_here:
+                self.unmapped.add(session_id)  # mapped again at the next refresh
+                return None
+            owner_id = ""  # unknown: claimed here (and adopted from the store) unless raced
+        else:
+            owner_id = owner.decode() if isinstance(owner, bytes) else str(owner)
+            if owner_id == self.id:
+                return None
+            if self.is_live(owner_id):
+                return self.nodes[owner_id]
+            if owner_id not in self.unreachable and await self._registered_now(owner_id):
+                return self.nodes[owner_id]  # it registered since our last refresh
         try:
             now_owner = await self._claim(
                 keys=[session_key(session_id)], args=[owner_id, self.id, self.session_ttl]
@@ -425,9 +434,12 @@ class Cluster:
             raise ClusterUnavailable() from exc
         now_owner = now_owner.decode() if isinstance(now_owner, bytes) else str(now_owner)
         if now_owner == self.id:
-            logger.info("[%s] session moved here from node %s (not live)", session_id, owner_id)
+            if owner_id:
+                logger.info("[%s] session moved here from node %s (not live)", session_id, owner_id)
             return None
-        return self.nodes.get(now_owner) if self.is_live(now_owner) else None
+        if self.is_live(now_owner) or await self._registered_now(now_owner):
+            return self.nodes[now_owner]  # another node took it first
+        raise ClusterUnavailable("the session is moving between nodes")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -516,6 +528,12 @@ def entry_join_urls(data: Any, node: Node, base_url: str) -> Any:
     return data
 
 
+def _has_api_key(request: web.Request) -> bool:
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    expected = request.app[CONFIG].api_key.encode()
+    return scheme.lower() == "bearer" and hmac.compare_digest(key.strip().encode(), expected)
+
+
 def _is_create(request: web.Request) -> bool:
     return request.method == "POST" and request.path.rstrip("/") == "/api/v1/sessions"
 
@@ -543,7 +561,7 @@ async def cluster_middleware(request: web.Request, handler: Any) -> web.StreamRe
                 return await forward_http(request, cluster, node)
         raise ClusterUnavailable("the chosen nodes did not answer")
     match = SESSION_PATH.match(request.path)
-    if match:
+    if match and _has_api_key(request):  # without it, refused here (nothing is written to Redis)
         session_id = match.group(1)
         for _ in range(2):
             owner = await cluster.route(session_id, session_id in control.placement)
@@ -562,10 +580,11 @@ async def _created_here(request: web.Request, handler: Any, cluster: Cluster) ->
     if not cluster.available and not await cluster.refresh():
         raise ClusterUnavailable()
     response = await handler(request)
-    if response.status == 201 and isinstance(response, web.Response) and response.body:
+    if response.status == 201 and isinstance(response, web.Response):
+        body = response.body
         with contextlib.suppress(ValueError, KeyError, TypeError):
-            assert isinstance(response.body, bytes)
-            await cluster.mapped(json.loads(response.body)["session_id"])
+            if isinstance(body, bytes):
+                await cluster.mapped(json.loads(body)["session_id"])
     return response
 
 

@@ -643,10 +643,16 @@ async def _relay(ws: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketRes
 
     async def page_to_worker() -> None:
         async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
-                await upstream.send_str(msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                await upstream.send_bytes(msg.data)
+            try:
+                if msg.type == WSMsgType.TEXT:
+                    await upstream.send_str(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    await upstream.send_bytes(msg.data)
+            except ConnectionError:
+                # the other side is closing (a session that just ended: 4002): let its close
+                # frame, read by worker_to_page, decide the page's close code (not 1001)
+                await asyncio.sleep(2.0)
+                return
 
     async def worker_to_page() -> None:
         while True:

@@ -173,3 +173,20 @@ async def test_redis_down_keeps_held_sessions_and_refuses_new_ones(
     assert (await node.place()).id == "n1"
     with pytest.raises(ClusterUnavailable, match="rebuilt"):
         await node.route("s_unmapped", held_here=False)
+
+
+async def test_a_session_created_while_redis_fails_is_mapped_at_the_next_refresh(
+    redis: RedisServer, make_node: Callable[..., Cluster]
+) -> None:
+    node = make_node("n1", 8301)
+    await node.start()
+    redis.stop()
+    await node.mapped("s_4")  # the session exists here; the map entry waits
+    assert node.unmapped == {"s_4"}
+    redis.start()
+    assert await node.refresh()
+    assert await node.redis.get("parley:session:s_4") == b"n1" and not node.unmapped
+    other = make_node("n2", 8302)
+    await other.start()
+    owner = await other.route("s_4", held_here=False)
+    assert owner is not None and owner.id == "n1"
