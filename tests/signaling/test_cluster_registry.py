@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -190,3 +192,14 @@ async def test_a_session_created_while_redis_fails_is_mapped_at_the_next_refresh
     await other.start()
     owner = await other.route("s_4", held_here=False)
     assert owner is not None and owner.id == "n1"
+
+
+def test_a_standalone_node_never_imports_redis() -> None:
+    code = (
+        "import sys; import parley.signaling.cli, parley.signaling.app, parley.signaling.workers; "
+        "print(sorted(m for m in sys.modules if m == 'redis' or m.endswith('.cluster')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout
