@@ -40,11 +40,19 @@ async def session_owner(cluster: Cluster, session_id: str) -> str:
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path, postgres_url: str) -> AsyncIterator[Cluster]:  # noqa: F811
-    async with running_cluster(tmp_path, postgres_url) as nodes:
+async def cluster(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    postgres_url: str,  # noqa: F811
+) -> AsyncIterator[Cluster]:
+    """Two nodes of one media worker each (or ``request.param`` workers: the control process
+    of each node then places within the node too)."""
+    workers = str(getattr(request, "param", 1))
+    async with running_cluster(tmp_path, postgres_url, "--workers", workers) as nodes:
         yield nodes
 
 
+@pytest.mark.parametrize("cluster", [1, 2], indirect=True, ids=["1-worker", "2-workers"])
 async def test_a_session_placed_on_b_survives_kill_9_of_b(cluster: Cluster) -> None:
     a, b = cluster.a, cluster.b
     people: list[RejoiningParticipant] = []
