@@ -25,6 +25,7 @@ if [ "$want_test" = test ]; then
     command -v certutil >/dev/null || need+=(libnss3-tools)  # test CA for the HTTPS browser test
     command -v ffprobe >/dev/null || need+=(ffmpeg)  # the recording tests check files with it
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)  # store tests
+    command -v redis-server >/dev/null || need+=(redis-server)  # cluster tests (--redis-url)
     command -v openssl >/dev/null || need+=(openssl)
     command -v ip >/dev/null || need+=(iproute2)
     command -v unshare >/dev/null || need+=(util-linux)

@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(options.render(resolved))
                 return 0
             _logging(resolved.values["log_level"])
-            if config.workers > 1:  # issue 11: a control process and media workers
+            if config.workers > 1 or config.redis_url:  # issue 11: control and media workers
                 from . import workers
 
                 _run(workers.serve_control(config, notes))

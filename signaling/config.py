@@ -191,6 +191,11 @@ class ServiceConfig:
     recover_recordings: bool = True
     """Finalise recordings a killed run left behind at start-up (the first worker only)."""
 
+    # --- several nodes (issue 11) ---
+    redis_url: str = ""
+    """``redis://`` (or ``rediss://``) URL of the cluster registry (``--redis-url``): this node is
+    one member of a cluster that shares the store (``--database-url``); empty: standalone."""
+
     def _check_limits(self) -> None:
         for name in ("shutdown_timeout", "join_timeout"):
             if not 0 < getattr(self, name) <= 600:
@@ -220,6 +225,13 @@ class ServiceConfig:
             raise ValueError("--workers must be from 1 to 64")
         if self.workers > 1 and not self.store.persistent:
             raise ValueError("--workers above 1 needs the store (--data-dir or --database-url)")
+        if self.redis_url:
+            if urlparse(self.redis_url).scheme not in ("redis", "rediss", "unix"):
+                raise ValueError("--redis-url must start with redis://, rediss:// or unix://")
+            if not self.store.database_url:
+                raise ValueError(
+                    "--redis-url needs the shared store: --database-url postgresql://..."
+                )
         if not self.api_key:
             raise ValueError("an API key is required")
         if len(self.token_secret) < 16:

@@ -354,6 +354,14 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         secret=True,
     ),
     Option(
+        "--redis-url",
+        "redis://host:6379/0 of the cluster registry: this node joins a cluster of nodes that "
+        "share --database-url",
+        default="",
+        secret=True,
+        field="redis_url",
+    ),  # issue 11: several machines (signaling/cluster.py)
+    Option(
         "--webhook-url",
         "POST signed events here (repeatable)",
         many=True,

@@ -695,6 +695,11 @@ async def _serve_page(
         if await gate.admit(first):
             break
     session_id = _session_of_join(config, first.data) if first.type == WSMsgType.TEXT else None
+    if config.redis_url and session_id is not None:  # several nodes: it may be on another one
+        from .cluster import relay_to_owner
+
+        if await relay_to_owner(request, ws, first, session_id, gate):
+            return ws
     worker: Worker | None = None
     try:
         if session_id is not None:
@@ -753,10 +758,16 @@ async def _relay(
         async for msg in ws:
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY) or not await gate.admit(msg):
                 continue
-            if msg.type == WSMsgType.TEXT:
-                await upstream.send_str(msg.data)
-            else:
-                await upstream.send_bytes(msg.data)
+            try:
+                if msg.type == WSMsgType.TEXT:
+                    await upstream.send_str(msg.data)
+                else:
+                    await upstream.send_bytes(msg.data)
+            except ConnectionError:
+                # the other side is closing (a session that just ended: 4002): let its close
+                # frame, read by worker_to_page, decide the page's close code (not 1001)
+                await asyncio.sleep(2.0)
+                return
 
     async def worker_to_page() -> None:
         while True:
@@ -987,8 +998,12 @@ async def serve_control(config: ServiceConfig, notes: list[str]) -> None:
     from .cli import RedactingAccessLogger, banner, run_until_signalled, server_ssl_context
 
     if config.port == 0:
-        raise ValueError("--workers above 1 needs a fixed --port")
+        raise ValueError("--workers above 1 and --redis-url need a fixed --port")
     app = create_control_app(config)
+    if config.redis_url:  # a member of a cluster of nodes (signaling/cluster.py)
+        from .cluster import join_cluster
+
+        join_cluster(app)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -1014,6 +1029,10 @@ async def serve_control(config: ServiceConfig, notes: list[str]) -> None:
     print(banner(config, notes, config.port), flush=True)
 
     async def stop() -> None:
+        if config.redis_url:  # leave the cluster first: the pages rejoin onto live nodes
+            from .cluster import drain
+
+            await drain(app)
         app[DRAINING].set()
         await app[CONTROL].stop()
 

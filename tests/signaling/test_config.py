@@ -22,6 +22,7 @@ def _in_a_temporary_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     these tests resolve without the environment): let that be a temporary folder."""
     monkeypatch.chdir(tmp_path)
 
+
 # the flags and environment variables parley serve had before the table: a contract
 LEGACY_FLAGS = {
     "--host", "--port", "--public-url", "--api-key", "--token-secret", "--token-ttl",
@@ -322,12 +323,16 @@ def test_each_option_with_a_field_lands_in_the_service_config(option: Option) ->
         text, value = "5", 5
     if option.key == "workers":  # 1 to 64; above 1 with the store (--data-dir, the default)
         text, value = "2", 2
+    extra: list[str] = []
+    if option.key == "redis_url":  # a cluster shares the PostgreSQL store
+        text = value = "redis://127.0.0.1:6379/0"
+        extra = ["--database-url", "postgresql://parley@127.0.0.1/parley"]
     if option.key in ("tls_cert", "tls_key"):  # they go together
         argv = ["--tls-cert", "cert.pem", "--tls-key", "key.pem"]
         text = value = f"{option.key.split('_')[1]}.pem"
     else:
         argv = cli_args(option, text)
-    resolved = options.resolve(parse([*argv, "--api-key", "k"]), {})
+    resolved = options.resolve(parse([*argv, *extra, "--api-key", "k"]), {})
     service, _ = cli.config_from_args(resolved.namespace())
     target: Any = service
     for name in option.field.split("."):
