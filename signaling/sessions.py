@@ -20,7 +20,7 @@ from parley.relay.router import Leg
 
 from . import tokens
 from .errors import Forbidden, SessionEnded, SessionFull, SessionNotFound, SignalingError
-from .messages import Answer, Offer, TrackState
+from .messages import Answer, Candidate, Offer, TrackState
 from .presence import Presence
 
 logger = logging.getLogger(__name__)
@@ -407,6 +407,14 @@ class Session:
         peer = self._peer(participant)
         try:
             await peer.handle_subscribe_answer(answer.sdp)
+        except RelayError as exc:
+            raise SignalingError(str(exc), code=exc.code) from exc
+
+    def handle_candidate(self, participant: Participant, message: Candidate) -> None:
+        """A candidate the page trickled for one of its legs (stale ones are dropped)."""
+        peer = self._peer(participant)
+        try:
+            peer.add_candidate(message.pc, message.candidate, message.ufrag)
         except RelayError as exc:
             raise SignalingError(str(exc), code=exc.code) from exc
 

@@ -160,6 +160,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                     await connection.send(await session.handle_offer(participant, message))
                 elif isinstance(message, messages.Answer):
                     await session.handle_answer(participant, message)
+                elif isinstance(message, messages.Candidate):
+                    session.handle_candidate(participant, message)
                 elif isinstance(message, messages.Reconnect):
                     session.handle_reconnect(participant, message.pc)
                 elif isinstance(message, messages.Leave):

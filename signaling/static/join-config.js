@@ -1,6 +1,5 @@
 // parley join page: constants, and what the page's URL says. Nothing here changes at run time.
 
-export const GATHER_TIMEOUT_MS = 4000; // the relay is non-trickle: wait this long for candidates at most
 export const ANSWER_TIMEOUT_MS = 15000;
 export const WELCOME_TIMEOUT_MS = 15000;
 export const PC_DISCONNECTED_GRACE_MS = 4000; // "disconnected" this long means the path is gone

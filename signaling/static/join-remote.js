@@ -4,8 +4,6 @@
 // connection quality come from the server (participant_state, speaking, connection_quality),
 // the same for every browser: never guessed from what this browser happens to receive.
 
-import { GATHER_TIMEOUT_MS } from "./join-config.js";
-import { waitForGathering } from "./join-signaling.js";
 import { $, initials, roleLabel } from "./join-ui.js";
 
 export function createRemote(app) {
@@ -22,9 +20,9 @@ export function createRemote(app) {
       await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
       const answer = await pc.createAnswer();
       await pc.setLocalDescription(answer);
-      await waitForGathering(pc, GATHER_TIMEOUT_MS);
       if (attempt.closed) return;
       app.signaling.send(attempt, { type: "answer", pc: "subscribe", sdp: pc.localDescription.sdp });
+      pc.described(); // our candidates follow (trickle ICE)
       remote.reconcile(attempt);
     },
 

@@ -1,7 +1,8 @@
 // parley join page: signaling. One connection attempt = a WebSocket to /api/v1/ws, the join,
 // and after the welcome two RTCPeerConnections to the relay (publish and subscribe). A lost
 // connection is retried as a new attempt with the same token; a dead media leg alone is rebuilt
-// within the attempt (`reconnect`, LiveKit's resume before the full reconnect). Protocol:
+// within the attempt (`reconnect`, LiveKit's resume before the full reconnect). Both legs
+// trickle the page's ICE candidates (`candidate`) after the offer or answer. Protocol:
 // docs/browser.md, docs/design.md.
 
 import {
@@ -22,21 +23,22 @@ import {
 import { createAttempt } from "./join-state.js";
 import { $ } from "./join-ui.js";
 
-/** Resolves when ICE gathering completes, or after `ms` (the relay is non-trickle). */
-export function waitForGathering(pc, ms) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      pc.removeEventListener("icegatheringstatechange", check);
-      resolve();
-    };
-    const check = () => {
-      if (pc.iceGatheringState === "complete") done();
-    };
-    const timer = setTimeout(done, ms);
-    pc.addEventListener("icegatheringstatechange", check);
-  });
+/** Trickle ICE: our candidates go to the relay as they are found (`candidate`), but only
+ * after the offer or answer they belong to; until then they wait here. */
+export function trickle(pc, send) {
+  const waiting = [];
+  let ready = false;
+  pc.onicecandidate = (ev) => {
+    const msg = ev.candidate && ev.candidate.candidate ? ev.candidate.toJSON() : null;
+    if (ready) send(msg);
+    else waiting.push(msg);
+  };
+  /** The offer or answer went out: send what was found so far, and from now on at once. */
+  return () => {
+    if (ready) return;
+    ready = true;
+    for (const msg of waiting.splice(0)) send(msg);
+  };
 }
 
 export function createSignaling(app) {
@@ -264,6 +266,9 @@ export function createSignaling(app) {
     newPc(attempt, label) {
       const pc = new RTCPeerConnection(attempt.pcConfig);
       attempt[label] = pc;
+      pc.described = trickle(pc, (candidate) => {
+        if (attempt[label] === pc) signaling.send(attempt, { type: "candidate", pc: label, candidate });
+      });
       pc.onconnectionstatechange = () => signaling.watchPc(attempt, label, pc);
       if (label === "subscribe") pc.ontrack = () => app.remote.reconcile(attempt);
       return pc;

@@ -36,6 +36,27 @@ from tests.signaling.browser_support import (  # noqa: E402
 SERVER_IP, CARL_IP = "10.201.0.1", "10.201.0.2"
 DROP_SECONDS = 10.0
 AV = ("camera", "microphone")
+TRACE_JS = """
+(() => {
+  const Pc = window.RTCPeerConnection, Ws = window.WebSocket;
+  let n = 0;
+  window.RTCPeerConnection = function (...args) {
+    const pc = new Pc(...args), id = ++n, log = (t) => console.log(`trace pc${id} ${t}`);
+    pc.addEventListener("connectionstatechange", () => log(pc.connectionState));
+    pc.addEventListener("icecandidate", (e) => log(e.candidate ? e.candidate.candidate.slice(0, 70) : "end"));
+    return pc;
+  };
+  window.RTCPeerConnection.prototype = Pc.prototype;
+  window.WebSocket = function (...args) {
+    const ws = new Ws(...args);
+    ws.addEventListener("open", () => console.log("trace ws open"));
+    ws.addEventListener("message", (e) => console.log(`trace ws < ${String(e.data).slice(0, 60)}`));
+    return ws;
+  };
+  Object.assign(window.WebSocket, Ws);
+  window.WebSocket.prototype = Ws.prototype;
+})();
+"""
 
 
 def sh(*cmd: str) -> None:
@@ -62,8 +83,11 @@ def namespace_b() -> subprocess.Popen[bytes]:
 
 
 def frames(page: Any, key: str) -> int:
+    """Video frames decoded, or audio packets received, of one remote track."""
     stats = media_stats(page)["media"].get(key)
-    return int(stats["framesDecoded"]) if stats else 0
+    if not stats:
+        return 0
+    return int(stats["packetsReceived" if key.endswith("/microphone") else "framesDecoded"])
 
 
 def main() -> int:
@@ -94,12 +118,16 @@ def main() -> int:
                 (here, sue_url, "Sue"),
             ):
                 page = browser.new_context(permissions=["camera", "microphone"]).new_page()
+                if name == "Carl" and os.environ.get("PARLEY_NETDROP_CONSOLE"):
+                    page.add_init_script(TRACE_JS)
                 page.set_default_timeout(20_000)
                 page.goto(url)
                 page.get_by_label("Your name").fill(name)
                 page.get_by_role("button", name="Join", exact=True).click()
                 wait_for_state(page, "connected")
                 pages[name] = page
+            console: list[tuple[float, str]] = []
+            pages["Carl"].on("console", lambda m: console.append((time.monotonic(), m.text)))
             ids = {name: participant_id(page) for name, page in pages.items()}
             for name, page in pages.items():
                 wait_for_media(page, {ids[o]: AV for o in pages if o != name}, timeout=40)
@@ -108,6 +136,8 @@ def main() -> int:
                 "Alice <- Carl": (pages["Alice"], f"{ids['Carl']}/camera"),
                 "Carl <- Alice": (pages["Carl"], f"{ids['Alice']}/camera"),
                 "Sue <- Alice": (pages["Sue"], f"{ids['Alice']}/camera"),
+                "Alice <- Carl audio": (pages["Alice"], f"{ids['Carl']}/microphone"),
+                "Carl <- Alice audio": (pages["Carl"], f"{ids['Alice']}/microphone"),
             }
             rises: dict[str, list[float]] = {k: [] for k in watched}
             last = {k: -1 for k in watched}
@@ -135,7 +165,7 @@ def main() -> int:
             figures: dict[str, Any] = {"drop_s": DROP_SECONDS}
             for key in watched:
                 after = [t for t in rises[key] if t > up_at + 0.3]
-                figures[f"{key}: video back after network up (s)"] = (
+                figures[f"{key}: media back after network up (s)"] = (
                     round(after[0] - up_at, 2) if after else None
                 )
                 before = [t for t in rises[key] if t < down_at][-1:]
@@ -149,9 +179,13 @@ def main() -> int:
             figures["states"] = {
                 n: pg.evaluate("() => window.parley.state") for n, pg in pages.items()
             }
+            if os.environ.get("PARLEY_NETDROP_CONSOLE"):
+                figures["Carl's console"] = [
+                    f"{at - up_at:+.2f} {text[:160]}" for at, text in console if at > down_at
+                ]
             print(json.dumps(figures))
             ok = (
-                all(figures[f"{k}: video back after network up (s)"] is not None for k in watched)
+                all(figures[f"{k}: media back after network up (s)"] is not None for k in watched)
                 and figures["Sue <- Alice: longest gap (s)"] < 2.0
                 and figures["full reconnects"] == {n: 0 for n in pages}
             )
