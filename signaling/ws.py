@@ -138,6 +138,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                             "name": p.name,
                             "ice_servers": ice(p.id),
                             "ice_transport_policy": policy,
+                            "resume_grace": s.resume_grace,
                             "participants": [x.to_json() | state_of(x) for x in s.connected()],
                             "recording": recordings.state_of(app, s.id),
                         }

@@ -113,10 +113,12 @@ export function createSignaling(app) {
         console.warn("parley: signaling lost, resuming:", why);
         attempt.resuming = now;
         attempt.resumeTries = 0;
+        // the relay restarts lost legs when we are back: no full reconnect for a slow leg now
+        for (const label of ["publish", "subscribe"]) clearTimeout(attempt.pcTimers[`${label}-rebuild`]);
         app.ui.setState("reconnecting", "Reconnecting…");
         app.ui.banner("Connection lost. Reconnecting…");
       }
-      if (now - attempt.resuming > RESUME_WINDOW_MS) return signaling.lostConnection(attempt, `${why}; not resumed in time`);
+      if (now - attempt.resuming > (attempt.resumeWindowMs || RESUME_WINDOW_MS)) return signaling.lostConnection(attempt, `${why}; not resumed in time`);
       const delay = RETRY_DELAYS_MS[Math.min(attempt.resumeTries, RETRY_DELAYS_MS.length - 1)];
       attempt.resumeTries += 1;
       clearTimeout(attempt.resumeTimer);
@@ -226,6 +228,7 @@ export function createSignaling(app) {
     onWelcome(attempt, msg) {
       attempt.welcomed = true;
       clearTimeout(attempt.welcomeTimer);
+      if (typeof msg.resume_grace === "number" && msg.resume_grace > 0) attempt.resumeWindowMs = msg.resume_grace * 1000;
       attempt.participantId = msg.participant_id;
       attempt.role = msg.role;
       st.joined.participantId = msg.participant_id;

@@ -34,7 +34,8 @@ from tests.signaling.browser_support import (  # noqa: E402
 )
 
 SERVER_IP, CARL_IP = "10.201.0.1", "10.201.0.2"
-DROP_SECONDS = 10.0
+DROP_SECONDS = float(os.environ.get("PARLEY_NETDROP_SECONDS", "10"))
+"""How long the interface stays down (10 s in the test; 30 s for the long-drop figures)."""
 AV = ("camera", "microphone")
 TRACE_JS = """
 (() => {
@@ -59,13 +60,19 @@ TRACE_JS = """
 """
 
 
+SEES_JS = """
+(id) => [window.parley.participants.some((p) => p.participant_id === id),
+         !!(window.parley.states[id] || {}).reconnecting]
+"""
+
+
 def sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, timeout=10)
 
 
 def namespace_b() -> subprocess.Popen[bytes]:
     """A second network namespace, held by a sleeping process, with v1 in it."""
-    holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "120"])
+    holder = subprocess.Popen(["unshare", "--net", "--", "sleep", str(int(DROP_SECONDS) + 120)])
     ns = f"/proc/{holder.pid}/ns/net"
     for _ in range(50):  # bounded: the namespace exists once unshare has exec'd sleep
         if os.readlink(ns) != os.readlink("/proc/self/ns/net"):
@@ -149,11 +156,20 @@ def main() -> int:
                         rises[key].append(time.monotonic())
                     last[key] = count
 
+            seen_by_sue: list[tuple[float, bool, bool]] = []
+            """(time, Carl listed, Carl reconnecting) as Sue's page shows them during the drop."""
+
+            def sue_sees_carl() -> None:
+                listed, away = pages["Sue"].evaluate(SEES_JS, ids["Carl"])
+                seen_by_sue.append((time.monotonic(), bool(listed), bool(away)))
+
             sample()
             down_at = time.monotonic()
             sh(*in_b, "ip", "link", "set", "v1", "down")
             while time.monotonic() - down_at < DROP_SECONDS:
                 sample()
+                if not seen_by_sue or time.monotonic() - seen_by_sue[-1][0] > 1.0:
+                    sue_sees_carl()
                 pages["Sue"].wait_for_timeout(100)  # lets the pages run
             sh(*in_b, "ip", "link", "set", "v1", "up")
             up_at = time.monotonic()
@@ -176,6 +192,13 @@ def main() -> int:
                 n: pg.evaluate("() => window.parley.attempts") for n, pg in pages.items()
             }
             figures["full reconnects"] = {n: now_attempts[n] - attempts[n] for n in pages}
+            away = [at - down_at for at, _, reconnecting in seen_by_sue if reconnecting]
+            figures["Sue: Carl listed throughout the drop"] = all(x[1] for x in seen_by_sue)
+            figures["Sue: Carl shown reconnecting from (s after the drop)"] = (
+                round(away[0], 1) if away else None
+            )
+            sue_sees_carl()
+            figures["Sue: Carl reconnecting after recovery"] = seen_by_sue[-1][2]
             figures["states"] = {
                 n: pg.evaluate("() => window.parley.state") for n, pg in pages.items()
             }
@@ -188,6 +211,7 @@ def main() -> int:
                 all(figures[f"{k}: media back after network up (s)"] is not None for k in watched)
                 and figures["Sue <- Alice: longest gap (s)"] < 2.0
                 and figures["full reconnects"] == {n: 0 for n in pages}
+                and figures["Sue: Carl listed throughout the drop"]
             )
             here.close()
             there.close()
