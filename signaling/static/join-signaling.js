@@ -9,13 +9,17 @@ import {
   CLOSE_MEDIA_FAILED,
   CLOSE_REPLACED,
   CLOSE_SESSION_ENDED,
+  HOST_PROBE_MS,
   LEG_REBUILD_TIMEOUT_MS,
   MAX_LEG_REBUILDS,
+  MEDIA_STALL_MS,
   ONLINE_SETTLE_MS,
+  PATH_CHECK_MS,
   PC_DISCONNECTED_GRACE_MS,
   RECONNECT_PROBE_MS,
   RESUME_WINDOW_MS,
   RETRY_DELAYS_MS,
+  STEADY_PPS,
   WELCOME_TIMEOUT_MS,
   endedText,
   wsUrl,
@@ -39,6 +43,52 @@ export function trickle(pc, send) {
     ready = true;
     for (const msg of waiting.splice(0)) send(msg);
   };
+}
+
+/** Whether this browser's WebRTC can still use `address`: a UDP host candidate on it that a
+ * throwaway connection gathers within `ms` (a removed address cannot be bound any more; TCP
+ * "active" candidates are not bound, so they do not tell). */
+export async function addressUsable(address, ms) {
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  const found = new Set();
+  try {
+    pc.createDataChannel("probe");
+    const done = new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      pc.onicecandidate = (ev) => {
+        const c = ev.candidate;
+        // the candidate line itself where the fields are missing: foundation component
+        // transport priority address port "typ" type
+        const bits = c && c.candidate ? c.candidate.split(" ") : [];
+        const host = c ? c.address || bits[4] : null;
+        if (host && (c.protocol || bits[2] || "").toLowerCase() === "udp" && (c.type || bits[7]) === "host") found.add(host);
+        if (!c || !c.candidate || found.has(address)) resolve(clearTimeout(timer));
+      };
+    });
+    await pc.setLocalDescription(await pc.createOffer());
+    await done;
+  } finally {
+    pc.close();
+  }
+  return found.has(address);
+}
+
+/** The subscribe leg's received packets and the local (base) address of its path, from
+ * getStats; null for a path through TURN (its local side is the TURN server's). */
+async function pathStats(pc) {
+  const report = await pc.getStats();
+  let packets = 0;
+  let pairId = null;
+  report.forEach((s) => {
+    if (s.type === "inbound-rtp") packets += s.packetsReceived || 0;
+    if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
+  });
+  const pair = pairId ? report.get(pairId) : null;
+  const local = pair ? report.get(pair.localCandidateId) : null;
+  let address = null;
+  if (local && local.protocol === "udp" && local.candidateType === "host") address = local.address || local.ip || null;
+  else if (local && ["srflx", "prflx"].includes(local.candidateType)) address = local.relatedAddress || null;
+  return { packets, address };
 }
 
 export function createSignaling(app) {
@@ -129,6 +179,9 @@ export function createSignaling(app) {
       if (!msg.resumed) return signaling.lostConnection(attempt, "the relay no longer had our media");
       attempt.resuming = 0;
       clearTimeout(attempt.resumeTimer);
+      // legs we found dead on a path the relay may not have noticed yet (an address change)
+      for (const label of attempt.staleLegs || []) signaling.send(attempt, { type: "reconnect", pc: label });
+      attempt.staleLegs = null;
       st.roster.clear();
       for (const p of msg.participants || []) {
         if (p.participant_id !== msg.participant_id && !p.left_at) st.roster.set(p.participant_id, p);
@@ -142,6 +195,7 @@ export function createSignaling(app) {
       if (!attempt || attempt.closed) return;
       attempt.closed = true;
       clearTimeout(attempt.welcomeTimer);
+      clearInterval(attempt.pathTimer);
       clearTimeout(attempt.resumeTimer);
       for (const t of Object.values(attempt.pcTimers)) clearTimeout(t);
       if (attempt.answerWaiter) attempt.answerWaiter.reject(new Error("connection closed"));
@@ -249,6 +303,8 @@ export function createSignaling(app) {
       attempt.pcConfig = config;
       signaling.newPc(attempt, "publish");
       signaling.newPc(attempt, "subscribe");
+      attempt.flow = {};
+      attempt.pathTimer = setInterval(() => signaling.checkPath(attempt), PATH_CHECK_MS);
       app.publisher.publishLocal(attempt);
       // the server starts a (re)joined participant with nothing turned off
       const local = st.local;
@@ -326,6 +382,41 @@ export function createSignaling(app) {
       attempt.pcTimers[`${label}-rebuild`] = setTimeout(() => {
         if (attempt[label] && attempt[label].connectionState !== "connected") signaling.lostConnection(attempt, `${why}; no rebuild`);
       }, LEG_REBUILD_TIMEOUT_MS);
+    },
+
+    /** An address change on a live interface fires no browser event and the old path just
+     * goes silent (the peer connections notice after about 5 s, then 4 s more): when the
+     * subscribe leg's steady media stops for MEDIA_STALL_MS, look whether the local address of
+     * its path is still usable; if not, resume on a fresh socket at once and have both legs
+     * rebuilt. A stall on an address still there (everybody muted) changes nothing. */
+    async checkPath(attempt) {
+      const pc = attempt.subscribe;
+      if (attempt.closed || attempt.checkingPath || attempt.resuming || !pc || pc.connectionState !== "connected") return;
+      attempt.checkingPath = true;
+      try {
+        const { packets, address } = await pathStats(pc);
+        const now = Date.now();
+        const flow = attempt.flow;
+        if (flow.pc !== pc || packets > flow.packets) {
+          const rate = flow.pc === pc ? ((packets - flow.packets) * 1000) / Math.max(1, now - flow.at) : 0;
+          attempt.flow = { pc, packets, at: now, steady: rate >= STEADY_PPS };
+          return;
+        }
+        if (!flow.steady || now - flow.at < MEDIA_STALL_MS) return;
+        flow.steady = false; // one look per stall
+        // only a real address can be compared (mDNS names differ for every connection)
+        if (!address || address.endsWith(".local")) return;
+        const usable = await addressUsable(address, HOST_PROBE_MS);
+        if (usable || attempt.closed || attempt.subscribe !== pc) return;
+        console.warn(`parley: the local address ${address} is gone; resuming`);
+        attempt.staleLegs = ["publish", "subscribe"].filter((label) => attempt[label] && attempt[label].connectionState !== "new");
+        signaling.resume(attempt, `the local address ${address} is gone`);
+        signaling.openSocket(attempt, true); // at once: the old socket used that address too
+      } catch (err) {
+        console.warn("parley: path check failed:", err);
+      } finally {
+        attempt.checkingPath = false;
+      }
     },
 
     watchPc(attempt, label, pc) {

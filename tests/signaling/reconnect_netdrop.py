@@ -36,6 +36,11 @@ from tests.signaling.browser_support import (  # noqa: E402
 SERVER_IP, CARL_IP = "10.201.0.1", "10.201.0.2"
 DROP_SECONDS = float(os.environ.get("PARLEY_NETDROP_SECONDS", "10"))
 """How long the interface stays down (10 s in the test; 30 s for the long-drop figures)."""
+MODE = os.environ.get("PARLEY_NETDROP_MODE", "down")
+"""``down``: v1 down, then up again; ``readdress``: v1 down, then up with another address
+(NEW_IP, as after moving to another network); ``switch``: the address changes while v1 stays
+up (the old one removed, the new one added at once; DROP_SECONDS unused)."""
+NEW_IP = "10.201.0.3"
 AV = ("camera", "microphone")
 TRACE_JS = """
 (() => {
@@ -56,6 +61,10 @@ TRACE_JS = """
   };
   Object.assign(window.WebSocket, Ws);
   window.WebSocket.prototype = Ws.prototype;
+  for (const ev of ["online", "offline"]) window.addEventListener(ev, () => console.log(`trace ${ev}`));
+  if (navigator.connection) {
+    navigator.connection.addEventListener("change", () => console.log(`trace connection change ${navigator.connection.type}`));
+  }
 })();
 """
 
@@ -165,20 +174,28 @@ def main() -> int:
 
             sample()
             down_at = time.monotonic()
-            sh(*in_b, "ip", "link", "set", "v1", "down")
-            while time.monotonic() - down_at < DROP_SECONDS:
-                sample()
-                if not seen_by_sue or time.monotonic() - seen_by_sue[-1][0] > 1.0:
-                    sue_sees_carl()
-                pages["Sue"].wait_for_timeout(100)  # lets the pages run
-            sh(*in_b, "ip", "link", "set", "v1", "up")
+            if MODE == "switch":
+                # the old one first: removing a primary address removes its secondaries too
+                sh(*in_b, "ip", "addr", "del", f"{CARL_IP}/24", "dev", "v1")
+                sh(*in_b, "ip", "addr", "add", f"{NEW_IP}/24", "dev", "v1")
+            else:
+                sh(*in_b, "ip", "link", "set", "v1", "down")
+                while time.monotonic() - down_at < DROP_SECONDS:
+                    sample()
+                    if not seen_by_sue or time.monotonic() - seen_by_sue[-1][0] > 1.0:
+                        sue_sees_carl()
+                    pages["Sue"].wait_for_timeout(100)  # lets the pages run
+                if MODE == "readdress":
+                    sh(*in_b, "ip", "addr", "del", f"{CARL_IP}/24", "dev", "v1")
+                    sh(*in_b, "ip", "addr", "add", f"{NEW_IP}/24", "dev", "v1")
+                sh(*in_b, "ip", "link", "set", "v1", "up")
             up_at = time.monotonic()
             for _ in range(300):  # bounded: about 30 s after the network is back
                 sample()
                 if all(rises[k] and rises[k][-1] > up_at + 0.5 for k in watched):
                     break
                 pages["Sue"].wait_for_timeout(100)
-            figures: dict[str, Any] = {"drop_s": DROP_SECONDS}
+            figures: dict[str, Any] = {"mode": MODE, "drop_s": DROP_SECONDS}
             for key in watched:
                 after = [t for t in rises[key] if t > up_at + 0.3]
                 figures[f"{key}: media back after network up (s)"] = (
@@ -193,6 +210,7 @@ def main() -> int:
             }
             figures["full reconnects"] = {n: now_attempts[n] - attempts[n] for n in pages}
             away = [at - down_at for at, _, reconnecting in seen_by_sue if reconnecting]
+            sue_sees_carl()
             figures["Sue: Carl listed throughout the drop"] = all(x[1] for x in seen_by_sue)
             figures["Sue: Carl shown reconnecting from (s after the drop)"] = (
                 round(away[0], 1) if away else None
