@@ -397,8 +397,13 @@ export function createSignaling(app) {
         const { packets, address } = await pathStats(pc);
         const now = Date.now();
         const flow = attempt.flow;
-        if (flow.pc !== pc || packets > flow.packets) {
-          const rate = flow.pc === pc ? ((packets - flow.packets) * 1000) / Math.max(1, now - flow.at) : 0;
+        if (flow.pc !== pc || packets < flow.packets) {
+          // a new leg, or fewer tracks (an m-line gone takes its counters along): start again
+          attempt.flow = { pc, packets, at: now, steady: false };
+          return;
+        }
+        if (packets > flow.packets) {
+          const rate = ((packets - flow.packets) * 1000) / Math.max(1, now - flow.at);
           attempt.flow = { pc, packets, at: now, steady: rate >= STEADY_PPS };
           return;
         }
