@@ -7,8 +7,14 @@ that way, so the relay must take them from the messages."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
+from parley.signaling import messages
+from parley.signaling.errors import BadRequest
 from parley.signaling.keys import SESSIONS
 from tests.media_client import wait_for
 from tests.signaling.conftest import Service
@@ -159,3 +165,31 @@ async def test_a_malformed_or_stale_candidate_is_refused_and_the_call_carries_on
     finally:
         for p in (ann, carl):
             await p.close()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=20), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
+
+
+@given(
+    pc=json_values | st.sampled_from(["publish", "subscribe"]),
+    candidate=json_values
+    | st.fixed_dictionaries(
+        {"candidate": json_values | st.text(max_size=200)},
+        optional={"usernameFragment": json_values, "sdpMid": json_values},
+    ),
+)
+def test_any_candidate_message_parses_or_is_a_bad_request(pc: Any, candidate: Any) -> None:
+    text = json.dumps({"type": "candidate", "pc": pc, "candidate": candidate})
+    try:
+        message = messages.parse(text)
+    except BadRequest:
+        return
+    assert isinstance(message, messages.Candidate)
+    assert message.pc in ("publish", "subscribe")
+    assert message.candidate is None or isinstance(message.candidate, str)
