@@ -32,7 +32,9 @@ CLOSE_SESSION_ENDED = 4002
 LEG_REBUILD_TIMEOUT = 30.0
 """Seconds a rebuilt media leg has to connect before the page is told to reconnect in full."""
 LEG_REBUILDS_PER_JOIN = 5
-"""Leg rebuilds one connection may have; after these a failed leg means a full reconnect."""
+"""Leg rebuilds in a row, none of which connected, after which a failed leg means a full
+reconnect (a rebuilt leg that connects starts the count again: a long call may lose its
+network many times)."""
 RESUME_GRACE = 45.0
 """Default seconds a participant whose WebSocket vanished stays listed (as reconnecting), its
 media kept, for its page to come back with ``join`` + ``resume`` (a network drop takes the
@@ -84,6 +86,8 @@ class Participant:
     """Sources the participant turned off (``track_state``; signaling/presence.py)."""
     vanished: bool = False
     """Its socket went away without ``leave`` and the relay keeps its media for a resume."""
+    rebuilds_in_a_row: int = 0
+    """Leg rebuilds since one last connected (see :data:`LEG_REBUILDS_PER_JOIN`)."""
 
     @property
     def reconnecting(self) -> bool:
@@ -220,6 +224,7 @@ class Session:
                 asyncio.ensure_future(self._leg_failed(participant, current, peer, leg))
 
         participant.peer = self.router.add_peer(participant.id, send_offer, failed)
+        participant.rebuilds_in_a_row = 0
         logger.info(
             "[%s/%s] joined as %s%s",
             self.id,
@@ -316,7 +321,7 @@ class Session:
         reconnects in full (LiveKit's resume, then full reconnect)."""
         if participant.peer is not peer or participant.connection is not connection:
             return
-        if leg is None or peer.rebuilds >= LEG_REBUILDS_PER_JOIN:
+        if leg is None or participant.rebuilds_in_a_row >= LEG_REBUILDS_PER_JOIN:
             await self._media_failed(participant, connection)
             return
         logger.info("[%s/%s] %s leg lost; rebuilding it", self.id, participant.id, leg)
@@ -324,11 +329,14 @@ class Session:
         if participant.peer is not peer or participant.connection is not connection:
             return
         peer.rebuild(leg)
+        participant.rebuilds_in_a_row += 1
         await self.presence.state_changed(participant)  # reconnecting
         rebuilds = peer.rebuilds
         connected = await peer.wait_connected(leg, LEG_REBUILD_TIMEOUT)
         if connected:
             logger.info("[%s/%s] %s leg rebuilt", self.id, participant.id, leg)
+            if participant.peer is peer:
+                participant.rebuilds_in_a_row = 0
         if participant.peer is peer:
             await self.presence.state_changed(participant)
         if connected or participant.vanished:

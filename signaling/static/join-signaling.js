@@ -428,6 +428,7 @@ export function createSignaling(app) {
       if (attempt.closed || attempt[label] !== pc) return;
       const s = pc.connectionState;
       clearTimeout(attempt.pcTimers[label]);
+      if (s === "connected") attempt.legRebuilds = 0; // the limit is for rebuilds in a row
       if (s === "failed") {
         signaling.legLost(attempt, label, `${label} peer connection failed`);
       } else if (s === "disconnected") {

@@ -134,3 +134,42 @@ def test_the_resume_grace_is_configurable_and_checked() -> None:
     assert make_config(resume_grace=5.0).resume_grace == 5.0
     with pytest.raises(ValueError, match="resume grace"):
         make_config(resume_grace=0.0)
+
+
+async def test_a_participant_that_loses_its_network_again_and_again_is_never_reconnected_in_full(
+    service_factory: ServiceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two rebuilds in a row allowed: each drop costs two (both legs), three drops cost six
+    monkeypatch.setattr(sessions, "LEG_REBUILDS_PER_JOIN", 2)
+    service = await service_factory(media=MediaConfig(addresses=("127.0.0.1",), dead_leg_after=1.5))
+    agent, customer, third = await three_party_call(service)
+    try:
+        session = service.app[SESSIONS].get(agent.welcome["session_id"])
+        peer = session.participants[agent.id].peer
+        seen = {p.name: len(churn(p)) for p in (customer, third)}
+        for drop in range(3):
+            assert agent.client is not None and customer.client is not None
+            count = customer.client.frames_from(agent.id, "video")
+            before, rebuilt = peer.rebuilds, len(agent.rebuilt)
+            agent.network.down(agent.client.pub, agent.client.sub)
+            # the relay finds both legs silent and rebuilds them
+            assert await wait_for(lambda b=before: peer.rebuilds >= b + 2, 15), f"drop {drop}"
+            agent.network.up()
+            assert await wait_for(
+                lambda c=count, r=rebuilt: (
+                    len(agent.rebuilt) >= r + 2
+                    and customer.client is not None
+                    and customer.client.frames_from(agent.id, "video") >= c + 15
+                    and agent.client is not None
+                    and agent.client.sub.connectionState == "connected"
+                    and agent.client.pub.connectionState == "connected"
+                ),
+                timeout=30,
+            ), f"no media back after drop {drop}"
+        assert len(agent.rebuilt) == 6  # more than the limit in all
+        assert session.participants[agent.id].peer is peer
+        assert not [m for m in agent.errors() if m.get("code") == "media_failed"]
+        assert {p.name: len(churn(p)) for p in (customer, third)} == seen
+    finally:
+        for p in (agent, customer, third):
+            await p.close()
