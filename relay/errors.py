@@ -38,3 +38,9 @@ class TransportClosed(RelayError):
     """The peer connection is closed."""
 
     code = "transport_closed"
+
+
+class InvalidCandidate(RelayError):
+    """A trickled ICE candidate that cannot be parsed."""
+
+    code = "invalid_candidate"

@@ -147,6 +147,14 @@ class Peer:
     async def handle_subscribe_answer(self, sdp: str) -> None:
         await self.subscribe.handle_answer(sdp)
 
+    def add_candidate(self, leg: Leg, candidate: str | None, ufrag: str | None) -> bool:
+        """A candidate the participant trickled for ``leg`` (None: end-of-candidates); whether
+        the current leg took it (a replaced leg's candidates are ignored)."""
+        transport = self.publish if leg == "publish" else self.subscribe
+        if transport.closed:
+            return False
+        return transport.candidates.add(candidate, ufrag)
+
     def _failed(self, leg: Leg) -> None:
         if not self.closed:
             logger.info("[%s/%s] %s connection failed", self.router.id, self.id, leg)

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from aiortc import (
     RTCBundlePolicy,
     RTCConfiguration,
+    RTCIceCandidate,
     RTCPeerConnection,
     RTCRtpSender,
     RTCRtpTransceiver,
@@ -26,6 +27,7 @@ from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
 from . import _aiortc
+from .candidates import parse_candidate
 from .config import MediaConfig
 from .consumer import Consumer, SilentTrack, StreamPosition
 from .errors import InvalidSdp, NegotiationError, NoMedia, TransportClosed, UnsupportedCodec
@@ -82,6 +84,59 @@ class LegWatchdog:
             elif now - since >= self._after:
                 self._on_dead()
                 return
+
+
+class TrickledCandidates:
+    """The remote candidates a page trickles after its offer or answer (RFC 8838), added to the
+    leg's ICE agent in the background: aioice resolves mDNS names, which may take seconds, and
+    the page's next signaling message must not wait for that. Candidates of another ICE
+    generation (a leg this one replaced: their ``ufrag`` differs) and candidates before the
+    remote description are ignored; aioice pairs each one it can with the relay's host
+    candidates, and checks the page sends meanwhile already work (peer-reflexive)."""
+
+    def __init__(self, pc: RTCPeerConnection, peer_id: str, leg: str) -> None:
+        self._pc = pc
+        self._name = f"[{peer_id}] {leg}"
+        self._ufrag: str | None = None
+        self._mid: str | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
+        self.added = 0
+        """Candidates handed to aiortc (end-of-candidates not counted)."""
+
+    def described(self, parsed: aiortc_sdp.SessionDescription) -> None:
+        """The remote description was applied: its ICE credentials and the bundle's mid."""
+        first = parsed.media[0] if parsed.media else None
+        if first is not None and first.ice is not None:
+            self._ufrag = first.ice.usernameFragment
+            self._mid = first.rtp.muxId
+
+    def add(self, text: str | None, ufrag: str | None) -> bool:
+        """One candidate line, or None (or "") for end-of-candidates. Whether it was taken;
+        raises :class:`InvalidCandidate` for a malformed line."""
+        candidate = parse_candidate(text) if text else None
+        if self._ufrag is None or (ufrag and ufrag != self._ufrag):
+            logger.debug("%s candidate ignored (no or another remote description)", self._name)
+            return False
+        if candidate is not None:
+            if candidate.protocol != "udp":
+                return False  # aioice's host candidates are UDP only: nothing would pair
+            candidate.sdpMid = self._mid
+            candidate.sdpMLineIndex = 0
+            self.added += 1
+        task = asyncio.ensure_future(self._apply(candidate))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _apply(self, candidate: RTCIceCandidate | None) -> None:
+        try:
+            await self._pc.addIceCandidate(candidate)
+        except Exception as exc:  # a closed connection, a candidate aioice refuses
+            logger.debug("%s candidate not added: %r", self._name, exc)
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
 
 
 def _new_pc() -> RTCPeerConnection:
@@ -217,6 +272,7 @@ class PublishTransport:
         self.connected = asyncio.Event()
         self.replacement = False
         """Whether this leg replaces a dead one (set by the peer)."""
+        self.candidates = TrickledCandidates(self.pc, peer_id, "publish")
 
         def dead() -> None:
             if not self.closed:
@@ -237,6 +293,7 @@ class PublishTransport:
         """Close this leg but keep its producers open (for the leg that replaces it)."""
         self.closed = True
         self.watchdog.stop()
+        self.candidates.close()
         kept = [*self.producers.values(), *self.orphans]
         self.producers.clear()
         self.orphans = []
@@ -266,6 +323,7 @@ class PublishTransport:
                     raise TransportClosed("the publish connection is closed") from exc
                 raise InvalidSdp(f"the offer cannot be applied: {exc}") from exc
             self._negotiated = [(m.rtp.muxId, m.kind) for m in parsed.media]
+            self.candidates.described(parsed)
             self._sync_producers(parsed, sources)
             for orphan in self.orphans:
                 orphan.close()  # not published again on the new leg
@@ -364,6 +422,7 @@ class PublishTransport:
             return
         self.closed = True
         self.watchdog.stop()
+        self.candidates.close()
         for producer in [*self.producers.values(), *self.orphans]:
             producer.close()
         self.producers.clear()
@@ -412,6 +471,7 @@ class SubscribeTransport:
         self.connected = asyncio.Event()
         self.replacement = False
         """Whether this leg replaces a dead one (set by the peer)."""
+        self.candidates = TrickledCandidates(self.pc, peer_id, "subscribe")
 
         def dead() -> None:
             if not self.closed:
@@ -533,7 +593,7 @@ class SubscribeTransport:
 
     async def handle_answer(self, sdp: str) -> None:
         """Apply the participant's answer to our outstanding offer."""
-        parse_sdp(sdp)
+        parsed = parse_sdp(sdp)
         if self.closed:
             raise TransportClosed("the subscribe connection is closed")
         if (
@@ -546,6 +606,7 @@ class SubscribeTransport:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         except Exception as exc:
             raise InvalidSdp(f"the answer cannot be applied: {exc}") from exc
+        self.candidates.described(parsed)
         if not self._answer.done():
             self._answer.set_result(None)
 
@@ -554,6 +615,7 @@ class SubscribeTransport:
         with :meth:`close` or, for a replaced leg, in the background."""
         self.closed = True
         self.watchdog.stop()
+        self.candidates.close()
         if self._answer is not None and not self._answer.done():
             self._answer.cancel()
         if self._task is not None and not self._task.done():

@@ -77,6 +77,7 @@ def create_app(config: ServiceConfig) -> web.Application:
         token_ttl=config.token_ttl,
         max_participants=config.max_participants,
         ended_kept=config.ended_sessions_kept,
+        resume_grace=config.resume_grace,
     )
     app[SOCKETS] = weakref.WeakSet()
     app[ICE_SERVERS] = ice_servers_factory(config, list(config.turn.external_urls))

@@ -170,6 +170,10 @@ class ServiceConfig:
     """WebSocket messages allowed per connection per second, with a burst of 5 seconds' worth
     (0: unlimited)."""
 
+    resume_grace: float = 45.0
+    """Seconds a participant whose socket vanished (a network drop) stays listed as
+    reconnecting, its media kept, for its page to resume without a full reconnect."""
+
     metrics_token: str = ""
     """When set, ``/metrics`` requires ``Authorization: Bearer <token>``."""
 
@@ -197,7 +201,7 @@ class ServiceConfig:
     one member of a cluster that shares the store (``--database-url``); empty: standalone."""
 
     def _check_limits(self) -> None:
-        for name in ("shutdown_timeout", "join_timeout"):
+        for name in ("shutdown_timeout", "join_timeout", "resume_grace"):
             if not 0 < getattr(self, name) <= 600:
                 raise ValueError(f"{name.replace('_', ' ')} must be between 0 and 600 seconds")
         for name in ("sessions_per_minute", "joins_per_minute", "messages_per_second"):

@@ -64,14 +64,28 @@ class TrackState:
     enabled: bool
 
 
-
 @dataclass(frozen=True)
 class Reconnect:
     pc: Literal["publish", "subscribe"]
     """``publish`` or ``subscribe``: the leg the page found dead and wants rebuilt."""
 
 
-ClientMessage = Join | Offer | Answer | Leave | End | RecordingAction | TrackState | Reconnect
+@dataclass(frozen=True)
+class Candidate:
+    """A trickled ICE candidate of the page's side of one leg (RFC 8838), sent after its offer
+    (publish) or answer (subscribe); ``candidate`` None is end-of-candidates."""
+
+    pc: Literal["publish", "subscribe"]
+    candidate: str | None
+    """The ``candidate-attribute`` (``candidate:...``), as ``RTCIceCandidate.candidate``."""
+    ufrag: str | None = None
+    """The candidate's ``usernameFragment``: which ICE generation (leg) it belongs to."""
+
+
+ClientMessage = (
+    Join | Offer | Answer | Leave | End | RecordingAction | TrackState | Reconnect | Candidate
+)
+MAX_CANDIDATE_CHARS = 1024
 
 
 def _str(data: dict[str, Any], key: str, *, required: bool = True, limit: int = 0) -> str:
@@ -123,6 +137,8 @@ def parse(text: str | bytes) -> ClientMessage:
         if data.get("pc") not in ("publish", "subscribe"):
             raise BadRequest("'pc' must be 'publish' or 'subscribe'")
         return Reconnect(pc="publish" if data["pc"] == "publish" else "subscribe")
+    if kind == "candidate":
+        return _candidate(data)
     if kind == "leave":
         return Leave()
     if kind == "end":
@@ -140,6 +156,29 @@ def parse(text: str | bytes) -> ClientMessage:
     if not isinstance(kind, str):
         raise BadRequest("the message has no 'type'")
     raise UnknownMessageType(f"unknown message type {kind[:40]!r}")
+
+
+def _candidate(data: dict[str, Any]) -> Candidate:
+    """``{"pc", "candidate": {"candidate", "sdpMid", "sdpMLineIndex", "usernameFragment"}}``
+    (``RTCIceCandidate.toJSON()``), or ``"candidate": null`` for end-of-candidates."""
+    pc = data.get("pc")
+    if pc not in ("publish", "subscribe"):
+        raise BadRequest("'pc' must be 'publish' or 'subscribe'")
+    leg: Literal["publish", "subscribe"] = "publish" if pc == "publish" else "subscribe"
+    init = data.get("candidate")
+    if init is None:
+        return Candidate(pc=leg, candidate=None)
+    if not isinstance(init, dict):
+        raise BadRequest("'candidate' must be an object (RTCIceCandidate.toJSON()) or null")
+    text = init.get("candidate")
+    ufrag = init.get("usernameFragment")
+    if not isinstance(text, str) or len(text) > MAX_CANDIDATE_CHARS:
+        raise BadRequest(
+            f"'candidate.candidate' must be a string of at most {MAX_CANDIDATE_CHARS} characters"
+        )
+    if ufrag is not None and (not isinstance(ufrag, str) or len(ufrag) > 256):
+        raise BadRequest("'candidate.usernameFragment' must be a string")
+    return Candidate(pc=leg, candidate=text or None, ufrag=ufrag or None)
 
 
 def error_message(code: str, message: str) -> dict[str, Any]:

@@ -319,6 +319,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         field="messages_per_second",
     ),
     Option(
+        "--resume-grace",
+        "seconds a participant whose connection dropped is kept for a resume",
+        NUMBER,
+        45.0,
+        field="resume_grace",
+    ),
+    Option(
         "--metrics-token",
         "require Authorization: Bearer TOKEN on /metrics",
         default="",

@@ -38,10 +38,13 @@ QUALITY_INTERVAL = 2.0
 
 
 def state_of(participant: Participant) -> dict[str, bool]:
-    """``{"camera": …, "microphone": …, "screen": …}``: published and not turned off."""
+    """``{"camera": …, "microphone": …, "screen": …}``: published and not turned off;
+    ``"reconnecting"``: its network went away and it is expected back (resume or leg rebuild)."""
     peer = participant.peer
     sources = {p.source for p in peer.producers if not p.closed} if peer is not None else set()
-    return {s: s in sources and s not in participant.muted for s in SOURCES}
+    state = {s: s in sources and s not in participant.muted for s in SOURCES}
+    state["reconnecting"] = participant.reconnecting
+    return state
 
 
 class Presence:

@@ -20,7 +20,7 @@ from parley.relay.router import Leg
 
 from . import tokens
 from .errors import Forbidden, SessionEnded, SessionFull, SessionNotFound, SignalingError
-from .messages import Answer, Offer, TrackState
+from .messages import Answer, Candidate, Offer, TrackState
 from .presence import Presence
 
 logger = logging.getLogger(__name__)
@@ -32,10 +32,14 @@ CLOSE_SESSION_ENDED = 4002
 LEG_REBUILD_TIMEOUT = 30.0
 """Seconds a rebuilt media leg has to connect before the page is told to reconnect in full."""
 LEG_REBUILDS_PER_JOIN = 5
-"""Leg rebuilds one connection may have; after these a failed leg means a full reconnect."""
-RESUME_GRACE = 15.0
-"""Seconds a participant whose WebSocket vanished stays listed, its media kept, for its page to
-come back with ``join`` + ``resume`` (a network drop takes the socket down too)."""
+"""Leg rebuilds in a row, none of which connected, after which a failed leg means a full
+reconnect (a rebuilt leg that connects starts the count again: a long call may lose its
+network many times)."""
+RESUME_GRACE = 45.0
+"""Default seconds a participant whose WebSocket vanished stays listed (as reconnecting), its
+media kept, for its page to come back with ``join`` + ``resume`` (a network drop takes the
+socket down too; the socket's heartbeat notices within 15 s, so a drop of 30 s resumes).
+``ServiceConfig.resume_grace`` / ``--resume-grace``."""
 
 
 class Connection(Protocol):
@@ -80,6 +84,19 @@ class Participant:
     joins: int = 0
     muted: set[str] = field(default_factory=set)
     """Sources the participant turned off (``track_state``; signaling/presence.py)."""
+    vanished: bool = False
+    """Its socket went away without ``leave`` and the relay keeps its media for a resume."""
+    rebuilds_in_a_row: int = 0
+    """Leg rebuilds since one last connected (see :data:`LEG_REBUILDS_PER_JOIN`)."""
+
+    @property
+    def reconnecting(self) -> bool:
+        """Away for now, expected back: its socket vanished, or a media leg is being rebuilt
+        (the others see a frozen tile and ``reconnecting`` in ``participant_state``)."""
+        peer = self.peer
+        if peer is None:
+            return False
+        return self.vanished or peer.rebuilding("publish") or peer.rebuilding("subscribe")
 
     @property
     def connected(self) -> bool:
@@ -114,6 +131,8 @@ class Session:
     listener: SessionListener | None = None
     presence: Presence = field(init=False, repr=False)
     """participant_state, speaking and connection_quality (signaling/presence.py)."""
+    resume_grace: float = RESUME_GRACE
+    """Seconds a vanished participant's media is kept for a resume (see :meth:`vanished`)."""
     _grace: set[asyncio.Future[None]] = field(default_factory=set)
     """Pending leaves of vanished participants (see :meth:`vanished`)."""
 
@@ -199,11 +218,13 @@ class Session:
 
         def failed(peer: Peer) -> None:
             current = participant.connection
-            if participant.peer is peer and current is not None:
+            # while its socket is gone the page cannot take a new leg: its resume restarts it
+            if participant.peer is peer and current is not None and not participant.vanished:
                 leg = peer.failed_leg
                 asyncio.ensure_future(self._leg_failed(participant, current, peer, leg))
 
         participant.peer = self.router.add_peer(participant.id, send_offer, failed)
+        participant.rebuilds_in_a_row = 0
         logger.info(
             "[%s/%s] joined as %s%s",
             self.id,
@@ -229,29 +250,43 @@ class Session:
         socket, keep the media, tell nobody (the page rebuilds legs that died meanwhile)."""
         old = participant.connection
         participant.connection = connection
+        participant.vanished = False
         participant.joins += 1
         logger.info("[%s/%s] resumed on a new connection", self.id, participant.id)
         if old is not None and old is not connection:
             await old.close(1000, "resumed on a new connection")
         await connection.send(welcome(participant) | {"resumed": True})
         peer = participant.peer
+        lost: list[Leg] = []
         if peer is not None:
-            # legs that died meanwhile (a rebuild told to the lost socket is started again)
-            for leg in ("publish", "subscribe"):
-                if peer.leg_lost(leg):
-                    asyncio.ensure_future(self._leg_failed(participant, connection, peer, leg))
+            # legs that died meanwhile (a rebuild told to the lost socket is started again);
+            # each rebuild tells the others when the participant is back
+            lost = [leg for leg in ("publish", "subscribe") if peer.leg_lost(leg)]
+            for leg in lost:
+                asyncio.ensure_future(self._leg_failed(participant, connection, peer, leg))
+        if not lost:
+            await self.presence.state_changed(participant)
         return participant
 
     def vanished(self, participant: Participant, connection: Connection) -> bool:
         """The participant's socket closed without a ``leave``: if it has media, it leaves
-        only when its page does not resume on a new socket within :data:`RESUME_GRACE`
-        (True: kept for that long). False: nothing to keep, the caller makes it leave."""
+        only when its page does not resume on a new socket within :attr:`resume_grace`
+        (True: kept for that long, listed as reconnecting). False: nothing to keep, the caller
+        makes it leave."""
         peer = participant.peer
         if participant.connection is not connection or peer is None or not peer.had_media():
             return False
+        participant.vanished = True
+        logger.info(
+            "[%s/%s] connection lost; media kept %.0f s for a resume",
+            self.id,
+            participant.id,
+            self.resume_grace,
+        )
 
         async def grace() -> None:
-            await asyncio.sleep(RESUME_GRACE)
+            await self.presence.state_changed(participant)  # reconnecting, for the others
+            await asyncio.sleep(self.resume_grace)
             try:
                 # bounded: aiortc's close can hang
                 await asyncio.wait_for(self.leave(participant, connection), 10.0)
@@ -268,6 +303,7 @@ class Session:
         replaced participant are ignored."""
         if participant.connection is not connection:
             return
+        participant.vanished = False
         await self._disconnect(participant)
         participant.left_at = self.clock()
         logger.info("[%s/%s] left", self.id, participant.id)
@@ -285,7 +321,7 @@ class Session:
         reconnects in full (LiveKit's resume, then full reconnect)."""
         if participant.peer is not peer or participant.connection is not connection:
             return
-        if leg is None or peer.rebuilds >= LEG_REBUILDS_PER_JOIN:
+        if leg is None or participant.rebuilds_in_a_row >= LEG_REBUILDS_PER_JOIN:
             await self._media_failed(participant, connection)
             return
         logger.info("[%s/%s] %s leg lost; rebuilding it", self.id, participant.id, leg)
@@ -293,10 +329,18 @@ class Session:
         if participant.peer is not peer or participant.connection is not connection:
             return
         peer.rebuild(leg)
+        participant.rebuilds_in_a_row += 1
+        await self.presence.state_changed(participant)  # reconnecting
         rebuilds = peer.rebuilds
-        if await peer.wait_connected(leg, LEG_REBUILD_TIMEOUT):
+        connected = await peer.wait_connected(leg, LEG_REBUILD_TIMEOUT)
+        if connected:
             logger.info("[%s/%s] %s leg rebuilt", self.id, participant.id, leg)
-            return
+            if participant.peer is peer:
+                participant.rebuilds_in_a_row = 0
+        if participant.peer is peer:
+            await self.presence.state_changed(participant)
+        if connected or participant.vanished:
+            return  # a vanished participant's resume grace decides (it restarts lost legs)
         if peer.rebuilds == rebuilds:  # not already being rebuilt again
             await self._media_failed(participant, connection)
 
@@ -411,6 +455,14 @@ class Session:
         except RelayError as exc:
             raise SignalingError(str(exc), code=exc.code) from exc
 
+    def handle_candidate(self, participant: Participant, message: Candidate) -> None:
+        """A candidate the page trickled for one of its legs (stale ones are dropped)."""
+        peer = self._peer(participant)
+        try:
+            peer.add_candidate(message.pc, message.candidate, message.ufrag)
+        except RelayError as exc:
+            raise SignalingError(str(exc), code=exc.code) from exc
+
     def handle_reconnect(self, participant: Participant, leg: Leg) -> None:
         """The page found one of its legs dead: rebuild it as if the relay had (in a task of its
         own: the page's fresh offer must get through meanwhile)."""
@@ -442,8 +494,10 @@ class SessionManager:
         max_participants: int,
         ended_kept: int = 10000,
         clock: Callable[[], float] = time.time,
+        resume_grace: float = RESUME_GRACE,
     ) -> None:
         self.media = media
+        self.resume_grace = resume_grace
         self.token_secret = token_secret
         self.token_ttl = token_ttl
         self.max_participants = max_participants
@@ -466,6 +520,7 @@ class SessionManager:
             router=Router(session_id, self.media),
             clock=self.clock,
             listener=self.listener,
+            resume_grace=self.resume_grace,
         )
         self.sessions[session_id] = session
         self.by_conversation.setdefault(conversation_id, []).append(session_id)
@@ -525,6 +580,7 @@ class SessionManager:
     def restore(self, session: Session) -> None:
         """Put back a session the store kept across a restart (store_journal)."""
         session.listener = self.listener
+        session.resume_grace = self.resume_grace
         self.sessions[session.id] = session
         self.by_conversation.setdefault(session.conversation_id, []).append(session.id)
 

@@ -138,6 +138,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                             "name": p.name,
                             "ice_servers": ice(p.id),
                             "ice_transport_policy": policy,
+                            "resume_grace": s.resume_grace,
                             "participants": [x.to_json() | state_of(x) for x in s.connected()],
                             "recording": recordings.state_of(app, s.id),
                         }
@@ -160,6 +161,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                     await connection.send(await session.handle_offer(participant, message))
                 elif isinstance(message, messages.Answer):
                     await session.handle_answer(participant, message)
+                elif isinstance(message, messages.Candidate):
+                    session.handle_candidate(participant, message)
                 elif isinstance(message, messages.Reconnect):
                     session.handle_reconnect(participant, message.pc)
                 elif isinstance(message, messages.Leave):

@@ -1,14 +1,19 @@
 // parley join page: constants, and what the page's URL says. Nothing here changes at run time.
 
-export const GATHER_TIMEOUT_MS = 4000; // the relay is non-trickle: wait this long for candidates at most
 export const ANSWER_TIMEOUT_MS = 15000;
 export const WELCOME_TIMEOUT_MS = 15000;
 export const PC_DISCONNECTED_GRACE_MS = 4000; // "disconnected" this long means the path is gone
 export const LEG_REBUILD_TIMEOUT_MS = 30000; // a rebuilt leg not connected by then: full reconnect
-export const MAX_LEG_REBUILDS = 5; // per attempt; then a lost leg means a full reconnect
-export const RESUME_WINDOW_MS = 30000; // the relay keeps a vanished participant's media 15 s after it noticed
+export const MAX_LEG_REBUILDS = 5; // in a row, none connected; then a lost leg means a full reconnect
+export const RESUME_WINDOW_MS = 45000; // unless the welcome says (resume_grace): how long the relay keeps our media
 export const ONLINE_SETTLE_MS = 1000; // after the "online" event, before resuming on a fresh socket
 export const RECONNECT_PROBE_MS = 2000; // no answer to our reconnect: resume on a fresh socket
+// an address change on a live interface fires no browser event: the subscribe leg's media
+// stopping is the first sign, then the address its path used is checked (join-signaling.js)
+export const PATH_CHECK_MS = 500; // how often the subscribe leg's received packets are read
+export const MEDIA_STALL_MS = 700; // no packet this long after a steady flow: check the path
+export const STEADY_PPS = 20; // a steady flow (audio alone is 50 packets a second)
+export const HOST_PROBE_MS = 400; // how long to look for the path's address among those usable now
 export const RETRY_DELAYS_MS = Object.freeze([500, 1000, 2000, 4000, 8000]);
 // WebSocket close codes from the server (signaling/sessions.py); 4001 (media failed) reconnects
 export const CLOSE_REPLACED = 4000;

@@ -1,12 +1,11 @@
-// parley join page: publishing. The page offers on its publish connection (non-trickle), one
+// parley join page: publishing. The page offers on its publish connection (trickle ICE), one
 // transceiver per source (microphone, camera, screen). Mute, camera off and share tell the
 // server (`track_state`; it tells everyone `participant_state`) and stop sending: the sender's
 // encoding goes inactive (`encodings[].active = false`) and its track is replaced with null
 // (Firefox keeps sending about a frame a second after replaceTrack(null) alone).
 
-import { ANSWER_TIMEOUT_MS, GATHER_TIMEOUT_MS } from "./join-config.js";
+import { ANSWER_TIMEOUT_MS } from "./join-config.js";
 import { getTrack, mediaErrorText } from "./join-media.js";
-import { waitForGathering } from "./join-signaling.js";
 
 export function createPublisher(app) {
   const st = app.state;
@@ -68,7 +67,6 @@ export function createPublisher(app) {
       const pc = attempt.publish;
       const offer = await pc.createOffer();
       await pc.setLocalDescription(offer);
-      await waitForGathering(pc, GATHER_TIMEOUT_MS);
       if (attempt.closed) return;
       const sources = {};
       for (const [source, t] of Object.entries(attempt.senders)) {
@@ -81,7 +79,10 @@ export function createPublisher(app) {
           reject: (e) => (clearTimeout(timer), reject(e)),
         };
       });
+      // at once: the candidates follow as they are found (a rebuilt leg never waits for
+      // gathering, which can take seconds right after a network change)
       app.signaling.send(attempt, { type: "offer", pc: "publish", sdp: pc.localDescription.sdp, sources });
+      pc.described();
       try {
         const msg = await answer;
         if (attempt.closed) return;

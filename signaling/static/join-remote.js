@@ -4,9 +4,12 @@
 // connection quality come from the server (participant_state, speaking, connection_quality),
 // the same for every browser: never guessed from what this browser happens to receive.
 
-import { GATHER_TIMEOUT_MS } from "./join-config.js";
-import { waitForGathering } from "./join-signaling.js";
 import { $, initials, roleLabel } from "./join-ui.js";
+
+/** What the server says of a participant (participant_state, or an entry of the welcome). */
+function stateOf(m) {
+  return { camera: !!m.camera, microphone: !!m.microphone, screen: !!m.screen, reconnecting: !!m.reconnecting };
+}
 
 export function createRemote(app) {
   const st = app.state;
@@ -22,9 +25,9 @@ export function createRemote(app) {
       await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
       const answer = await pc.createAnswer();
       await pc.setLocalDescription(answer);
-      await waitForGathering(pc, GATHER_TIMEOUT_MS);
       if (attempt.closed) return;
       app.signaling.send(attempt, { type: "answer", pc: "subscribe", sdp: pc.localDescription.sdp });
+      pc.described(); // our candidates follow (trickle ICE)
       remote.reconcile(attempt);
     },
 
@@ -42,6 +45,7 @@ export function createRemote(app) {
     <div class="avatar" aria-hidden="true"><span class="initials"></span></div>
     <div class="label"><span class="name"></span><span class="role-badge"></span>
       <span class="quality" hidden><i></i><i></i><i></i></span>
+      <span class="reconnecting">Reconnecting…</span>
       <span class="mic-off" title="Muted"><svg viewBox="0 0 24 24" aria-hidden="true"><path d="M3 3l18 18M9 9v2a3 3 0 0 0 5.1 2.1M15 10V5a3 3 0 0 0-5.9-.8M19 11a7 7 0 0 1-1.2 3.9M5 11a7 7 0 0 0 11.3 5.5M12 18v3"/></svg></span>
     </div>`;
       $("tiles").append(tile);
@@ -192,7 +196,7 @@ export function createRemote(app) {
     /** participant_state, speaking and connection_quality: what the server decided. */
     onPresence(attempt, msg) {
       if (msg.type === "participant_state") {
-        st.states.set(msg.participant_id, { camera: !!msg.camera, microphone: !!msg.microphone, screen: !!msg.screen });
+        st.states.set(msg.participant_id, stateOf(msg));
       } else if (msg.type === "speaking") {
         st.speaking = Array.isArray(msg.participant_ids) ? msg.participant_ids : [];
       } else if (msg.type === "connection_quality") {
@@ -207,7 +211,7 @@ export function createRemote(app) {
       st.quality.clear();
       st.speaking = [];
       for (const p of participants) {
-        st.states.set(p.participant_id, { camera: !!p.camera, microphone: !!p.microphone, screen: !!p.screen });
+        st.states.set(p.participant_id, stateOf(p));
       }
     },
 
@@ -219,6 +223,7 @@ export function createRemote(app) {
         const state = st.states.get(pid) || {};
         view.tile.dataset.video = state.camera && view.cameraMid ? "on" : "off";
         view.tile.dataset.muted = String(!state.microphone);
+        view.tile.dataset.reconnecting = String(!!state.reconnecting);
         view.tile.dataset.speaking = String(!!state.microphone && st.speaking.includes(pid));
         view.tile.dataset.activeSpeaker = String(pid === active);
         remote.showQuality(view.tile, st.quality.get(pid));

@@ -1,20 +1,25 @@
 // parley join page: signaling. One connection attempt = a WebSocket to /api/v1/ws, the join,
 // and after the welcome two RTCPeerConnections to the relay (publish and subscribe). A lost
 // connection is retried as a new attempt with the same token; a dead media leg alone is rebuilt
-// within the attempt (`reconnect`, LiveKit's resume before the full reconnect). Protocol:
+// within the attempt (`reconnect`, LiveKit's resume before the full reconnect). Both legs
+// trickle the page's ICE candidates (`candidate`) after the offer or answer. Protocol:
 // docs/browser.md, docs/design.md.
 
 import {
   CLOSE_MEDIA_FAILED,
   CLOSE_REPLACED,
   CLOSE_SESSION_ENDED,
+  HOST_PROBE_MS,
   LEG_REBUILD_TIMEOUT_MS,
   MAX_LEG_REBUILDS,
+  MEDIA_STALL_MS,
   ONLINE_SETTLE_MS,
+  PATH_CHECK_MS,
   PC_DISCONNECTED_GRACE_MS,
   RECONNECT_PROBE_MS,
   RESUME_WINDOW_MS,
   RETRY_DELAYS_MS,
+  STEADY_PPS,
   WELCOME_TIMEOUT_MS,
   endedText,
   wsUrl,
@@ -22,21 +27,68 @@ import {
 import { createAttempt } from "./join-state.js";
 import { $ } from "./join-ui.js";
 
-/** Resolves when ICE gathering completes, or after `ms` (the relay is non-trickle). */
-export function waitForGathering(pc, ms) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      pc.removeEventListener("icegatheringstatechange", check);
-      resolve();
-    };
-    const check = () => {
-      if (pc.iceGatheringState === "complete") done();
-    };
-    const timer = setTimeout(done, ms);
-    pc.addEventListener("icegatheringstatechange", check);
+/** Trickle ICE: our candidates go to the relay as they are found (`candidate`), but only
+ * after the offer or answer they belong to; until then they wait here. */
+export function trickle(pc, send) {
+  const waiting = [];
+  let ready = false;
+  pc.onicecandidate = (ev) => {
+    const msg = ev.candidate && ev.candidate.candidate ? ev.candidate.toJSON() : null;
+    if (ready) send(msg);
+    else waiting.push(msg);
+  };
+  /** The offer or answer went out: send what was found so far, and from now on at once. */
+  return () => {
+    if (ready) return;
+    ready = true;
+    for (const msg of waiting.splice(0)) send(msg);
+  };
+}
+
+/** Whether this browser's WebRTC can still use `address`: a UDP host candidate on it that a
+ * throwaway connection gathers within `ms` (a removed address cannot be bound any more; TCP
+ * "active" candidates are not bound, so they do not tell). */
+export async function addressUsable(address, ms) {
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  const found = new Set();
+  try {
+    pc.createDataChannel("probe");
+    const done = new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      pc.onicecandidate = (ev) => {
+        const c = ev.candidate;
+        // the candidate line itself where the fields are missing: foundation component
+        // transport priority address port "typ" type
+        const bits = c && c.candidate ? c.candidate.split(" ") : [];
+        const host = c ? c.address || bits[4] : null;
+        if (host && (c.protocol || bits[2] || "").toLowerCase() === "udp" && (c.type || bits[7]) === "host") found.add(host);
+        if (!c || !c.candidate || found.has(address)) resolve(clearTimeout(timer));
+      };
+    });
+    await pc.setLocalDescription(await pc.createOffer());
+    await done;
+  } finally {
+    pc.close();
+  }
+  return found.has(address);
+}
+
+/** The subscribe leg's received packets and the local (base) address of its path, from
+ * getStats; null for a path through TURN (its local side is the TURN server's). */
+async function pathStats(pc) {
+  const report = await pc.getStats();
+  let packets = 0;
+  let pairId = null;
+  report.forEach((s) => {
+    if (s.type === "inbound-rtp") packets += s.packetsReceived || 0;
+    if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
   });
+  const pair = pairId ? report.get(pairId) : null;
+  const local = pair ? report.get(pair.localCandidateId) : null;
+  let address = null;
+  if (local && local.protocol === "udp" && local.candidateType === "host") address = local.address || local.ip || null;
+  else if (local && ["srflx", "prflx"].includes(local.candidateType)) address = local.relatedAddress || null;
+  return { packets, address };
 }
 
 export function createSignaling(app) {
@@ -111,10 +163,12 @@ export function createSignaling(app) {
         console.warn("parley: signaling lost, resuming:", why);
         attempt.resuming = now;
         attempt.resumeTries = 0;
+        // the relay restarts lost legs when we are back: no full reconnect for a slow leg now
+        for (const label of ["publish", "subscribe"]) clearTimeout(attempt.pcTimers[`${label}-rebuild`]);
         app.ui.setState("reconnecting", "Reconnecting…");
         app.ui.banner("Connection lost. Reconnecting…");
       }
-      if (now - attempt.resuming > RESUME_WINDOW_MS) return signaling.lostConnection(attempt, `${why}; not resumed in time`);
+      if (now - attempt.resuming > (attempt.resumeWindowMs || RESUME_WINDOW_MS)) return signaling.lostConnection(attempt, `${why}; not resumed in time`);
       const delay = RETRY_DELAYS_MS[Math.min(attempt.resumeTries, RETRY_DELAYS_MS.length - 1)];
       attempt.resumeTries += 1;
       clearTimeout(attempt.resumeTimer);
@@ -125,6 +179,9 @@ export function createSignaling(app) {
       if (!msg.resumed) return signaling.lostConnection(attempt, "the relay no longer had our media");
       attempt.resuming = 0;
       clearTimeout(attempt.resumeTimer);
+      // legs we found dead on a path the relay may not have noticed yet (an address change)
+      for (const label of attempt.staleLegs || []) signaling.send(attempt, { type: "reconnect", pc: label });
+      attempt.staleLegs = null;
       st.roster.clear();
       for (const p of msg.participants || []) {
         if (p.participant_id !== msg.participant_id && !p.left_at) st.roster.set(p.participant_id, p);
@@ -138,6 +195,7 @@ export function createSignaling(app) {
       if (!attempt || attempt.closed) return;
       attempt.closed = true;
       clearTimeout(attempt.welcomeTimer);
+      clearInterval(attempt.pathTimer);
       clearTimeout(attempt.resumeTimer);
       for (const t of Object.values(attempt.pcTimers)) clearTimeout(t);
       if (attempt.answerWaiter) attempt.answerWaiter.reject(new Error("connection closed"));
@@ -224,6 +282,7 @@ export function createSignaling(app) {
     onWelcome(attempt, msg) {
       attempt.welcomed = true;
       clearTimeout(attempt.welcomeTimer);
+      if (typeof msg.resume_grace === "number" && msg.resume_grace > 0) attempt.resumeWindowMs = msg.resume_grace * 1000;
       attempt.participantId = msg.participant_id;
       attempt.role = msg.role;
       st.joined.participantId = msg.participant_id;
@@ -244,6 +303,8 @@ export function createSignaling(app) {
       attempt.pcConfig = config;
       signaling.newPc(attempt, "publish");
       signaling.newPc(attempt, "subscribe");
+      attempt.flow = {};
+      attempt.pathTimer = setInterval(() => signaling.checkPath(attempt), PATH_CHECK_MS);
       app.publisher.publishLocal(attempt);
       // the server starts a (re)joined participant with nothing turned off
       const local = st.local;
@@ -264,6 +325,9 @@ export function createSignaling(app) {
     newPc(attempt, label) {
       const pc = new RTCPeerConnection(attempt.pcConfig);
       attempt[label] = pc;
+      pc.described = trickle(pc, (candidate) => {
+        if (attempt[label] === pc) signaling.send(attempt, { type: "candidate", pc: label, candidate });
+      });
       pc.onconnectionstatechange = () => signaling.watchPc(attempt, label, pc);
       if (label === "subscribe") pc.ontrack = () => app.remote.reconcile(attempt);
       return pc;
@@ -320,10 +384,51 @@ export function createSignaling(app) {
       }, LEG_REBUILD_TIMEOUT_MS);
     },
 
+    /** An address change on a live interface fires no browser event and the old path just
+     * goes silent (the peer connections notice after about 5 s, then 4 s more): when the
+     * subscribe leg's steady media stops for MEDIA_STALL_MS, look whether the local address of
+     * its path is still usable; if not, resume on a fresh socket at once and have both legs
+     * rebuilt. A stall on an address still there (everybody muted) changes nothing. */
+    async checkPath(attempt) {
+      const pc = attempt.subscribe;
+      if (attempt.closed || attempt.checkingPath || attempt.resuming || !pc || pc.connectionState !== "connected") return;
+      attempt.checkingPath = true;
+      try {
+        const { packets, address } = await pathStats(pc);
+        const now = Date.now();
+        const flow = attempt.flow;
+        if (flow.pc !== pc || packets < flow.packets) {
+          // a new leg, or fewer tracks (an m-line gone takes its counters along): start again
+          attempt.flow = { pc, packets, at: now, steady: false };
+          return;
+        }
+        if (packets > flow.packets) {
+          const rate = ((packets - flow.packets) * 1000) / Math.max(1, now - flow.at);
+          attempt.flow = { pc, packets, at: now, steady: rate >= STEADY_PPS };
+          return;
+        }
+        if (!flow.steady || now - flow.at < MEDIA_STALL_MS) return;
+        flow.steady = false; // one look per stall
+        // only a real address can be compared (mDNS names differ for every connection)
+        if (!address || address.endsWith(".local")) return;
+        const usable = await addressUsable(address, HOST_PROBE_MS);
+        if (usable || attempt.closed || attempt.subscribe !== pc) return;
+        console.warn(`parley: the local address ${address} is gone; resuming`);
+        attempt.staleLegs = ["publish", "subscribe"].filter((label) => attempt[label] && attempt[label].connectionState !== "new");
+        signaling.resume(attempt, `the local address ${address} is gone`);
+        signaling.openSocket(attempt, true); // at once: the old socket used that address too
+      } catch (err) {
+        console.warn("parley: path check failed:", err);
+      } finally {
+        attempt.checkingPath = false;
+      }
+    },
+
     watchPc(attempt, label, pc) {
       if (attempt.closed || attempt[label] !== pc) return;
       const s = pc.connectionState;
       clearTimeout(attempt.pcTimers[label]);
+      if (s === "connected") attempt.legRebuilds = 0; // the limit is for rebuilds in a row
       if (s === "failed") {
         signaling.legLost(attempt, label, `${label} peer connection failed`);
       } else if (s === "disconnected") {

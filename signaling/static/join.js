@@ -12,7 +12,7 @@
 // docs/browser.md, "Page structure"). No module keeps mutable state at module level.
 //
 // Two RTCPeerConnections per connection attempt, both to the relay only:
-//   publish   page -> relay, the page offers (non-trickle: after ICE gathering)
+//   publish   page -> relay, the page offers (trickle ICE: candidates follow the offer)
 //   subscribe relay -> page, the relay offers; `tracks` maps each mid to whose track it is
 // Reconnect = a new attempt (new WebSocket, new peer connections) with the same token.
 // The protocol is described in docs/browser.md.

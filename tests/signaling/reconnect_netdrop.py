@@ -34,8 +34,45 @@ from tests.signaling.browser_support import (  # noqa: E402
 )
 
 SERVER_IP, CARL_IP = "10.201.0.1", "10.201.0.2"
-DROP_SECONDS = 10.0
+DROP_SECONDS = float(os.environ.get("PARLEY_NETDROP_SECONDS", "10"))
+"""How long the interface stays down (10 s in the test; 30 s for the long-drop figures)."""
+MODE = os.environ.get("PARLEY_NETDROP_MODE", "down")
+"""``down``: v1 down, then up again; ``readdress``: v1 down, then up with another address
+(NEW_IP, as after moving to another network); ``switch``: the address changes while v1 stays
+up (the old one removed, the new one added at once; DROP_SECONDS unused)."""
+NEW_IP = "10.201.0.3"
 AV = ("camera", "microphone")
+TRACE_JS = """
+(() => {
+  const Pc = window.RTCPeerConnection, Ws = window.WebSocket;
+  let n = 0;
+  window.RTCPeerConnection = function (...args) {
+    const pc = new Pc(...args), id = ++n, log = (t) => console.log(`trace pc${id} ${t}`);
+    pc.addEventListener("connectionstatechange", () => log(pc.connectionState));
+    pc.addEventListener("icecandidate", (e) => log(e.candidate ? e.candidate.candidate.slice(0, 70) : "end"));
+    return pc;
+  };
+  window.RTCPeerConnection.prototype = Pc.prototype;
+  window.WebSocket = function (...args) {
+    const ws = new Ws(...args);
+    ws.addEventListener("open", () => console.log("trace ws open"));
+    ws.addEventListener("message", (e) => console.log(`trace ws < ${String(e.data).slice(0, 60)}`));
+    return ws;
+  };
+  Object.assign(window.WebSocket, Ws);
+  window.WebSocket.prototype = Ws.prototype;
+  for (const ev of ["online", "offline"]) window.addEventListener(ev, () => console.log(`trace ${ev}`));
+  if (navigator.connection) {
+    navigator.connection.addEventListener("change", () => console.log(`trace connection change ${navigator.connection.type}`));
+  }
+})();
+"""
+
+
+SEES_JS = """
+(id) => [window.parley.participants.some((p) => p.participant_id === id),
+         !!(window.parley.states[id] || {}).reconnecting]
+"""
 
 
 def sh(*cmd: str) -> None:
@@ -44,7 +81,7 @@ def sh(*cmd: str) -> None:
 
 def namespace_b() -> subprocess.Popen[bytes]:
     """A second network namespace, held by a sleeping process, with v1 in it."""
-    holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "120"])
+    holder = subprocess.Popen(["unshare", "--net", "--", "sleep", str(int(DROP_SECONDS) + 120)])
     ns = f"/proc/{holder.pid}/ns/net"
     for _ in range(50):  # bounded: the namespace exists once unshare has exec'd sleep
         if os.readlink(ns) != os.readlink("/proc/self/ns/net"):
@@ -62,8 +99,11 @@ def namespace_b() -> subprocess.Popen[bytes]:
 
 
 def frames(page: Any, key: str) -> int:
+    """Video frames decoded, or audio packets received, of one remote track."""
     stats = media_stats(page)["media"].get(key)
-    return int(stats["framesDecoded"]) if stats else 0
+    if not stats:
+        return 0
+    return int(stats["packetsReceived" if key.endswith("/microphone") else "framesDecoded"])
 
 
 def main() -> int:
@@ -94,12 +134,16 @@ def main() -> int:
                 (here, sue_url, "Sue"),
             ):
                 page = browser.new_context(permissions=["camera", "microphone"]).new_page()
+                if name == "Carl" and os.environ.get("PARLEY_NETDROP_CONSOLE"):
+                    page.add_init_script(TRACE_JS)
                 page.set_default_timeout(20_000)
                 page.goto(url)
                 page.get_by_label("Your name").fill(name)
                 page.get_by_role("button", name="Join", exact=True).click()
                 wait_for_state(page, "connected")
                 pages[name] = page
+            console: list[tuple[float, str]] = []
+            pages["Carl"].on("console", lambda m: console.append((time.monotonic(), m.text)))
             ids = {name: participant_id(page) for name, page in pages.items()}
             for name, page in pages.items():
                 wait_for_media(page, {ids[o]: AV for o in pages if o != name}, timeout=40)
@@ -108,6 +152,8 @@ def main() -> int:
                 "Alice <- Carl": (pages["Alice"], f"{ids['Carl']}/camera"),
                 "Carl <- Alice": (pages["Carl"], f"{ids['Alice']}/camera"),
                 "Sue <- Alice": (pages["Sue"], f"{ids['Alice']}/camera"),
+                "Alice <- Carl audio": (pages["Alice"], f"{ids['Carl']}/microphone"),
+                "Carl <- Alice audio": (pages["Carl"], f"{ids['Alice']}/microphone"),
             }
             rises: dict[str, list[float]] = {k: [] for k in watched}
             last = {k: -1 for k in watched}
@@ -119,23 +165,40 @@ def main() -> int:
                         rises[key].append(time.monotonic())
                     last[key] = count
 
+            seen_by_sue: list[tuple[float, bool, bool]] = []
+            """(time, Carl listed, Carl reconnecting) as Sue's page shows them during the drop."""
+
+            def sue_sees_carl() -> None:
+                listed, away = pages["Sue"].evaluate(SEES_JS, ids["Carl"])
+                seen_by_sue.append((time.monotonic(), bool(listed), bool(away)))
+
             sample()
             down_at = time.monotonic()
-            sh(*in_b, "ip", "link", "set", "v1", "down")
-            while time.monotonic() - down_at < DROP_SECONDS:
-                sample()
-                pages["Sue"].wait_for_timeout(100)  # lets the pages run
-            sh(*in_b, "ip", "link", "set", "v1", "up")
+            if MODE == "switch":
+                # the old one first: removing a primary address removes its secondaries too
+                sh(*in_b, "ip", "addr", "del", f"{CARL_IP}/24", "dev", "v1")
+                sh(*in_b, "ip", "addr", "add", f"{NEW_IP}/24", "dev", "v1")
+            else:
+                sh(*in_b, "ip", "link", "set", "v1", "down")
+                while time.monotonic() - down_at < DROP_SECONDS:
+                    sample()
+                    if not seen_by_sue or time.monotonic() - seen_by_sue[-1][0] > 1.0:
+                        sue_sees_carl()
+                    pages["Sue"].wait_for_timeout(100)  # lets the pages run
+                if MODE == "readdress":
+                    sh(*in_b, "ip", "addr", "del", f"{CARL_IP}/24", "dev", "v1")
+                    sh(*in_b, "ip", "addr", "add", f"{NEW_IP}/24", "dev", "v1")
+                sh(*in_b, "ip", "link", "set", "v1", "up")
             up_at = time.monotonic()
             for _ in range(300):  # bounded: about 30 s after the network is back
                 sample()
                 if all(rises[k] and rises[k][-1] > up_at + 0.5 for k in watched):
                     break
                 pages["Sue"].wait_for_timeout(100)
-            figures: dict[str, Any] = {"drop_s": DROP_SECONDS}
+            figures: dict[str, Any] = {"mode": MODE, "drop_s": DROP_SECONDS}
             for key in watched:
                 after = [t for t in rises[key] if t > up_at + 0.3]
-                figures[f"{key}: video back after network up (s)"] = (
+                figures[f"{key}: media back after network up (s)"] = (
                     round(after[0] - up_at, 2) if after else None
                 )
                 before = [t for t in rises[key] if t < down_at][-1:]
@@ -146,14 +209,27 @@ def main() -> int:
                 n: pg.evaluate("() => window.parley.attempts") for n, pg in pages.items()
             }
             figures["full reconnects"] = {n: now_attempts[n] - attempts[n] for n in pages}
+            away = [at - down_at for at, _, reconnecting in seen_by_sue if reconnecting]
+            sue_sees_carl()
+            figures["Sue: Carl listed throughout the drop"] = all(x[1] for x in seen_by_sue)
+            figures["Sue: Carl shown reconnecting from (s after the drop)"] = (
+                round(away[0], 1) if away else None
+            )
+            sue_sees_carl()
+            figures["Sue: Carl reconnecting after recovery"] = seen_by_sue[-1][2]
             figures["states"] = {
                 n: pg.evaluate("() => window.parley.state") for n, pg in pages.items()
             }
+            if os.environ.get("PARLEY_NETDROP_CONSOLE"):
+                figures["Carl's console"] = [
+                    f"{at - up_at:+.2f} {text[:160]}" for at, text in console if at > down_at
+                ]
             print(json.dumps(figures))
             ok = (
-                all(figures[f"{k}: video back after network up (s)"] is not None for k in watched)
+                all(figures[f"{k}: media back after network up (s)"] is not None for k in watched)
                 and figures["Sue <- Alice: longest gap (s)"] < 2.0
                 and figures["full reconnects"] == {n: 0 for n in pages}
+                and figures["Sue: Carl listed throughout the drop"]
             )
             here.close()
             there.close()

@@ -32,6 +32,7 @@ async def test_track_state_reaches_everyone_and_the_welcome(
             "camera": True,
             "microphone": True,
             "screen": False,
+            "reconnecting": False,
         }
         # the publisher hears its own state too: every page shows the same thing
         await agent.wait_message(state_of(agent.id))

@@ -131,11 +131,11 @@ class FrameClock:
 
 
 async def three_party_call(
-    service: Service,
+    service: Service, agent_class: type[ReconnectingParticipant] = ReconnectingParticipant
 ) -> tuple[ReconnectingParticipant, WsParticipant, WsParticipant]:
     session = await service.create_session()
     third_url = await service.invite(session["session_id"], "customer")
-    agent = ReconnectingParticipant(service.base_url, session["agent_url"], "Ann")
+    agent = agent_class(service.base_url, session["agent_url"], "Ann")
     customer = WsParticipant(service.base_url, session["customer_url"], "Carl")
     third = WsParticipant(service.base_url, third_url, "Tess")
     for p in (agent, customer, third):

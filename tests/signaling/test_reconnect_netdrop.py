@@ -1,7 +1,7 @@
-"""A real Chromium participant's network interface goes down for 10 s and comes back (issue 12):
-the call recovers without a page reload or a full reconnect, and a third participant's media
-never pauses. The scenario runs in tests/signaling/reconnect_netdrop.py, inside a network
-namespace of its own (it builds a second one for the dropped participant)."""
+"""A real Chromium participant's network interface goes down for 10 s and comes back, or its
+address changes (issue 12): the call recovers without a page reload or a full reconnect, and a
+third participant's media never pauses. The scenario runs in tests/signaling/reconnect_netdrop.py,
+inside a network namespace of its own (it builds a second one for the dropped participant)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from tests.signaling.browser_support import chromium_available
 SCRIPT = Path(__file__).with_name("reconnect_netdrop.py")
 
 
-@pytest.mark.browser
-def test_a_participant_whose_interface_drops_for_10_s_comes_back_without_a_full_reconnect() -> None:
+def run_scenario(mode: str) -> dict[str, object]:
+    """Run reconnect_netdrop.py in a network namespace of its own; its figures."""
     if not chromium_available():
         pytest.skip("Debian chromium is not installed; scripts/setup.sh test installs it")
     if os.geteuid() != 0 or not all(shutil.which(t) for t in ("unshare", "nsenter", "ip")):
@@ -39,11 +39,34 @@ def test_a_participant_whose_interface_drops_for_10_s_comes_back_without_a_full_
         capture_output=True,
         text=True,
         timeout=150,
+        env={**os.environ, "PARLEY_NETDROP_MODE": mode, "PARLEY_NETDROP_SECONDS": "10"},
     )
     lines = proc.stdout.strip().splitlines()
     assert lines, proc.stderr[-3000:]
-    figures = json.loads(lines[-1])
+    figures = dict(json.loads(lines[-1]))
     print(figures)
     assert proc.returncode == 0, (figures, proc.stderr[-3000:])
+    return figures
+
+
+@pytest.mark.browser
+def test_a_participant_whose_interface_drops_for_10_s_comes_back_without_a_full_reconnect() -> None:
+    figures = run_scenario("down")
     assert figures["full reconnects"] == {"Alice": 0, "Carl": 0, "Sue": 0}
-    assert figures["Sue <- Alice: longest gap (s)"] < 2.0
+    assert figures["Sue <- Alice: longest gap (s)"] < 2.0  # type: ignore[operator]
+    # the others saw Carl away, not gone, and back
+    assert figures["Sue: Carl listed throughout the drop"] is True
+    assert figures["Sue: Carl shown reconnecting from (s after the drop)"] is not None
+    assert figures["Sue: Carl reconnecting after recovery"] is False
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("mode", ["switch", "readdress"])
+def test_a_participant_whose_address_changes_gets_media_back_without_a_reload(mode: str) -> None:
+    """``switch``: the address changes on the live interface (no browser event at all);
+    ``readdress``: the interface goes down and comes back with another address."""
+    figures = run_scenario(mode)
+    assert figures["full reconnects"] == {"Alice": 0, "Carl": 0, "Sue": 0}
+    for key in ("Alice <- Carl", "Carl <- Alice", "Alice <- Carl audio", "Carl <- Alice audio"):
+        assert figures[f"{key}: media back after network up (s)"] is not None, key
+    assert figures["Sue: Carl listed throughout the drop"] is True

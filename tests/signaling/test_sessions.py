@@ -66,6 +66,9 @@ class FakePeer:
         self.refuse: RelayError | None = None
         self.producers: list[Any] = []
 
+    def rebuilding(self, leg: str) -> bool:
+        return False
+
     async def handle_publish_offer(self, sdp: str, sources: dict[str, str]) -> str:
         if self.refuse is not None:
             raise self.refuse
