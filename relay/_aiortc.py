@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import socket
@@ -63,7 +64,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
 from aiortc.rtp import AnyRtcpPacket, RtpPacket
 
-from . import accel
+from . import accel, udp
 from .rtp import RtpIn, parse_rtp
 
 logger = logging.getLogger(__name__)
@@ -587,7 +588,9 @@ def _host_candidates_factory(
         addresses: list[str] | None = None,
         timeout: int = 5,  # noqa: ASYNC109
     ) -> list[Candidate]:
-        if port_range is None:
+        if port_range is None and (
+            not udp.AVAILABLE or connection.stun_server or connection.turn_server
+        ):
             # aioice binds port 0 on our addresses and still gathers STUN/TURN candidates
             return list(await stock(component=component, addresses=wanted, timeout=timeout))
         loop = asyncio.get_running_loop()
@@ -629,8 +632,14 @@ async def _bind_udp(
     address: str,
     port_range: tuple[int, int] | None,
 ) -> tuple[asyncio.DatagramTransport, Any]:
+    bind: Callable[..., Awaitable[tuple[Any, Any]]]
+    if udp.AVAILABLE:
+        # the compiled path reads the socket itself, in batches (relay/udp.py)
+        bind = functools.partial(udp.create_batched_endpoint, loop)
+    else:
+        bind = loop.create_datagram_endpoint
     if port_range is None:
-        return await loop.create_datagram_endpoint(factory, local_addr=(address, 0))
+        return await bind(factory, local_addr=(address, 0))  # type: ignore[no-any-return]
     low, high = port_range
     ports = list(range(low, high + 1))
     random.shuffle(ports)
@@ -638,7 +647,7 @@ async def _bind_udp(
     last: OSError | None = None
     for port in ports[:256]:
         try:
-            return await loop.create_datagram_endpoint(
+            return await bind(  # type: ignore[no-any-return]
                 factory, local_addr=(address, port), family=family
             )
         except OSError as exc:

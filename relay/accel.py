@@ -11,6 +11,10 @@ and uvloop ship an optional accelerator).
   mid / abs-send-time / audio-level extension ids), its NACK history (the forwarded packets,
   by outgoing sequence number), its counters (``packets``, ``octets``, ``last``) and its
   ``tx``. ``remember`` is the one place a forwarded packet is counted.
+- :data:`Reader` (compiled only, else None): a media socket's callback, one ``recvmmsg`` of up
+  to 32 datagrams per wakeup; the fan-outs of a batch are sent at its end with one ``sendmmsg``
+  per destination and UDP GSO for runs of equal-size packets (relay/udp.py). ``io_stats()``
+  counts its system calls; ``PARLEY_NO_GSO=1`` sends each packet of a run alone.
 - :func:`fan_out`: for each consumer of one packet whose ``_route`` has a valid ``tx``: rewrite,
   remember, protect and send, all in one call; the consumers it could not serve (not synced
   yet, not connected, no OS socket) are returned for the Python path (``Consumer.send``).
@@ -267,6 +271,10 @@ IMPLEMENTATION: Final = "compiled" if COMPILED else "python"
 """Which packet path runs: "compiled" (relay/_accel.c) or "python"."""
 
 if _compiled is not None:
+    Reader: Any = _compiled.Reader
+    io_stats: Any = _compiled.stats
+    if os.environ.get("PARLEY_NO_GSO", "") not in ("", "0"):
+        _compiled.set_gso(False)
     Session: Any = _compiled.Session
     Tx: Any = _compiled.Tx
     Route: Any = _compiled.Route
@@ -274,6 +282,8 @@ if _compiled is not None:
     abs_send_time_now: Any = _compiled.abs_send_time_now
     SrtpError: tuple[type[Exception], ...] = (_compiled.Error, pylibsrtp.Error)
 else:
+    Reader = None
+    io_stats = dict
     Session = PySession
     Tx = PyTx
     Route = PyRoute
