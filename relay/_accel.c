@@ -118,6 +118,233 @@ static PyObject *Session_apply(Session *self, PyObject *arg, srtp_transform tran
     return PyBytes_FromStringAndSize((char *)buf, len);
 }
 
+/* --- parse: relay.rtp.parse_rtp in C ------------------------------------------------------
+ *
+ * Fills a new relay.rtp.RtpIn (the class is handed over by relay/accel.py at import), exactly as
+ * parse_rtp does; NULL without an exception when the packet is malformed (parse_rtp raises
+ * ValueError there). */
+
+static PyTypeObject *packet_type = NULL;
+static PyObject *s_payload_type, *s_ssrc, *s_abs_send_time, *empty_tuple;
+
+static int set_slot(PyObject *obj, PyObject *name, PyObject *value) {
+    if (value == NULL) {
+        return -1;
+    }
+    int rc = PyObject_GenericSetAttr(obj, name, value);
+    Py_DECREF(value);
+    return rc;
+}
+
+static PyObject *parse_packet(const unsigned char *data, Py_ssize_t length, int ast_id,
+                              int level_id, int *malformed) {
+    *malformed = 0;
+    if (packet_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the packet type was not set");
+        return NULL;
+    }
+    if (length < 12 || data[0] >> 6 != 2) {
+        *malformed = 1;
+        return NULL;
+    }
+    unsigned char first = data[0], second = data[1];
+    Py_ssize_t pos = 12;
+    int cc = first & 0x0F;
+    if (cc && length < pos + 4 * cc) {
+        *malformed = 1;
+        return NULL;
+    }
+    Py_ssize_t csrc_pos = pos;
+    pos += 4 * cc;
+    long abs_send_time = -1;
+    int level = -1;
+    if (first & 0x10) {
+        if (length < pos + 4) {
+            *malformed = 1;
+            return NULL;
+        }
+        unsigned profile = ((unsigned)data[pos] << 8) | data[pos + 1];
+        Py_ssize_t end = pos + 4 + 4 * (((Py_ssize_t)data[pos + 2] << 8) | data[pos + 3]);
+        if (length < end) {
+            *malformed = 1;
+            return NULL;
+        }
+        pos += 4;
+        if (profile == 0xBEDE) {
+            while (pos < end) {
+                unsigned char byte = data[pos];
+                if (byte == 0) {
+                    pos++;
+                    continue;
+                }
+                int x_id = byte >> 4, x_len = (byte & 0x0F) + 1;
+                if (x_id == 15 || pos + 1 + x_len > end) {
+                    break;
+                }
+                if (x_id == ast_id && x_len == 3) {
+                    abs_send_time = ((long)data[pos + 1] << 16) | ((long)data[pos + 2] << 8) |
+                                    data[pos + 3];
+                } else if (x_id == level_id) {
+                    level = data[pos + 1];
+                }
+                pos += 1 + x_len;
+            }
+        } else if ((profile & 0xFFF0) == 0x1000) {
+            while (pos + 1 < end) {
+                int x_id = data[pos];
+                if (x_id == 0) {
+                    pos++;
+                    continue;
+                }
+                int x_len = data[pos + 1];
+                if (pos + 2 + x_len > end) {
+                    break;
+                }
+                if (x_id == ast_id && x_len == 3) {
+                    abs_send_time = ((long)data[pos + 2] << 16) | ((long)data[pos + 3] << 8) |
+                                    data[pos + 4];
+                } else if (x_id == level_id && x_len >= 1) {
+                    level = data[pos + 2];
+                }
+                pos += 2 + x_len;
+            }
+        }
+        pos = end;
+    }
+    int padding = 0;
+    if (first & 0x20) {
+        padding = data[length - 1];
+        if (padding == 0 || pos + padding > length) {
+            *malformed = 1;
+            return NULL;
+        }
+    }
+    PyObject *packet = packet_type->tp_alloc(packet_type, 0);
+    if (packet == NULL) {
+        return NULL;
+    }
+    PyObject *csrc;
+    if (cc) {
+        csrc = PyTuple_New(cc);
+        if (csrc == NULL) {
+            goto fail;
+        }
+        for (int i = 0; i < cc; i++) {
+            const unsigned char *p = data + csrc_pos + 4 * i;
+            unsigned long v = ((unsigned long)p[0] << 24) | ((unsigned long)p[1] << 16) |
+                              ((unsigned long)p[2] << 8) | p[3];
+            PyObject *item = PyLong_FromUnsignedLong(v);
+            if (item == NULL) {
+                Py_DECREF(csrc);
+                goto fail;
+            }
+            PyTuple_SET_ITEM(csrc, i, item);
+        }
+    } else {
+        Py_INCREF(empty_tuple);
+        csrc = empty_tuple;
+    }
+    PyObject *level_value;
+    if (level >= 0) {
+        level_value = Py_BuildValue("(Oi)", (level & 0x80) ? Py_True : Py_False, level & 0x7F);
+    } else {
+        Py_INCREF(Py_None);
+        level_value = Py_None;
+    }
+    PyObject *ast_value;
+    if (abs_send_time >= 0) {
+        ast_value = PyLong_FromLong(abs_send_time);
+    } else {
+        Py_INCREF(Py_None);
+        ast_value = Py_None;
+    }
+    unsigned long seq = ((unsigned long)data[2] << 8) | data[3];
+    unsigned long ts = ((unsigned long)data[4] << 24) | ((unsigned long)data[5] << 16) |
+                       ((unsigned long)data[6] << 8) | data[7];
+    unsigned long ssrc = ((unsigned long)data[8] << 24) | ((unsigned long)data[9] << 16) |
+                         ((unsigned long)data[10] << 8) | data[11];
+    if (set_slot(packet, s_payload_type, PyLong_FromLong(second & 0x7F)) < 0 ||
+        set_slot(packet, s_marker, PyLong_FromLong(second >> 7)) < 0 ||
+        set_slot(packet, s_sequence_number, PyLong_FromUnsignedLong(seq)) < 0 ||
+        set_slot(packet, s_timestamp, PyLong_FromUnsignedLong(ts)) < 0 ||
+        set_slot(packet, s_ssrc, PyLong_FromUnsignedLong(ssrc)) < 0 ||
+        set_slot(packet, s_csrc, csrc) < 0 ||
+        set_slot(packet, s_payload,
+                 PyBytes_FromStringAndSize((const char *)data + pos, length - padding - pos)) <
+            0 ||
+        set_slot(packet, s_padding_size, PyLong_FromLong(padding)) < 0 ||
+        set_slot(packet, s_abs_send_time, ast_value) < 0 ||
+        set_slot(packet, s_audio_level, level_value) < 0) {
+        goto fail;
+    }
+    return packet;
+fail:
+    Py_DECREF(packet);
+    return NULL;
+}
+
+static PyObject *parse_py(PyObject *module, PyObject *args) {
+    Py_buffer in;
+    int ast_id, level_id, malformed;
+    if (!PyArg_ParseTuple(args, "y*ii", &in, &ast_id, &level_id)) {
+        return NULL;
+    }
+    PyObject *packet =
+        parse_packet((const unsigned char *)in.buf, in.len, ast_id, level_id, &malformed);
+    PyBuffer_Release(&in);
+    if (packet == NULL && malformed) {
+        Py_RETURN_NONE;
+    }
+    return packet;
+}
+
+static PyObject *set_packet_type_py(PyObject *module, PyObject *arg) {
+    if (!PyType_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "a class");
+        return NULL;
+    }
+    Py_INCREF(arg);
+    Py_XSETREF(packet_type, (PyTypeObject *)arg);
+    Py_RETURN_NONE;
+}
+
+/* unprotect in a stack buffer and parse from it: no intermediate bytes */
+static PyObject *Session_unprotect_parse(Session *self, PyObject *const *args,
+                                         Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "unprotect_parse(data, abs_send_time_id, audio_level_id)");
+        return NULL;
+    }
+    int ast_id = (int)PyLong_AsLong(args[1]), level_id = (int)PyLong_AsLong(args[2]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer in;
+    if (PyObject_GetBuffer(args[0], &in, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (in.len < 12 || in.len > MAX_PACKET + SRTP_MAX_TRAILER_LEN) {
+        PyBuffer_Release(&in);
+        PyErr_SetString(AccelError, "SRTP packet size out of range");
+        return NULL;
+    }
+    unsigned char buf[BUF_SIZE];
+    int len = (int)in.len;
+    memcpy(buf, in.buf, in.len);
+    PyBuffer_Release(&in);
+    srtp_err_status_t status = srtp_unprotect(self->ctx, buf, &len);
+    if (status != srtp_err_status_ok) {
+        PyErr_Format(AccelError, "srtp_unprotect failed (%d)", (int)status);
+        return NULL;
+    }
+    int malformed;
+    PyObject *packet = parse_packet(buf, len, ast_id, level_id, &malformed);
+    if (packet == NULL && malformed) {
+        Py_RETURN_NONE;
+    }
+    return packet;
+}
+
 static PyObject *Session_protect(Session *self, PyObject *arg) {
     return Session_apply(self, arg, srtp_protect, MAX_PACKET, "srtp_protect");
 }
@@ -130,6 +357,9 @@ static PyObject *Session_unprotect(Session *self, PyObject *arg) {
 static PyMethodDef Session_methods[] = {
     {"protect", (PyCFunction)Session_protect, METH_O, "SRTP-protect one RTP packet."},
     {"unprotect", (PyCFunction)Session_unprotect, METH_O, "SRTP-unprotect one RTP packet."},
+    {"unprotect_parse", (PyCFunction)(void (*)(void))Session_unprotect_parse, METH_FASTCALL,
+     "unprotect_parse(data, abs_send_time_id, audio_level_id) -> RtpIn, or None when the "
+     "decrypted packet is malformed (Error when SRTP refuses it)."},
     {NULL}};
 
 static PyTypeObject SessionType = {
@@ -1206,6 +1436,9 @@ static PyMethodDef module_methods[] = {
     {"stats", stats_py, METH_NOARGS,
      "process-wide counters: reads (recvmmsg), datagrams_in, sends (send system calls), "
      "datagrams_out, gso_messages, gso_failures, truncated, gso (on or off)"},
+    {"parse", parse_py, METH_VARARGS,
+     "parse(data, abs_send_time_id, audio_level_id) -> RtpIn or None (relay.rtp.parse_rtp)"},
+    {"set_packet_type", set_packet_type_py, METH_O, "the class parse() fills (relay.rtp.RtpIn)"},
     {"set_gso", set_gso_py, METH_O, "send runs of equal-size packets as UDP GSO (default on)"},
     {"fan_out", (PyCFunction)(void (*)(void))fan_out, METH_FASTCALL,
      "fan_out(packet, consumers, abs_send_time) -> consumers left to the Python path, or None"},
@@ -1239,6 +1472,10 @@ PyMODINIT_FUNC PyInit__accel(void) {
     INTERN(s_tx_srtp, "_tx_srtp");
     INTERN(s_is_closing, "is_closing");
     INTERN(s_datagram_received, "datagram_received");
+    INTERN(s_payload_type, "payload_type");
+    INTERN(s_ssrc, "ssrc");
+    INTERN(s_abs_send_time, "abs_send_time");
+    empty_tuple = PyTuple_New(0);
     one = PyLong_FromLong(1);
     PyObject *m = PyModule_Create(&accel_module);
     if (m == NULL) {

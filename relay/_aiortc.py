@@ -354,15 +354,25 @@ class FastReceive:
         rx = self.rx
         if rx is None:
             rx = self.rx = rx_session(dtls)
-        try:
-            plain = rx.unprotect(data)
-        except accel.SrtpError:
-            self.unprotect_errors += 1
-            return
-        try:
-            packet = parse_rtp(plain, 0, self.audio_level_id)
-        except ValueError:
-            return
+        if accel.COMPILED:
+            # unprotect and parse in one call, from one stack buffer
+            try:
+                packet = rx.unprotect_parse(data, 0, self.audio_level_id)
+            except accel.SrtpError:
+                self.unprotect_errors += 1
+                return
+            if packet is None:
+                return
+        else:
+            try:
+                plain = rx.unprotect(data)
+            except accel.SrtpError:
+                self.unprotect_errors += 1
+                return
+            try:
+                packet = parse_rtp(plain, 0, self.audio_level_id)
+            except ValueError:
+                return
         receiver = dtls._rtp_router.route_rtp(packet)  # type: ignore[arg-type]
         if receiver is not None:
             forward = receiver.__dict__.get("_parley_forward")
