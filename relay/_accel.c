@@ -917,11 +917,16 @@ static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds) {
         PyErr_WriteUnraisable(self->protocol);
     }
     defer_depth++;
+    int stop = 0; /* a KeyboardInterrupt or SystemExit goes on to the event loop */
     for (int i = 0; i < count; i++) {
-        if (handler != NULL && !self->closed) {
+        if (handler != NULL && !self->closed && !stop) {
             PyObject *result = PyObject_Vectorcall(handler, items[i], 2, NULL);
             if (result == NULL) {
-                PyErr_WriteUnraisable(handler);
+                if (PyErr_ExceptionMatches(PyExc_Exception)) {
+                    PyErr_WriteUnraisable(handler);
+                } else {
+                    stop = 1;
+                }
             }
             Py_XDECREF(result);
         }
@@ -931,6 +936,9 @@ static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds) {
     defer_depth--;
     out_flush();
     Py_XDECREF(handler);
+    if (stop) {
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 

@@ -98,6 +98,39 @@ async def test_nothing_is_delivered_after_close() -> None:
     assert [data for data, _ in protocol.got] == [b"\x00"]
 
 
+@needs_reader
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_exception_stays_in_the_reader_but_an_interrupt_goes_on() -> None:
+    inbound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        inbound.bind(("127.0.0.1", 0))
+        inbound.setblocking(False)
+        seen: list[bytes] = []
+
+        class Raises:
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                seen.append(data)
+                if data == b"bug":
+                    raise RuntimeError("a bug in one datagram's handling")
+                if data == b"stop":
+                    raise KeyboardInterrupt
+
+        reader = accel.Reader(inbound.fileno(), Raises())
+        for data in (b"bug", b"next"):
+            sender.sendto(data, inbound.getsockname())
+        while reader.datagrams < 2:
+            reader()  # the RuntimeError is reported as unraisable, the next datagram handled
+        assert seen == [b"bug", b"next"]
+        sender.sendto(b"stop", inbound.getsockname())
+        with pytest.raises(KeyboardInterrupt):
+            for _ in range(100):
+                reader()
+    finally:
+        inbound.close()
+        sender.close()
+
+
 def _stream(sizes: list[int]) -> list[RtpIn]:
     return [
         RtpIn(
