@@ -277,6 +277,11 @@ static PyObject *parse_packet(const unsigned char *data, Py_ssize_t length, int 
         set_slot(packet, s_audio_level, level_value) < 0) {
         goto fail;
     }
+    /* Only ints, bytes, None and tuples of those: it can be in no reference cycle, and the
+     * thousands the NACK histories keep would otherwise be walked by every full collection. */
+    if (PyObject_IS_GC(packet)) {
+        PyObject_GC_UnTrack(packet);
+    }
     return packet;
 fail:
     Py_DECREF(packet);
