@@ -780,9 +780,11 @@ static void out_flush(void) {
  */
 
 #define READ_BATCH 32
-#define READ_SIZE 65536
+#define READ_SMALL 2048           /* media datagrams: contiguous slots, few cache lines */
+#define READ_LARGE (65536 - READ_SMALL) /* the rest of a larger one (never touched otherwise) */
 
-static unsigned char read_bufs[READ_BATCH][READ_SIZE];
+static unsigned char read_small[READ_BATCH][READ_SMALL];
+static unsigned char read_large[READ_BATCH][READ_LARGE];
 
 typedef struct {
     PyObject_HEAD
@@ -864,16 +866,18 @@ static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds) {
         Py_RETURN_NONE;
     }
     struct mmsghdr msgs[READ_BATCH];
-    struct iovec iov[READ_BATCH];
+    struct iovec iov[READ_BATCH][2];
     struct sockaddr_storage names[READ_BATCH];
     memset(msgs, 0, sizeof(msgs));
     for (int i = 0; i < READ_BATCH; i++) {
-        iov[i].iov_base = read_bufs[i];
-        iov[i].iov_len = READ_SIZE;
+        iov[i][0].iov_base = read_small[i];
+        iov[i][0].iov_len = READ_SMALL;
+        iov[i][1].iov_base = read_large[i];
+        iov[i][1].iov_len = READ_LARGE;
         msgs[i].msg_hdr.msg_name = &names[i];
         msgs[i].msg_hdr.msg_namelen = sizeof(names[i]);
-        msgs[i].msg_hdr.msg_iov = &iov[i];
-        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_iov = iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 2;
     }
     int n = recvmmsg(self->fd, msgs, READ_BATCH, MSG_DONTWAIT, NULL);
     counters.reads++;
@@ -903,7 +907,17 @@ static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds) {
             counters.truncated++;
             continue;
         }
-        PyObject *data = PyBytes_FromStringAndSize((char *)read_bufs[i], msgs[i].msg_len);
+        unsigned int len = msgs[i].msg_len;
+        PyObject *data;
+        if (len <= READ_SMALL) {
+            data = PyBytes_FromStringAndSize((char *)read_small[i], len);
+        } else {
+            data = PyBytes_FromStringAndSize(NULL, len);
+            if (data != NULL) {
+                memcpy(PyBytes_AS_STRING(data), read_small[i], READ_SMALL);
+                memcpy(PyBytes_AS_STRING(data) + READ_SMALL, read_large[i], len - READ_SMALL);
+            }
+        }
         PyObject *addr =
             data ? Reader_address(self, &names[i], msgs[i].msg_hdr.msg_namelen) : NULL;
         if (addr == NULL) {
