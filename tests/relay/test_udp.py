@@ -48,13 +48,15 @@ async def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
 
 
 @needs_reader
-async def test_every_datagram_arrives_once_in_order_with_its_address() -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_every_datagram_arrives_once_in_order_with_its_address(host: str) -> None:
     loop = asyncio.get_running_loop()
-    transport, protocol = await udp.create_batched_endpoint(loop, Recorder, ("127.0.0.1", 0))
-    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    transport, protocol = await udp.create_batched_endpoint(loop, Recorder, (host, 0))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    senders = [socket.socket(family, socket.SOCK_DGRAM) for _ in range(2)]
     try:
         for s in senders:
-            s.bind(("127.0.0.1", 0))
+            s.bind((host, 0))
         target = transport.get_extra_info("sockname")
         sizes = [0, 1, 1200, 60000, *range(20, 90)]
         sent = []
