@@ -18,6 +18,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -29,7 +30,7 @@
 
 static PyObject *AccelError;
 static PyObject *s_marker, *s_sequence_number, *s_timestamp, *s_csrc, *s_payload,
-    *s_padding_size, *s_audio_level, *s_route, *s_state, *s_tx_srtp, *s_is_closing, *one;
+    *s_padding_size, *s_audio_level, *s_route, *s_state, *s_tx_srtp, *s_is_closing, *s_datagram_received, *one;
 
 /* --- Session ---------------------------------------------------------------------------- */
 
@@ -117,6 +118,238 @@ static PyObject *Session_apply(Session *self, PyObject *arg, srtp_transform tran
     return PyBytes_FromStringAndSize((char *)buf, len);
 }
 
+/* --- parse: relay.rtp.parse_rtp in C ------------------------------------------------------
+ *
+ * Fills a new relay.rtp.RtpIn (the class is handed over by relay/accel.py at import), exactly as
+ * parse_rtp does; NULL without an exception when the packet is malformed (parse_rtp raises
+ * ValueError there). */
+
+static PyTypeObject *packet_type = NULL;
+static PyObject *s_payload_type, *s_ssrc, *s_abs_send_time, *empty_tuple;
+
+static int set_slot(PyObject *obj, PyObject *name, PyObject *value) {
+    if (value == NULL) {
+        return -1;
+    }
+    int rc = PyObject_GenericSetAttr(obj, name, value);
+    Py_DECREF(value);
+    return rc;
+}
+
+static PyObject *parse_packet(const unsigned char *data, Py_ssize_t length, int ast_id,
+                              int level_id, int *malformed) {
+    *malformed = 0;
+    if (packet_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the packet type was not set");
+        return NULL;
+    }
+    if (length < 12 || data[0] >> 6 != 2) {
+        *malformed = 1;
+        return NULL;
+    }
+    unsigned char first = data[0], second = data[1];
+    Py_ssize_t pos = 12;
+    int cc = first & 0x0F;
+    if (cc && length < pos + 4 * cc) {
+        *malformed = 1;
+        return NULL;
+    }
+    Py_ssize_t csrc_pos = pos;
+    pos += 4 * cc;
+    long abs_send_time = -1;
+    int level = -1;
+    if (first & 0x10) {
+        if (length < pos + 4) {
+            *malformed = 1;
+            return NULL;
+        }
+        unsigned profile = ((unsigned)data[pos] << 8) | data[pos + 1];
+        Py_ssize_t end = pos + 4 + 4 * (((Py_ssize_t)data[pos + 2] << 8) | data[pos + 3]);
+        if (length < end) {
+            *malformed = 1;
+            return NULL;
+        }
+        pos += 4;
+        if (profile == 0xBEDE) {
+            while (pos < end) {
+                unsigned char byte = data[pos];
+                if (byte == 0) {
+                    pos++;
+                    continue;
+                }
+                int x_id = byte >> 4, x_len = (byte & 0x0F) + 1;
+                if (x_id == 15 || pos + 1 + x_len > end) {
+                    break;
+                }
+                if (x_id == ast_id && x_len == 3) {
+                    abs_send_time = ((long)data[pos + 1] << 16) | ((long)data[pos + 2] << 8) |
+                                    data[pos + 3];
+                } else if (x_id == level_id) {
+                    level = data[pos + 1];
+                }
+                pos += 1 + x_len;
+            }
+        } else if ((profile & 0xFFF0) == 0x1000) {
+            while (pos + 1 < end) {
+                int x_id = data[pos];
+                if (x_id == 0) {
+                    pos++;
+                    continue;
+                }
+                int x_len = data[pos + 1];
+                if (pos + 2 + x_len > end) {
+                    break;
+                }
+                if (x_id == ast_id && x_len == 3) {
+                    abs_send_time = ((long)data[pos + 2] << 16) | ((long)data[pos + 3] << 8) |
+                                    data[pos + 4];
+                } else if (x_id == level_id && x_len >= 1) {
+                    level = data[pos + 2];
+                }
+                pos += 2 + x_len;
+            }
+        }
+        pos = end;
+    }
+    int padding = 0;
+    if (first & 0x20) {
+        padding = data[length - 1];
+        if (padding == 0 || pos + padding > length) {
+            *malformed = 1;
+            return NULL;
+        }
+    }
+    PyObject *packet = packet_type->tp_alloc(packet_type, 0);
+    if (packet == NULL) {
+        return NULL;
+    }
+    PyObject *csrc;
+    if (cc) {
+        csrc = PyTuple_New(cc);
+        if (csrc == NULL) {
+            goto fail;
+        }
+        for (int i = 0; i < cc; i++) {
+            const unsigned char *p = data + csrc_pos + 4 * i;
+            unsigned long v = ((unsigned long)p[0] << 24) | ((unsigned long)p[1] << 16) |
+                              ((unsigned long)p[2] << 8) | p[3];
+            PyObject *item = PyLong_FromUnsignedLong(v);
+            if (item == NULL) {
+                Py_DECREF(csrc);
+                goto fail;
+            }
+            PyTuple_SET_ITEM(csrc, i, item);
+        }
+    } else {
+        Py_INCREF(empty_tuple);
+        csrc = empty_tuple;
+    }
+    PyObject *level_value;
+    if (level >= 0) {
+        level_value = Py_BuildValue("(Oi)", (level & 0x80) ? Py_True : Py_False, level & 0x7F);
+    } else {
+        Py_INCREF(Py_None);
+        level_value = Py_None;
+    }
+    PyObject *ast_value;
+    if (abs_send_time >= 0) {
+        ast_value = PyLong_FromLong(abs_send_time);
+    } else {
+        Py_INCREF(Py_None);
+        ast_value = Py_None;
+    }
+    unsigned long seq = ((unsigned long)data[2] << 8) | data[3];
+    unsigned long ts = ((unsigned long)data[4] << 24) | ((unsigned long)data[5] << 16) |
+                       ((unsigned long)data[6] << 8) | data[7];
+    unsigned long ssrc = ((unsigned long)data[8] << 24) | ((unsigned long)data[9] << 16) |
+                         ((unsigned long)data[10] << 8) | data[11];
+    if (set_slot(packet, s_payload_type, PyLong_FromLong(second & 0x7F)) < 0 ||
+        set_slot(packet, s_marker, PyLong_FromLong(second >> 7)) < 0 ||
+        set_slot(packet, s_sequence_number, PyLong_FromUnsignedLong(seq)) < 0 ||
+        set_slot(packet, s_timestamp, PyLong_FromUnsignedLong(ts)) < 0 ||
+        set_slot(packet, s_ssrc, PyLong_FromUnsignedLong(ssrc)) < 0 ||
+        set_slot(packet, s_csrc, csrc) < 0 ||
+        set_slot(packet, s_payload,
+                 PyBytes_FromStringAndSize((const char *)data + pos, length - padding - pos)) <
+            0 ||
+        set_slot(packet, s_padding_size, PyLong_FromLong(padding)) < 0 ||
+        set_slot(packet, s_abs_send_time, ast_value) < 0 ||
+        set_slot(packet, s_audio_level, level_value) < 0) {
+        goto fail;
+    }
+    /* Only ints, bytes, None and tuples of those: it can be in no reference cycle, and the
+     * thousands the NACK histories keep would otherwise be walked by every full collection. */
+    if (PyObject_IS_GC(packet)) {
+        PyObject_GC_UnTrack(packet);
+    }
+    return packet;
+fail:
+    Py_DECREF(packet);
+    return NULL;
+}
+
+static PyObject *parse_py(PyObject *module, PyObject *args) {
+    Py_buffer in;
+    int ast_id, level_id, malformed;
+    if (!PyArg_ParseTuple(args, "y*ii", &in, &ast_id, &level_id)) {
+        return NULL;
+    }
+    PyObject *packet =
+        parse_packet((const unsigned char *)in.buf, in.len, ast_id, level_id, &malformed);
+    PyBuffer_Release(&in);
+    if (packet == NULL && malformed) {
+        Py_RETURN_NONE;
+    }
+    return packet;
+}
+
+static PyObject *set_packet_type_py(PyObject *module, PyObject *arg) {
+    if (!PyType_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "a class");
+        return NULL;
+    }
+    Py_INCREF(arg);
+    Py_XSETREF(packet_type, (PyTypeObject *)arg);
+    Py_RETURN_NONE;
+}
+
+/* unprotect in a stack buffer and parse from it: no intermediate bytes */
+static PyObject *Session_unprotect_parse(Session *self, PyObject *const *args,
+                                         Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "unprotect_parse(data, abs_send_time_id, audio_level_id)");
+        return NULL;
+    }
+    int ast_id = (int)PyLong_AsLong(args[1]), level_id = (int)PyLong_AsLong(args[2]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer in;
+    if (PyObject_GetBuffer(args[0], &in, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (in.len < 12 || in.len > MAX_PACKET + SRTP_MAX_TRAILER_LEN) {
+        PyBuffer_Release(&in);
+        PyErr_SetString(AccelError, "SRTP packet size out of range");
+        return NULL;
+    }
+    unsigned char buf[BUF_SIZE];
+    int len = (int)in.len;
+    memcpy(buf, in.buf, in.len);
+    PyBuffer_Release(&in);
+    srtp_err_status_t status = srtp_unprotect(self->ctx, buf, &len);
+    if (status != srtp_err_status_ok) {
+        PyErr_Format(AccelError, "srtp_unprotect failed (%d)", (int)status);
+        return NULL;
+    }
+    int malformed;
+    PyObject *packet = parse_packet(buf, len, ast_id, level_id, &malformed);
+    if (packet == NULL && malformed) {
+        Py_RETURN_NONE;
+    }
+    return packet;
+}
+
 static PyObject *Session_protect(Session *self, PyObject *arg) {
     return Session_apply(self, arg, srtp_protect, MAX_PACKET, "srtp_protect");
 }
@@ -129,6 +362,9 @@ static PyObject *Session_unprotect(Session *self, PyObject *arg) {
 static PyMethodDef Session_methods[] = {
     {"protect", (PyCFunction)Session_protect, METH_O, "SRTP-protect one RTP packet."},
     {"unprotect", (PyCFunction)Session_unprotect, METH_O, "SRTP-unprotect one RTP packet."},
+    {"unprotect_parse", (PyCFunction)(void (*)(void))Session_unprotect_parse, METH_FASTCALL,
+     "unprotect_parse(data, abs_send_time_id, audio_level_id) -> RtpIn, or None when the "
+     "decrypted packet is malformed (Error when SRTP refuses it)."},
     {NULL}};
 
 static PyTypeObject SessionType = {
@@ -266,13 +502,60 @@ static int Tx_valid(Tx *self) {
     return result < 0 ? -1 : !result;
 }
 
+/* --- batched output -------------------------------------------------------------------
+ *
+ * While a Reader drains a socket (one recvmmsg), what the fan-outs of those datagrams protect
+ * is queued here instead of sent; at the end of the drain the queue goes out with one
+ * sendmmsg per destination, consecutive equal-size packets to one destination as one UDP GSO
+ * message (UDP_SEGMENT, Linux >= 4.18). The order of the packets to one destination is kept.
+ */
+
+#define OUT_SLOTS 256
+#define GSO_MAX_SEGMENTS 64
+#define GSO_MAX_BYTES 65000
+
+typedef struct {
+    PyObject *tx; /* Tx, owned */
+    int len;
+} OutEntry;
+
+static OutEntry out_entries[OUT_SLOTS];
+static unsigned char out_bufs[OUT_SLOTS][BUF_SIZE];
+static int out_count = 0;
+static int defer_depth = 0; /* > 0 while a Reader drains */
+static int gso_enabled = 1;
+static struct {
+    unsigned long long reads, datagrams_in, sends, datagrams_out, gso_messages, gso_failures,
+        truncated;
+} counters;
+
+static void out_flush(void);
+
 /* protect buf[0:len] in place and send it; errors of the socket are counted, not raised */
 static int Tx_protect_send(Tx *self, unsigned char *buf, int len) {
+    if (defer_depth > 0) {
+        if (out_count == OUT_SLOTS) {
+            out_flush();
+        }
+        unsigned char *slot = out_bufs[out_count];
+        memcpy(slot, buf, (size_t)len);
+        if (srtp_protect(self->session->ctx, slot, &len) != srtp_err_status_ok) {
+            self->errors++;
+            return -1;
+        }
+        Py_INCREF(self);
+        out_entries[out_count].tx = (PyObject *)self;
+        out_entries[out_count].len = len;
+        out_count++;
+        return 0;
+    }
     srtp_err_status_t status = srtp_protect(self->session->ctx, buf, &len);
     if (status != srtp_err_status_ok) {
         self->errors++;
         return -1;
     }
+    counters.sends++;
+    counters.datagrams_out++;
     if (sendto(self->fd, buf, (size_t)len, MSG_DONTWAIT, (struct sockaddr *)&self->addr,
                self->addrlen) < 0) {
         self->errors++;
@@ -354,6 +637,359 @@ static PyTypeObject TxType = {
     .tp_methods = Tx_methods,
     .tp_members = Tx_members,
     .tp_getset = Tx_getset,
+};
+
+static int same_destination(const Tx *a, const Tx *b) {
+    return a == b || (a->fd == b->fd && a->addrlen == b->addrlen &&
+                      memcmp(&a->addr, &b->addr, a->addrlen) == 0);
+}
+
+static void out_count_sent(const int *idx, int first, int segments, int ok) {
+    for (int s = 0; s < segments; s++) {
+        Tx *tx = (Tx *)out_entries[idx[first + s]].tx;
+        if (ok) {
+            tx->sent++;
+        } else {
+            tx->errors++;
+        }
+    }
+    if (ok) {
+        counters.datagrams_out += (unsigned long long)segments;
+    }
+}
+
+/* Send what the drain queued: per destination one sendmmsg, runs of equal-size packets (the
+ * last of a run may be shorter) as one GSO message each. No Python code runs in here. */
+static void out_flush(void) {
+    int n = out_count;
+    if (n == 0) {
+        return;
+    }
+    static char done[OUT_SLOTS];
+    static int idx[OUT_SLOTS], msg_first[OUT_SLOTS], msg_segments[OUT_SLOTS];
+    static struct iovec iovs[OUT_SLOTS];
+    static struct mmsghdr msgs[OUT_SLOTS];
+    static union {
+        char buf[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } control[OUT_SLOTS];
+    PyObject *refs[OUT_SLOTS];
+    memset(done, 0, (size_t)n);
+    for (int i = 0; i < n; i++) {
+        if (done[i]) {
+            continue;
+        }
+        Tx *tx = (Tx *)out_entries[i].tx;
+        int count = 0;
+        for (int j = i; j < n; j++) {
+            if (!done[j] && same_destination(tx, (Tx *)out_entries[j].tx)) {
+                done[j] = 1;
+                idx[count] = j;
+                iovs[count].iov_base = out_bufs[j];
+                iovs[count].iov_len = (size_t)out_entries[j].len;
+                count++;
+            }
+        }
+        int m = 0;
+        for (int k = 0; k < count;) {
+            size_t segment = iovs[k].iov_len, total = segment;
+            int run = 1;
+            if (gso_enabled) {
+                while (k + run < count && run < GSO_MAX_SEGMENTS &&
+                       total + iovs[k + run].iov_len <= GSO_MAX_BYTES &&
+                       iovs[k + run].iov_len <= segment) {
+                    size_t len = iovs[k + run].iov_len;
+                    run++;
+                    total += len;
+                    if (len < segment) {
+                        break; /* only the last segment may be shorter */
+                    }
+                }
+            }
+            struct msghdr *h = &msgs[m].msg_hdr;
+            memset(h, 0, sizeof(*h));
+            h->msg_name = &tx->addr;
+            h->msg_namelen = tx->addrlen;
+            h->msg_iov = &iovs[k];
+            h->msg_iovlen = (size_t)run;
+            if (run > 1) {
+                h->msg_control = control[m].buf;
+                h->msg_controllen = sizeof(control[m].buf);
+                struct cmsghdr *c = CMSG_FIRSTHDR(h);
+                c->cmsg_level = SOL_UDP;
+                c->cmsg_type = UDP_SEGMENT;
+                c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+                uint16_t size16 = (uint16_t)segment;
+                memcpy(CMSG_DATA(c), &size16, sizeof(size16));
+            }
+            msg_first[m] = k;
+            msg_segments[m] = run;
+            m++;
+            k += run;
+        }
+        for (int done_msgs = 0; done_msgs < m;) {
+            int sent = sendmmsg(tx->fd, msgs + done_msgs, (unsigned int)(m - done_msgs),
+                                MSG_DONTWAIT);
+            counters.sends++;
+            if (sent > 0) {
+                for (int s = done_msgs; s < done_msgs + sent; s++) {
+                    out_count_sent(idx, msg_first[s], msg_segments[s], 1);
+                    if (msg_segments[s] > 1) {
+                        counters.gso_messages++;
+                    }
+                }
+                done_msgs += sent;
+                continue;
+            }
+            /* msgs[done_msgs] failed */
+            int err = errno;
+            int s = done_msgs++;
+            if (msg_segments[s] > 1 &&
+                (err == EIO || err == EINVAL || err == ENOPROTOOPT || err == EOPNOTSUPP)) {
+                /* no UDP GSO here (old kernel, or a device without checksum offload): one by
+                 * one from now on */
+                gso_enabled = 0;
+                counters.gso_failures++;
+                for (int seg = 0; seg < msg_segments[s]; seg++) {
+                    struct iovec *v = &iovs[msg_first[s] + seg];
+                    counters.sends++;
+                    int ok = sendto(tx->fd, v->iov_base, v->iov_len, MSG_DONTWAIT,
+                                    (struct sockaddr *)&tx->addr, tx->addrlen) >= 0;
+                    out_count_sent(idx, msg_first[s] + seg, 1, ok);
+                }
+            } else {
+                out_count_sent(idx, msg_first[s], msg_segments[s], 0);
+            }
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        refs[i] = out_entries[i].tx;
+        out_entries[i].tx = NULL;
+    }
+    out_count = 0;
+    for (int i = 0; i < n; i++) {
+        Py_DECREF(refs[i]); /* last: a finalizer may run Python code (and queue again) */
+    }
+}
+
+/* --- Reader --------------------------------------------------------------------------------
+ *
+ * The socket callback of a relay media socket (loop.add_reader(fd, reader)): one recvmmsg of up
+ * to READ_BATCH datagrams per wakeup, each handed to protocol.datagram_received(data, addr) as
+ * uvloop would; what their fan-outs send goes out batched at the end (out_flush).
+ */
+
+#define READ_BATCH 32
+#define READ_SMALL 2048           /* media datagrams: contiguous slots, few cache lines */
+#define READ_LARGE (65536 - READ_SMALL) /* the rest of a larger one (never touched otherwise) */
+
+static unsigned char read_small[READ_BATCH][READ_SMALL];
+static unsigned char read_large[READ_BATCH][READ_LARGE];
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    int closed;
+    PyObject *protocol;
+    struct sockaddr_storage last;
+    socklen_t last_len;
+    PyObject *last_addr; /* the address tuple of the last sender (almost always the same) */
+    unsigned long long reads, datagrams;
+} Reader;
+
+static int Reader_traverse(Reader *self, visitproc visit, void *arg) {
+    Py_VISIT(self->protocol);
+    Py_VISIT(self->last_addr);
+    return 0;
+}
+
+static int Reader_clear(Reader *self) {
+    Py_CLEAR(self->protocol);
+    Py_CLEAR(self->last_addr);
+    return 0;
+}
+
+static void Reader_dealloc(Reader *self) {
+    PyObject_GC_UnTrack(self);
+    Reader_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Reader_init(Reader *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"fd", "protocol", NULL};
+    int fd;
+    PyObject *protocol;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO", kwlist, &fd, &protocol)) {
+        return -1;
+    }
+    Reader_clear(self);
+    self->fd = fd;
+    self->closed = 0;
+    self->last_len = 0;
+    Py_INCREF(protocol);
+    self->protocol = protocol;
+    return 0;
+}
+
+static PyObject *Reader_address(Reader *self, const struct sockaddr_storage *name,
+                                socklen_t len) {
+    if (self->last_addr != NULL && len == self->last_len && memcmp(name, &self->last, len) == 0) {
+        Py_INCREF(self->last_addr);
+        return self->last_addr;
+    }
+    char host[INET6_ADDRSTRLEN];
+    PyObject *addr;
+    if (name->ss_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *v4 = (const struct sockaddr_in *)name;
+        inet_ntop(AF_INET, &v4->sin_addr, host, sizeof(host));
+        addr = Py_BuildValue("(si)", host, (int)ntohs(v4->sin_port));
+    } else if (name->ss_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+        const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)name;
+        inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof(host));
+        addr = Py_BuildValue("(siII)", host, (int)ntohs(v6->sin6_port),
+                             (unsigned int)ntohl(v6->sin6_flowinfo),
+                             (unsigned int)v6->sin6_scope_id);
+    } else {
+        Py_RETURN_NONE;
+    }
+    if (addr != NULL) {
+        memcpy(&self->last, name, len);
+        self->last_len = len;
+        Py_INCREF(addr);
+        Py_XSETREF(self->last_addr, addr);
+    }
+    return addr;
+}
+
+static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds) {
+    if (self->closed || self->protocol == NULL) {
+        Py_RETURN_NONE;
+    }
+    struct mmsghdr msgs[READ_BATCH];
+    struct iovec iov[READ_BATCH][2];
+    struct sockaddr_storage names[READ_BATCH];
+    memset(msgs, 0, sizeof(msgs));
+    for (int i = 0; i < READ_BATCH; i++) {
+        iov[i][0].iov_base = read_small[i];
+        iov[i][0].iov_len = READ_SMALL;
+        iov[i][1].iov_base = read_large[i];
+        iov[i][1].iov_len = READ_LARGE;
+        msgs[i].msg_hdr.msg_name = &names[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof(names[i]);
+        msgs[i].msg_hdr.msg_iov = iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 2;
+    }
+    int n = recvmmsg(self->fd, msgs, READ_BATCH, MSG_DONTWAIT, NULL);
+    counters.reads++;
+    self->reads++;
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+            Py_RETURN_NONE;
+        }
+        PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", errno, strerror(errno));
+        if (exc == NULL) {
+            PyErr_WriteUnraisable((PyObject *)self);
+            Py_RETURN_NONE;
+        }
+        PyObject *result = PyObject_CallMethod(self->protocol, "error_received", "O", exc);
+        Py_DECREF(exc);
+        if (result == NULL) {
+            PyErr_WriteUnraisable(self->protocol);
+        }
+        Py_XDECREF(result);
+        Py_RETURN_NONE;
+    }
+    /* every datagram out of the shared buffers before any Python code runs */
+    PyObject *items[READ_BATCH][2];
+    int count = 0;
+    for (int i = 0; i < n; i++) {
+        if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+            counters.truncated++;
+            continue;
+        }
+        unsigned int len = msgs[i].msg_len;
+        PyObject *data;
+        if (len <= READ_SMALL) {
+            data = PyBytes_FromStringAndSize((char *)read_small[i], len);
+        } else {
+            data = PyBytes_FromStringAndSize(NULL, len);
+            if (data != NULL) {
+                memcpy(PyBytes_AS_STRING(data), read_small[i], READ_SMALL);
+                memcpy(PyBytes_AS_STRING(data) + READ_SMALL, read_large[i], len - READ_SMALL);
+            }
+        }
+        PyObject *addr =
+            data ? Reader_address(self, &names[i], msgs[i].msg_hdr.msg_namelen) : NULL;
+        if (addr == NULL) {
+            Py_XDECREF(data);
+            PyErr_WriteUnraisable((PyObject *)self);
+            continue;
+        }
+        items[count][0] = data;
+        items[count][1] = addr;
+        count++;
+    }
+    counters.datagrams_in += (unsigned long long)count;
+    self->datagrams += (unsigned long long)count;
+    PyObject *handler = PyObject_GetAttr(self->protocol, s_datagram_received);
+    if (handler == NULL) {
+        PyErr_WriteUnraisable(self->protocol);
+    }
+    defer_depth++;
+    int stop = 0; /* a KeyboardInterrupt or SystemExit goes on to the event loop */
+    for (int i = 0; i < count; i++) {
+        if (handler != NULL && !self->closed && !stop) {
+            PyObject *result = PyObject_Vectorcall(handler, items[i], 2, NULL);
+            if (result == NULL) {
+                if (PyErr_ExceptionMatches(PyExc_Exception)) {
+                    PyErr_WriteUnraisable(handler);
+                } else {
+                    stop = 1;
+                }
+            }
+            Py_XDECREF(result);
+        }
+        Py_DECREF(items[i][0]);
+        Py_DECREF(items[i][1]);
+    }
+    defer_depth--;
+    out_flush();
+    Py_XDECREF(handler);
+    if (stop) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Reader_close(Reader *self, PyObject *unused) {
+    self->closed = 1;
+    Reader_clear(self);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Reader_methods[] = {
+    {"close", (PyCFunction)Reader_close, METH_NOARGS, "Deliver nothing more."},
+    {NULL}};
+
+static PyMemberDef Reader_members[] = {
+    {"reads", T_ULONGLONG, offsetof(Reader, reads), READONLY, "recvmmsg calls"},
+    {"datagrams", T_ULONGLONG, offsetof(Reader, datagrams), READONLY, "datagrams delivered"},
+    {NULL}};
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "parley.relay._accel.Reader",
+    .tp_basicsize = sizeof(Reader),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Reader(fd, protocol): reader() drains fd with recvmmsg into "
+              "protocol.datagram_received(data, addr).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Reader_init,
+    .tp_dealloc = (destructor)Reader_dealloc,
+    .tp_traverse = (traverseproc)Reader_traverse,
+    .tp_clear = (inquiry)Reader_clear,
+    .tp_call = (ternaryfunc)Reader_call,
+    .tp_methods = Reader_methods,
+    .tp_members = Reader_members,
 };
 
 /* --- Route -------------------------------------------------------------------------------- */
@@ -806,7 +1442,31 @@ static PyObject *abs_send_time_py(PyObject *module, PyObject *unused) {
     return PyLong_FromLong(abs_send_time_now());
 }
 
+static PyObject *stats_py(PyObject *module, PyObject *unused) {
+    return Py_BuildValue("{sKsKsKsKsKsKsKsi}", "reads", counters.reads, "datagrams_in",
+                         counters.datagrams_in, "sends", counters.sends, "datagrams_out",
+                         counters.datagrams_out, "gso_messages", counters.gso_messages,
+                         "gso_failures", counters.gso_failures, "truncated", counters.truncated,
+                         "gso", gso_enabled);
+}
+
+static PyObject *set_gso_py(PyObject *module, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) {
+        return NULL;
+    }
+    gso_enabled = on;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"stats", stats_py, METH_NOARGS,
+     "process-wide counters: reads (recvmmsg), datagrams_in, sends (send system calls), "
+     "datagrams_out, gso_messages, gso_failures, truncated, gso (on or off)"},
+    {"parse", parse_py, METH_VARARGS,
+     "parse(data, abs_send_time_id, audio_level_id) -> RtpIn or None (relay.rtp.parse_rtp)"},
+    {"set_packet_type", set_packet_type_py, METH_O, "the class parse() fills (relay.rtp.RtpIn)"},
+    {"set_gso", set_gso_py, METH_O, "send runs of equal-size packets as UDP GSO (default on)"},
     {"fan_out", (PyCFunction)(void (*)(void))fan_out, METH_FASTCALL,
      "fan_out(packet, consumers, abs_send_time) -> consumers left to the Python path, or None"},
     {"abs_send_time_now", abs_send_time_py, METH_NOARGS, "24-bit abs-send-time of now"},
@@ -822,7 +1482,7 @@ PyMODINIT_FUNC PyInit__accel(void) {
         return NULL;
     }
     if (PyType_Ready(&SessionType) < 0 || PyType_Ready(&TxType) < 0 ||
-        PyType_Ready(&RouteType) < 0) {
+        PyType_Ready(&RouteType) < 0 || PyType_Ready(&ReaderType) < 0) {
         return NULL;
     }
 #define INTERN(var, text)                                                                        \
@@ -838,6 +1498,11 @@ PyMODINIT_FUNC PyInit__accel(void) {
     INTERN(s_state, "_state");
     INTERN(s_tx_srtp, "_tx_srtp");
     INTERN(s_is_closing, "is_closing");
+    INTERN(s_datagram_received, "datagram_received");
+    INTERN(s_payload_type, "payload_type");
+    INTERN(s_ssrc, "ssrc");
+    INTERN(s_abs_send_time, "abs_send_time");
+    empty_tuple = PyTuple_New(0);
     one = PyLong_FromLong(1);
     PyObject *m = PyModule_Create(&accel_module);
     if (m == NULL) {
@@ -852,6 +1517,8 @@ PyMODINIT_FUNC PyInit__accel(void) {
     PyModule_AddObject(m, "Tx", (PyObject *)&TxType);
     Py_INCREF(&RouteType);
     PyModule_AddObject(m, "Route", (PyObject *)&RouteType);
+    Py_INCREF(&ReaderType);
+    PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType);
     PyModule_AddIntConstant(m, "MAX_TRAILER", SRTP_MAX_TRAILER_LEN);
     return m;
 }

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import socket
@@ -63,7 +64,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
 from aiortc.rtp import AnyRtcpPacket, RtpPacket
 
-from . import accel
+from . import accel, udp
 from .rtp import RtpIn, parse_rtp
 
 logger = logging.getLogger(__name__)
@@ -353,15 +354,25 @@ class FastReceive:
         rx = self.rx
         if rx is None:
             rx = self.rx = rx_session(dtls)
-        try:
-            plain = rx.unprotect(data)
-        except accel.SrtpError:
-            self.unprotect_errors += 1
-            return
-        try:
-            packet = parse_rtp(plain, 0, self.audio_level_id)
-        except ValueError:
-            return
+        if accel.COMPILED:
+            # unprotect and parse in one call, from one stack buffer
+            try:
+                packet = rx.unprotect_parse(data, 0, self.audio_level_id)
+            except accel.SrtpError:
+                self.unprotect_errors += 1
+                return
+            if packet is None:
+                return
+        else:
+            try:
+                plain = rx.unprotect(data)
+            except accel.SrtpError:
+                self.unprotect_errors += 1
+                return
+            try:
+                packet = parse_rtp(plain, 0, self.audio_level_id)
+            except ValueError:
+                return
         receiver = dtls._rtp_router.route_rtp(packet)  # type: ignore[arg-type]
         if receiver is not None:
             forward = receiver.__dict__.get("_parley_forward")
@@ -587,7 +598,9 @@ def _host_candidates_factory(
         addresses: list[str] | None = None,
         timeout: int = 5,  # noqa: ASYNC109
     ) -> list[Candidate]:
-        if port_range is None:
+        if port_range is None and (
+            not udp.AVAILABLE or connection.stun_server or connection.turn_server
+        ):
             # aioice binds port 0 on our addresses and still gathers STUN/TURN candidates
             return list(await stock(component=component, addresses=wanted, timeout=timeout))
         loop = asyncio.get_running_loop()
@@ -629,8 +642,14 @@ async def _bind_udp(
     address: str,
     port_range: tuple[int, int] | None,
 ) -> tuple[asyncio.DatagramTransport, Any]:
+    bind: Callable[..., Awaitable[tuple[Any, Any]]]
+    if udp.AVAILABLE:
+        # the compiled path reads the socket itself, in batches (relay/udp.py)
+        bind = functools.partial(udp.create_batched_endpoint, loop)
+    else:
+        bind = loop.create_datagram_endpoint
     if port_range is None:
-        return await loop.create_datagram_endpoint(factory, local_addr=(address, 0))
+        return await bind(factory, local_addr=(address, 0))  # type: ignore[no-any-return]
     low, high = port_range
     ports = list(range(low, high + 1))
     random.shuffle(ports)
@@ -638,7 +657,7 @@ async def _bind_udp(
     last: OSError | None = None
     for port in ports[:256]:
         try:
-            return await loop.create_datagram_endpoint(
+            return await bind(  # type: ignore[no-any-return]
                 factory, local_addr=(address, port), family=family
             )
         except OSError as exc:

@@ -1,7 +1,8 @@
 """The per-packet path behind one small interface, compiled or pure Python (the way aiohttp, yarl
 and uvloop ship an optional accelerator).
 
-- :class:`Session`: one SRTP context (``protect``/``unprotect`` of RTP) made from the keying
+- :class:`Session`: one SRTP context (``protect``/``unprotect`` of RTP, and
+  ``unprotect_parse``: unprotect and :func:`parse` in one call) made from the keying
   material of a DTLS transport. The compiled one is libsrtp itself and works in place in one
   buffer with trailer room; the pure one is pylibsrtp.
 - :class:`Tx`: one subscriber leg's output: an outbound session, the nominated ICE pair's socket
@@ -11,6 +12,10 @@ and uvloop ship an optional accelerator).
   mid / abs-send-time / audio-level extension ids), its NACK history (the forwarded packets,
   by outgoing sequence number), its counters (``packets``, ``octets``, ``last``) and its
   ``tx``. ``remember`` is the one place a forwarded packet is counted.
+- :data:`Reader` (compiled only, else None): a media socket's callback, one ``recvmmsg`` of up
+  to 32 datagrams per wakeup; the fan-outs of a batch are sent at its end with one ``sendmmsg``
+  per destination and UDP GSO for runs of equal-size packets (relay/udp.py). ``io_stats()``
+  counts its system calls; ``PARLEY_NO_GSO=1`` sends each packet of a run alone.
 - :func:`fan_out`: for each consumer of one packet whose ``_route`` has a valid ``tx``: rewrite,
   remember, protect and send, all in one call; the consumers it could not serve (not synced
   yet, not connected, no OS socket) are returned for the Python path (``Consumer.send``).
@@ -29,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import pylibsrtp
 
-from .rtp import RtpIn, RtpLike, rewrite_rtp
+from .rtp import RtpIn, RtpLike, parse_rtp, rewrite_rtp
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -70,6 +75,21 @@ class PySession:
 
     def unprotect(self, data: bytes) -> bytes:
         return self._session.unprotect(data)
+
+    def unprotect_parse(
+        self, data: bytes, abs_send_time_id: int, audio_level_id: int
+    ) -> RtpIn | None:
+        """Unprotect and parse one RTP packet: None when the decrypted packet is malformed,
+        the SRTP error when SRTP refuses it."""
+        return py_parse(self._session.unprotect(data), abs_send_time_id, audio_level_id)
+
+
+def py_parse(data: bytes, abs_send_time_id: int, audio_level_id: int) -> RtpIn | None:
+    """``relay.rtp.parse_rtp``, None instead of ``ValueError`` (the compiled ``parse``)."""
+    try:
+        return parse_rtp(data, abs_send_time_id, audio_level_id)
+    except ValueError:
+        return None
 
 
 class PyTx:
@@ -267,16 +287,25 @@ IMPLEMENTATION: Final = "compiled" if COMPILED else "python"
 """Which packet path runs: "compiled" (relay/_accel.c) or "python"."""
 
 if _compiled is not None:
+    _compiled.set_packet_type(RtpIn)
+    Reader: Any = _compiled.Reader
+    io_stats: Any = _compiled.stats
+    if os.environ.get("PARLEY_NO_GSO", "") not in ("", "0"):
+        _compiled.set_gso(False)
     Session: Any = _compiled.Session
     Tx: Any = _compiled.Tx
     Route: Any = _compiled.Route
     fan_out: Any = _compiled.fan_out
+    parse: Any = _compiled.parse
     abs_send_time_now: Any = _compiled.abs_send_time_now
     SrtpError: tuple[type[Exception], ...] = (_compiled.Error, pylibsrtp.Error)
 else:
+    Reader = None
+    io_stats = dict
     Session = PySession
     Tx = PyTx
     Route = PyRoute
     fan_out = py_fan_out
+    parse = py_parse
     abs_send_time_now = py_abs_send_time_now
     SrtpError = (pylibsrtp.Error,)

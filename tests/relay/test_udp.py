@@ -1,0 +1,230 @@
+"""Media sockets read in batches (relay/udp.py over relay/_accel.c's Reader): every datagram is
+delivered once, in order, with its sender's address; what fan-outs send during a batch leaves at
+its end (one sendmmsg per destination, UDP GSO for equal-size runs) as the very same datagrams
+the pure-Python fan-out sends one by one. Skipped when the extension was not built."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiortc.rtcdtlstransport import SRTP_PROFILES
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parley.relay import accel, udp
+from parley.relay.rtp import RtpIn, parse_rtp
+from tests.relay.test_accel import _Leg
+
+needs_reader = pytest.mark.skipif(accel.Reader is None, reason="the compiled path is not built")
+
+
+class Recorder(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.got: list[tuple[bytes, Any]] = []
+        self.lost = asyncio.Event()
+        self.errors: list[Exception] = []
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.got.append((data, addr))
+
+    def error_received(self, exc: Exception) -> None:
+        self.errors.append(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set()
+
+
+async def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
+
+
+@needs_reader
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_every_datagram_arrives_once_in_order_with_its_address(host: str) -> None:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await udp.create_batched_endpoint(loop, Recorder, (host, 0))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    senders = [socket.socket(family, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        for s in senders:
+            s.bind((host, 0))
+        target = transport.get_extra_info("sockname")
+        sizes = [0, 1, 1200, 60000, *range(20, 90)]
+        sent = []
+        for i, size in enumerate(sizes):  # all queued before the loop reads: batches of 32
+            data = bytes([i & 0xFF]) * size
+            sender = senders[i % 3 == 0]
+            sender.sendto(data, target)
+            sent.append((data, sender.getsockname()))
+        assert await wait_until(lambda: len(protocol.got) == len(sent))
+        assert protocol.got == sent
+        assert transport._reader.reads <= 5 < len(sent)
+        # the transport's own sendto (DTLS, STUN, RTCP) and what it tells about itself
+        transport.sendto(b"back", senders[0].getsockname())
+        senders[0].settimeout(2)
+        assert senders[0].recvfrom(100) == (b"back", target)
+        assert isinstance(transport.get_extra_info("socket"), socket.socket)
+        assert not transport.is_closing()
+    finally:
+        transport.close()
+        for s in senders:
+            s.close()
+    assert transport.is_closing()
+    await asyncio.wait_for(protocol.lost.wait(), 5)
+    assert transport.get_extra_info("socket").fileno() == -1
+
+
+@needs_reader
+async def test_nothing_is_delivered_after_close() -> None:
+    loop = asyncio.get_running_loop()
+
+    class ClosesOnFirst(Recorder):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            super().datagram_received(data, addr)
+            transport.close()
+
+    transport, protocol = await udp.create_batched_endpoint(loop, ClosesOnFirst, ("127.0.0.1", 0))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for i in range(5):
+            sender.sendto(bytes([i]), transport.get_extra_info("sockname"))
+        await asyncio.wait_for(protocol.lost.wait(), 5)
+    assert [data for data, _ in protocol.got] == [b"\x00"]
+
+
+@needs_reader
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_exception_stays_in_the_reader_but_an_interrupt_goes_on() -> None:
+    inbound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        inbound.bind(("127.0.0.1", 0))
+        inbound.setblocking(False)
+        seen: list[bytes] = []
+
+        class Raises:
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                seen.append(data)
+                if data == b"bug":
+                    raise RuntimeError("a bug in one datagram's handling")
+                if data == b"stop":
+                    raise KeyboardInterrupt
+
+        reader = accel.Reader(inbound.fileno(), Raises())
+        for data in (b"bug", b"next"):
+            sender.sendto(data, inbound.getsockname())
+        while reader.datagrams < 2:
+            reader()  # the RuntimeError is reported as unraisable, the next datagram handled
+        assert seen == [b"bug", b"next"]
+        sender.sendto(b"stop", inbound.getsockname())
+        with pytest.raises(KeyboardInterrupt):
+            for _ in range(100):
+                reader()
+    finally:
+        inbound.close()
+        sender.close()
+
+
+def _stream(sizes: list[int]) -> list[RtpIn]:
+    return [
+        RtpIn(
+            payload_type=96,
+            marker=int(i == len(sizes) - 1),
+            sequence_number=100 + i,
+            timestamp=3000,
+            ssrc=1234,
+            payload=bytes([i]) * size,
+        )
+        for i, size in enumerate(sizes)
+    ]
+
+
+def _consumers(legs: list[_Leg], keys: list[bytes], compiled: bool) -> list[Any]:
+    profile = SRTP_PROFILES[0]
+    consumers = []
+    for leg, key in zip(legs, keys, strict=True):
+        if compiled:
+            route: Any = accel.Route(5678, 100, b"\x10a", 3, 0, 64)
+            route.tx = leg.tx(accel.Tx, accel.Session(profile.libsrtp_profile, key, True))
+        else:
+            route = accel.PyRoute(5678, 100, b"\x10a", 3, 0, 64)
+            route.tx = leg.tx(accel.PyTx, accel.PySession(profile.libsrtp_profile, key, True))
+        route.seq_offset, route.ts_offset = 7, 9
+        consumers.append(SimpleNamespace(_route=route))
+    return consumers
+
+
+@needs_reader
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.one_of(st.just(1000), st.integers(0, 1200)), min_size=1, max_size=12),
+    subscribers=st.integers(1, 3),
+    gso=st.booleans(),
+)
+def test_a_batch_goes_out_as_the_same_datagrams_as_one_by_one(
+    sizes: list[int], subscribers: int, gso: bool
+) -> None:
+    """The publisher's datagrams of one batch are fanned out inside the drain (queued), then
+    sent batched; every subscriber gets what the pure fan-out sends, in the same order."""
+    profile = SRTP_PROFILES[0]
+    keys = [os.urandom(profile.key_length + profile.salt_length) for _ in range(subscribers)]
+    stream = _stream(sizes)
+
+    # the pure path, one sendto per packet
+    legs = [_Leg() for _ in range(subscribers)]
+    try:
+        consumers = tuple(_consumers(legs, keys, compiled=False))
+        for packet in stream:
+            assert accel.py_fan_out(packet, consumers, 77) is None
+        expected = [leg.received(len(stream)) for leg in legs]
+    finally:
+        for leg in legs:
+            leg.close()
+
+    # the compiled path inside a Reader's drain
+    legs = [_Leg() for _ in range(subscribers)]
+    inbound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    accel_module: Any = accel._compiled
+    accel_module.set_gso(gso)
+    try:
+        inbound.bind(("127.0.0.1", 0))
+        inbound.setblocking(False)
+        consumers = tuple(_consumers(legs, keys, compiled=True))
+
+        class Forward:
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                assert accel.fan_out(parse_rtp(data, 0, 0), consumers, 77) is None
+
+        for packet in stream:
+            sender.sendto(
+                accel.PyRoute(1234, 96, b"", 0, 0, 1).rewrite(packet, -1), inbound.getsockname()
+            )
+        before = accel.io_stats()
+        reader = accel.Reader(inbound.fileno(), Forward())
+        while reader.datagrams < len(stream):
+            reader()
+        after = accel.io_stats()
+        got = [leg.received(len(stream)) for leg in legs]
+        assert got == expected
+        assert after["datagrams_out"] - before["datagrams_out"] == len(stream) * subscribers
+        if not gso or len(stream) == 1:
+            assert after["gso_messages"] == before["gso_messages"]
+        if gso and sizes[:2] == [1000, 1000]:
+            assert after["gso_messages"] > before["gso_messages"]
+        # one send call per subscriber per batch, not one per packet
+        assert after["sends"] - before["sends"] == subscribers * reader.reads
+    finally:
+        accel_module.set_gso(True)
+        for leg in legs:
+            leg.close()
+        inbound.close()
+        sender.close()
