@@ -54,12 +54,12 @@ from .errors import SignalingError
 from .keys import CONFIG, DRAINING
 from .workers import (
     CONTROL,
-    HOP_BY_HOP,
     SESSION_PATH,
     Control,
     PageGate,
     _forward_headers,
     _relay,
+    stream_back,
 )
 from .ws import GOING_AWAY_REASON
 
@@ -506,17 +506,7 @@ async def forward_http(request: web.Request, cluster: Cluster, node: Node) -> we
             entry_join_urls(data, node, cluster.config.base_url), status=upstream.status
         )
     try:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        for key, value in upstream.headers.items():
-            if key.lower() not in HOP_BY_HOP:
-                response.headers.add(key, value)
-        if upstream.content_length is not None:
-            response.content_length = upstream.content_length
-        await response.prepare(request)
-        async for chunk in upstream.content.iter_chunked(64 * 1024):
-            await response.write(chunk)
-        await response.write_eof()
-        return response
+        return await stream_back(request, upstream)
     finally:
         upstream.release()
 

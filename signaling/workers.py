@@ -557,19 +557,26 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
                 control.placed(json.loads(data)["session_id"], worker)
             headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
             return web.Response(body=data, status=upstream.status, headers=headers)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        for key, value in upstream.headers.items():
-            if key.lower() not in HOP_BY_HOP:
-                response.headers.add(key, value)
-        if upstream.content_length is not None:
-            response.content_length = upstream.content_length
-        await response.prepare(request)
-        async for chunk in upstream.content.iter_chunked(64 * 1024):
-            await response.write(chunk)
-        await response.write_eof()
-        return response
+        return await stream_back(request, upstream)
     finally:
         upstream.release()
+
+
+async def stream_back(
+    request: web.Request, upstream: aiohttp.ClientResponse
+) -> web.StreamResponse:
+    """Answer ``request`` with what a worker (or another node) answered, streamed as it comes."""
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    for key, value in upstream.headers.items():
+        if key.lower() not in HOP_BY_HOP:
+            response.headers.add(key, value)
+    if upstream.content_length is not None:
+        response.content_length = upstream.content_length
+    await response.prepare(request)
+    async for chunk in upstream.content.iter_chunked(64 * 1024):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 def _session_of_join(config: ServiceConfig, data: str) -> str | None:

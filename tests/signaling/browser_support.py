@@ -70,7 +70,46 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
-class ParleyServer:
+class ServedProcess:
+    """A ``parley serve`` subprocess's end and its log (the browser tests' servers and nodes)."""
+
+    proc: subprocess.Popen[bytes] | None
+    log_path: Path
+    stop_timeout = 10.0
+    """How long SIGTERM may take before SIGKILL."""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def join_page(browser: Any, url: str, name: str, errors: list[str]) -> Any:
+    """A new page (camera and microphone granted) that joins ``url`` as ``name`` and connects;
+    its page errors go to ``errors``."""
+    ctx = browser.new_context(permissions=["camera", "microphone"])
+    page = ctx.new_page()
+    page.on("pageerror", lambda error: errors.append(f"{name}: {error}"))
+    page.set_default_timeout(20_000)
+    page.goto(url)
+    page.get_by_label("Your name").fill(name)
+    page.get_by_role("button", name="Join", exact=True).click()
+    wait_for_state(page, "connected")
+    return page
+
+
+class ParleyServer(ServedProcess):
     """`python -m parley.signaling serve` as a subprocess, plus a tiny sync client for its HTTP API."""
 
     def __init__(self, *extra: str) -> None:
@@ -120,22 +159,6 @@ class ParleyServer:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"parley serve did not answer /healthz: {self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None

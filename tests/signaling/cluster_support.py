@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 
+from tests.media_client import wait_for
 from tests.signaling.store_serve import ParleyProcess, RejoiningParticipant, free_port
 
 
@@ -224,6 +225,31 @@ async def create_on(
     finally:
         await redis.aclose()
     raise AssertionError("no session was placed on the other node")
+
+
+@contextlib.asynccontextmanager
+async def call_on(
+    http: aiohttp.ClientSession,
+    via: ClusterNode,
+    owner: ClusterNode,
+    customer_via: ClusterNode | None = None,
+) -> AsyncIterator[tuple[dict[str, Any], RejoiningParticipant, RejoiningParticipant]]:
+    """A session placed on ``owner`` through ``via``: its agent joins through ``via``, its
+    customer through ``customer_via`` (default ``via``), and both talk before this yields
+    ``(session, agent, customer)``; they rejoin by themselves as pages do, and leave at the end."""
+    session = await create_on(http, via, owner)
+    agent = RejoiningParticipant(via.base_url, session["agent_url"], "Ann")
+    customer = RejoiningParticipant((customer_via or via).base_url, session["customer_url"], "Carl")
+    try:
+        agent.start()
+        customer.start()
+        assert await wait_for(lambda: in_call(agent, customer), timeout=40), (
+            owner.output.decode()[-3000:]
+        )
+        yield session, agent, customer
+    finally:
+        await agent.close()
+        await customer.close()
 
 
 def in_call(a: RejoiningParticipant, b: RejoiningParticipant, frames: int = 10) -> bool:

@@ -20,6 +20,7 @@ from tests.media_client import wait_for
 from tests.signaling.cluster_support import (
     NODE_A,
     Cluster,
+    call_on,
     create,
     create_on,
     in_call,
@@ -135,34 +136,21 @@ async def test_every_request_works_on_either_node_and_each_event_is_sent_once(
 async def test_sigterm_drains_a_node_onto_the_other(tmp_path: Path, postgres_server: str) -> None:  # noqa: F811
     async with running_cluster(tmp_path, create_database(postgres_server)) as cluster:
         a, b = cluster.a, cluster.b
-        people: list[RejoiningParticipant] = []
-        async with aiohttp.ClientSession() as http:
-            try:
-                session = await create_on(http, a, b)
-                p1 = RejoiningParticipant(a.base_url, session["agent_url"], "Ann")
-                p2 = RejoiningParticipant(a.base_url, session["customer_url"], "Carl")
-                people = [p1, p2]
-                for p in people:
-                    p.start()
-                assert await wait_for(lambda: in_call(p1, p2), timeout=40)
+        async with aiohttp.ClientSession() as http, call_on(http, a, b) as (_, p1, p2):
+            assert b.proc is not None
+            b.proc.send_signal(signal.SIGTERM)
+            drained_at = time.monotonic()
 
-                assert b.proc is not None
-                b.proc.send_signal(signal.SIGTERM)
-                drained_at = time.monotonic()
+            async def b_left() -> bool:
+                return len((await a.health(http))["cluster"]["nodes"]) == 1
 
-                async def b_left() -> bool:
-                    return len((await a.health(http))["cluster"]["nodes"]) == 1
-
-                assert await wait_until(b_left, 4)  # deregistered, not waiting for the expiry
-                assert await wait_for(lambda: p1.joins >= 2 and p2.joins >= 2, timeout=10)
-                assert await wait_for(lambda: in_call(p1, p2, frames=5), timeout=15)
-                assert time.monotonic() - drained_at < 10.0
-                async with await create(http, a, "after-drain") as r:
-                    assert r.status == 201
-                    assert (await r.json())["agent_url"].startswith(f"http://{NODE_A}:")
-                async with asyncio.timeout(20):
-                    await b.proc.wait()
-                assert b.proc.returncode == 0, b.output.decode()[-3000:]
-            finally:
-                for p in people:
-                    await p.close()
+            assert await wait_until(b_left, 4)  # deregistered, not waiting for the expiry
+            assert await wait_for(lambda: p1.joins >= 2 and p2.joins >= 2, timeout=10)
+            assert await wait_for(lambda: in_call(p1, p2, frames=5), timeout=15)
+            assert time.monotonic() - drained_at < 10.0
+            async with await create(http, a, "after-drain") as r:
+                assert r.status == 201
+                assert (await r.json())["agent_url"].startswith(f"http://{NODE_A}:")
+            async with asyncio.timeout(20):
+                await b.proc.wait()
+            assert b.proc.returncode == 0, b.output.decode()[-3000:]

@@ -25,8 +25,10 @@ from .browser_support import (
     ARTIFACTS,
     CHROMIUM,
     REPO,
+    ServedProcess,
     chromium_available,
     free_port,
+    join_page,
     launch_chromium,
     participant_id,
     wait_for_media,
@@ -45,7 +47,7 @@ pytestmark = [
 AV = ("camera", "microphone")
 
 
-class Node:
+class Node(ServedProcess):
     """One ``parley serve --redis-url`` node as a subprocess (sync, for Playwright's sync API)."""
 
     def __init__(self, data_dir: Path, address: str, *flags: str) -> None:
@@ -55,6 +57,7 @@ class Node:
         self.flags = list(flags)
         self.log_path = ARTIFACTS / f"parley-cluster-{address}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.stop_timeout = 15.0
 
     @property
     def api_key(self) -> str:
@@ -125,22 +128,6 @@ class Node:
                 pass
         self.proc.wait(10)
 
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
 
 @pytest.fixture
 def nodes(tmp_path: Path, postgres_server: str) -> Iterator[tuple[Node, Node, RedisServer]]:  # noqa: F811
@@ -168,18 +155,6 @@ def browser() -> Iterator[Any]:
         yield b
 
 
-def open_page(browser: Any, url: str, name: str, errors: list[str]) -> Any:
-    ctx = browser.new_context(permissions=["camera", "microphone"])
-    page = ctx.new_page()
-    page.on("pageerror", lambda error: errors.append(f"{name}: {error}"))
-    page.set_default_timeout(20_000)
-    page.goto(url)
-    page.get_by_label("Your name").fill(name)
-    page.get_by_role("button", name="Join", exact=True).click()
-    wait_for_state(page, "connected")
-    return page
-
-
 def owner_of(redis: RedisServer, session_id: str) -> str:
     import redis as redis_sync
 
@@ -205,8 +180,8 @@ def test_pages_are_back_on_a_within_10_s_of_kill_9_of_b(
     assert session["agent_url"].startswith(a.base_url + "/join/")
 
     errors: list[str] = []
-    agent = open_page(browser, session["agent_url"], "Alice", errors)
-    customer = open_page(browser, session["customer_url"], "Carl", errors)
+    agent = join_page(browser, session["agent_url"], "Alice", errors)
+    customer = join_page(browser, session["customer_url"], "Carl", errors)
     pages = {"Alice": agent, "Carl": customer}
     ids = {name: participant_id(page) for name, page in pages.items()}
     for name, page in pages.items():

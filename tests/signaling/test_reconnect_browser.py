@@ -19,12 +19,12 @@ from .browser_support import (
     CHROMIUM,
     ParleyServer,
     chromium_available,
+    join_page,
     launch_chromium,
     media_stats,
     participant_id,
     running_server,
     wait_for_media,
-    wait_for_state,
 )
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -48,18 +48,6 @@ def server() -> Iterator[ParleyServer]:
 def browser() -> Iterator[Any]:
     with launch_chromium() as b:
         yield b
-
-
-def join(browser: Any, url: str, name: str, errors: list[str]) -> Any:
-    ctx = browser.new_context(permissions=["camera", "microphone"])
-    page = ctx.new_page()
-    page.on("pageerror", lambda error: errors.append(f"{name}: {error}"))
-    page.set_default_timeout(20_000)
-    page.goto(url)
-    page.get_by_label("Your name").fill(name)
-    page.get_by_role("button", name="Join", exact=True).click()
-    wait_for_state(page, "connected")
-    return page
 
 
 def frames(page: Any, key: str) -> int:
@@ -106,9 +94,9 @@ def test_a_dead_leg_of_one_page_is_rebuilt_alone(
         f"/api/v1/sessions/{session['session_id']}/invites",
         {"role": "agent", "name": "Sue"},
     )["url"]
-    alice = join(browser, session["agent_url"], "Alice", errors)
-    carl = join(browser, session["customer_url"], "Carl", errors)
-    sue = join(browser, sue_url, "Sue", errors)
+    alice = join_page(browser, session["agent_url"], "Alice", errors)
+    carl = join_page(browser, session["customer_url"], "Carl", errors)
+    sue = join_page(browser, sue_url, "Sue", errors)
     pages = {"Alice": alice, "Carl": carl, "Sue": sue}
     ids = {name: participant_id(page) for name, page in pages.items()}
     try:
