@@ -572,10 +572,13 @@ async def stream_back(
             response.headers.add(key, value)
     if upstream.content_length is not None:
         response.content_length = upstream.content_length
-    await response.prepare(request)
-    async for chunk in upstream.content.iter_chunked(64 * 1024):
-        await response.write(chunk)
-    await response.write_eof()
+    try:
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_chunked(64 * 1024):
+            await response.write(chunk)
+        await response.write_eof()
+    except ConnectionResetError:  # the client hung up mid-answer: nobody is left to tell
+        pass
     return response
 
 
