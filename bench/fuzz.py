@@ -40,6 +40,8 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamT
 from parley.relay import _aiortc
 from parley.turn import stun
 
+from .service import scrape_metrics
+
 TARGETS = ("ws", "http", "turn-udp", "turn-tcp", "media")
 VIDEO_PTS_STEP = 3000  # aiortc's VideoStreamTrack: 30 fps on a 90 kHz clock
 QUIET_SECONDS = 5.0
@@ -122,16 +124,6 @@ async def create_session(http: aiohttp.ClientSession, service: Service, name: st
         return await response.json()
 
 
-async def metrics(http: aiohttp.ClientSession, service: Service) -> dict[str, float]:
-    values: dict[str, float] = {}
-    with contextlib.suppress(aiohttp.ClientError):
-        async with http.get(f"{service.url}/metrics") as response:
-            for line in (await response.text()).splitlines():
-                if line and not line.startswith("#"):
-                    name, _, value = line.rpartition(" ")
-                    with contextlib.suppress(ValueError):
-                        values[name] = float(value)
-    return values
 
 
 # --- the real call ---------------------------------------------------------------------------
@@ -469,7 +461,7 @@ async def campaign(seconds: float, targets: set[str], seed: int, log_dir: str) -
             quiet_start = time.monotonic()
             await asyncio.sleep(QUIET_SECONDS)
             quiet_end = time.monotonic()
-            before = await metrics(http, service)
+            before = await scrape_metrics(http, service.url)
             offer = a.pub.localDescription.sdp
             deadline = time.monotonic() + seconds
             fuzzers = []
@@ -493,7 +485,7 @@ async def campaign(seconds: float, targets: set[str], seed: int, log_dir: str) -
             fuzz_start = time.monotonic()
             await asyncio.gather(*fuzzers)
             fuzz_end = time.monotonic()
-            after = await metrics(http, service)
+            after = await scrape_metrics(http, service.url)
             result["alive_after_fuzzing"] = service.proc.returncode is None
             result["call"] = {}
             for name, p in (("agent", a), ("customer", b)):

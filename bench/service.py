@@ -134,3 +134,17 @@ async def create_session(
         if response.status != 201:
             raise RuntimeError(f"creating a session: {response.status} {await response.text()}")
         return dict(await response.json())
+
+
+async def scrape_metrics(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """``url``/metrics as ``{sample name with labels: value}`` (empty when it did not
+    answer)."""
+    values: dict[str, float] = {}
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        async with http.get(f"{url}/metrics") as response:
+            for line in (await response.text()).splitlines():
+                if line and not line.startswith("#"):
+                    name, _, value = line.rpartition(" ")
+                    with contextlib.suppress(ValueError):
+                        values[name] = float(value)
+    return values

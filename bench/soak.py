@@ -26,7 +26,7 @@ import aiohttp
 
 from .measure import BenchParticipant
 from .procstat import rss_bytes
-from .service import Service, create_session, http_session, relay_service
+from .service import Service, create_session, http_session, relay_service, scrape_metrics
 from .workers import bounded, worker_pair
 
 GROWTH_LIMIT_PCT = 5.0
@@ -52,21 +52,11 @@ def open_fds(pid: int) -> int:
         return 0
 
 
-async def scrape(http: aiohttp.ClientSession, service: Service) -> dict[str, float]:
-    values: dict[str, float] = {}
-    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-        async with http.get(f"{service.url}/metrics") as response:
-            for line in (await response.text()).splitlines():
-                if line and not line.startswith("#"):
-                    name, _, value = line.rpartition(" ")
-                    with contextlib.suppress(ValueError):
-                        values[name] = float(value)
-    return values
 
 
 async def sample(http: aiohttp.ClientSession, service: Service, t0: float) -> dict[str, float]:
     assert service.pid is not None
-    metrics = await scrape(http, service)
+    metrics = await scrape_metrics(http, service.url)
     return {
         "t": round(time.monotonic() - t0, 1),
         "rss_mb": round(rss_bytes(service.pid) / 2**20, 2),

@@ -147,18 +147,7 @@ def test_compiled_srtp_matches_pylibsrtp(profile: Any, packet: RtpIn, seq: int) 
         assert inbound.unprotect(protected) == plain
 
 
-_FIELDS = (
-    "payload_type",
-    "marker",
-    "sequence_number",
-    "timestamp",
-    "ssrc",
-    "csrc",
-    "payload",
-    "padding_size",
-    "abs_send_time",
-    "audio_level",
-)
+_FIELDS = RtpIn.__slots__
 
 
 def _fields(packet: RtpIn | None) -> tuple[Any, ...] | None:

@@ -7,9 +7,12 @@ that way, so the relay must take them from the messages."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -68,103 +71,114 @@ class TricklingParticipant(WsParticipant):
         return None
 
 
+@dataclasses.dataclass
+class Joined:
+    session: dict[str, Any]
+    ann: TricklingParticipant
+    """The agent, who trickles its candidates."""
+    carl: WsParticipant
+    """The customer, with candidates in its SDP."""
+
+    def ann_peer(self, service: Service) -> Any:
+        return service.app[SESSIONS].get(self.session["session_id"]).participants[self.ann.id].peer
+
+
+@pytest.fixture
+async def joined(service: Service) -> AsyncIterator[Joined]:
+    """A session both have joined (no media yet); they leave at the end."""
+    session = await service.create_session()
+    ann = TricklingParticipant(service.base_url, session["agent_url"], "Ann")
+    carl = WsParticipant(service.base_url, session["customer_url"], "Carl")
+    try:
+        for p in (ann, carl):
+            assert (await p.join())["type"] == "welcome"
+        yield Joined(session, ann, carl)
+    finally:
+        for p in (ann, carl):
+            await p.close()
+
+
 def remote_candidate_types(pc: Any) -> list[str]:
     transport = pc.getTransceivers()[0].receiver.transport.transport
     return [c.type for c in transport.getRemoteCandidates()]
 
 
 async def test_a_participant_that_trickles_its_candidates_sends_and_receives_media(
-    service: Service,
+    service: Service, joined: Joined
 ) -> None:
-    session = await service.create_session()
-    ann = TricklingParticipant(service.base_url, session["agent_url"], "Ann")
-    carl = WsParticipant(service.base_url, session["customer_url"], "Carl")
-    try:
-        for p in (ann, carl):
-            assert (await p.join())["type"] == "welcome"
-        await ann.publish()
-        await carl.publish()
-        assert await wait_for(
-            lambda: (
-                ann.client is not None
-                and carl.client is not None
-                and carl.client.frames_from(ann.id, "video") >= 10
-                and ann.client.frames_from(carl.id, "video") >= 10
-                and ann.client.frames_from(carl.id, "audio") >= 10
-            ),
-            timeout=30,
-        ), "no media both ways with trickled candidates"
-        peer = service.app[SESSIONS].get(session["session_id"]).participants[ann.id].peer
-        assert peer.publish.candidates.added >= 1 and peer.subscribe.candidates.added >= 1
-        # the relay's ICE agents know the trickled host candidates (not only peer-reflexive)
-        assert "host" in remote_candidate_types(peer.publish.pc)
-        assert "host" in remote_candidate_types(peer.subscribe.pc)
-        assert not ann.errors()
-    finally:
-        for p in (ann, carl):
-            await p.close()
+    ann, carl = joined.ann, joined.carl
+    await ann.publish()
+    await carl.publish()
+    assert await wait_for(
+        lambda: (
+            ann.client is not None
+            and carl.client is not None
+            and carl.client.frames_from(ann.id, "video") >= 10
+            and ann.client.frames_from(carl.id, "video") >= 10
+            and ann.client.frames_from(carl.id, "audio") >= 10
+        ),
+        timeout=30,
+    ), "no media both ways with trickled candidates"
+    peer = joined.ann_peer(service)
+    assert peer.publish.candidates.added >= 1 and peer.subscribe.candidates.added >= 1
+    # the relay's ICE agents know the trickled host candidates (not only peer-reflexive)
+    assert "host" in remote_candidate_types(peer.publish.pc)
+    assert "host" in remote_candidate_types(peer.subscribe.pc)
+    assert not ann.errors()
 
 
 async def test_a_malformed_or_stale_candidate_is_refused_and_the_call_carries_on(
-    service: Service,
+    service: Service, joined: Joined
 ) -> None:
-    session = await service.create_session()
-    ann = TricklingParticipant(service.base_url, session["agent_url"], "Ann")
-    carl = WsParticipant(service.base_url, session["customer_url"], "Carl")
-    try:
-        for p in (ann, carl):
-            assert (await p.join())["type"] == "welcome"
-        await ann.publish()
-        peer = service.app[SESSIONS].get(session["session_id"]).participants[ann.id].peer
-        added = peer.publish.candidates.added
-        for bad in (
-            "candidate:garbage",
-            "candidate:1 1 udp 2122260223 not-an-address 5000 typ host",
-            "candidate:1 1 udp 2122260223 10.0.0.1 99999 typ host",
-            "candidate:1 1 udp 2122260223 10.0.0.1 5000 typ nonsense",
-            "x" * 5000,
-        ):
-            mark = len(ann.messages)
-            await ann.send({"type": "candidate", "pc": "publish", "candidate": {"candidate": bad}})
-            error = await ann.wait_message(lambda m: m["type"] == "error", after=mark)
-            assert error["code"] in ("invalid_candidate", "bad_request"), error
-        for bad_message in (
-            {"type": "candidate", "pc": "sideways", "candidate": None},
-            {
-                "type": "candidate",
-                "pc": "publish",
-                "candidate": "candidate:1 1 udp 1 1.2.3.4 5 typ host",
-            },
-        ):
-            mark = len(ann.messages)
-            await ann.send(bad_message)
-            error = await ann.wait_message(lambda m: m["type"] == "error", after=mark)
-            assert error["code"] == "bad_request", error
-        # a candidate of another ICE generation (a replaced leg): quietly ignored
+    ann, carl = joined.ann, joined.carl
+    await ann.publish()
+    peer = joined.ann_peer(service)
+    added = peer.publish.candidates.added
+    for bad in (
+        "candidate:garbage",
+        "candidate:1 1 udp 2122260223 not-an-address 5000 typ host",
+        "candidate:1 1 udp 2122260223 10.0.0.1 99999 typ host",
+        "candidate:1 1 udp 2122260223 10.0.0.1 5000 typ nonsense",
+        "x" * 5000,
+    ):
         mark = len(ann.messages)
-        await ann.send(
-            {
-                "type": "candidate",
-                "pc": "publish",
-                "candidate": {
-                    "candidate": "candidate:1 1 udp 2122260223 127.0.0.1 5000 typ host",
-                    "usernameFragment": "someoneelse",
-                },
-            }
-        )
-        # a barrier: the next message's error comes after the stale candidate was handled
-        await ann.send({"type": "candidate", "pc": "sideways", "candidate": None})
-        await ann.wait_message(lambda m: m["type"] == "error", after=mark)
-        assert [m["code"] for m in ann.messages[mark:] if m["type"] == "error"] == ["bad_request"]
-        assert peer.publish.candidates.added == added
-        await carl.publish()
-        assert await wait_for(
-            lambda: carl.client is not None and carl.client.frames_from(ann.id, "video") >= 10,
-            timeout=30,
-        ), "the call did not carry on"
-    finally:
-        for p in (ann, carl):
-            await p.close()
+        await ann.send({"type": "candidate", "pc": "publish", "candidate": {"candidate": bad}})
+        error = await ann.wait_message(lambda m: m["type"] == "error", after=mark)
+        assert error["code"] in ("invalid_candidate", "bad_request"), error
+    for bad_message in (
+        {"type": "candidate", "pc": "sideways", "candidate": None},
+        {
+            "type": "candidate",
+            "pc": "publish",
+            "candidate": "candidate:1 1 udp 1 1.2.3.4 5 typ host",
+        },
+    ):
+        mark = len(ann.messages)
+        await ann.send(bad_message)
+        error = await ann.wait_message(lambda m: m["type"] == "error", after=mark)
+        assert error["code"] == "bad_request", error
+    # a candidate of another ICE generation (a replaced leg): quietly ignored
+    mark = len(ann.messages)
+    await ann.send(
+        {
+            "type": "candidate",
+            "pc": "publish",
+            "candidate": {
+                "candidate": "candidate:1 1 udp 2122260223 127.0.0.1 5000 typ host",
+                "usernameFragment": "someoneelse",
+            },
+        }
+    )
+    # a barrier: the next message's error comes after the stale candidate was handled
+    await ann.send({"type": "candidate", "pc": "sideways", "candidate": None})
+    await ann.wait_message(lambda m: m["type"] == "error", after=mark)
+    assert [m["code"] for m in ann.messages[mark:] if m["type"] == "error"] == ["bad_request"]
+    assert peer.publish.candidates.added == added
+    await carl.publish()
+    assert await wait_for(
+        lambda: carl.client is not None and carl.client.frames_from(ann.id, "video") >= 10,
+        timeout=30,
+    ), "the call did not carry on"
 
 
 json_values = st.recursive(
