@@ -142,7 +142,7 @@ class TrickledCandidates:
 def _new_pc() -> RTCPeerConnection:
     # MAX_BUNDLE: one transport per peer connection; avoids aiortc's lost second track when one
     # offer adds two tracks of the same kind (shared/research/feasibility.md).
-    return RTCPeerConnection(
+    return _aiortc.PeerConnection(
         RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
     )
 

@@ -4,12 +4,15 @@ aiortc release fails here, loudly, instead of silently forwarding nothing."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from types import SimpleNamespace
 
 import pytest
 from aioice import Connection
 from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
     RTCPeerConnection,
     RTCRtpReceiver,
     RTCRtpSender,
@@ -72,6 +75,7 @@ async def test_the_probe_names_an_instance_attribute_that_disappeared(
         (RTCRtpSender, "_send_rtcp"),
         (RTCDtlsTransport, "_send_rtp"),
         (Connection, "get_component_candidates"),
+        (RTCPeerConnection, "_RTCPeerConnection__connect"),
     ],
 )
 async def test_the_probe_names_a_method_that_disappeared(
@@ -260,3 +264,51 @@ async def test_receiver_hook_diverts_packets_and_stops_the_decoder(fast: bool) -
     finally:
         await offerer.close()
         await answerer.close()
+
+
+async def _close_during_the_dtls_handshake(cls: type[RTCPeerConnection]) -> list[object]:
+    """Close a ``cls`` answerer of two bundled transceivers once ICE completes, i.e. while its
+    connect task waits for the DTLS handshake; what asyncio's exception handler saw."""
+    loop = asyncio.get_running_loop()
+    seen: list[object] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx.get("exception") or ctx))
+    try:
+        config = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        offerer, answerer = RTCPeerConnection(config), cls(config)
+        offerer.addTransceiver("audio", direction="sendonly")
+        offerer.addTransceiver("video", direction="sendonly")
+        _aiortc.configure_host_candidates(offerer, ["127.0.0.1"], None)
+        await offerer.setLocalDescription(await offerer.createOffer())
+        await answerer.setRemoteDescription(offerer.localDescription)
+        _aiortc.configure_host_candidates(answerer, ["127.0.0.1"], None)
+        ice_done = asyncio.Event()
+
+        @answerer.on("iceconnectionstatechange")
+        def _state() -> None:
+            if answerer.iceConnectionState == "completed":
+                ice_done.set()
+
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        await offerer.setRemoteDescription(answerer.localDescription)
+        await asyncio.wait_for(ice_done.wait(), 10)
+        await answerer.close()
+        await offerer.close()
+        for _ in range(3):  # the connect task ends, and its exception is reported when collected
+            await asyncio.sleep(0.05)
+            gc.collect()
+    finally:
+        loop.set_exception_handler(previous)
+    return seen
+
+
+async def test_stock_aiortc_logs_an_unretrieved_error_when_a_close_overtakes_connecting() -> None:
+    """The control: what the soak logged about once an hour ("Task exception was never
+    retrieved ... RTCIceTransport is closed"), made certain by closing mid-handshake."""
+    seen = await _close_during_the_dtls_handshake(RTCPeerConnection)
+    assert any("RTCIceTransport is closed" in repr(e) for e in seen), seen
+
+
+async def test_the_relays_peer_connection_ends_that_connect_task_quietly() -> None:
+    for _ in range(3):
+        assert await _close_during_the_dtls_handshake(_aiortc.PeerConnection) == []
