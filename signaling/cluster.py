@@ -17,6 +17,10 @@ themselves are in the shared PostgreSQL store (``--database-url``).
   sessions, and sessions held nowhere here, are refused with 503 ``cluster_unavailable``.
 - SIGTERM: the node leaves the registry first (no new sessions), then tells its pages to
   reconnect; they rejoin through any node onto a live one.
+- Rate limits per API key and per client address (sessions, joins, wrong keys) are taken from
+  buckets in Redis (:class:`RedisBuckets`), so two nodes do not allow twice as much; each is
+  counted once, where the request is served (a page's join on the node it reached, a session on
+  the node that creates it). While Redis fails, each node's own buckets apply.
 
 Nodes call each other with two headers: the calling node's id and a key derived from the join
 token secret (which every node shares, or join URLs would not verify); a request with them is
@@ -51,7 +55,8 @@ from . import messages
 from .api import client_address
 from .config import ServiceConfig
 from .errors import SignalingError
-from .keys import CONFIG, DRAINING
+from .keys import CONFIG, DRAINING, LIMITS
+from .limits import SharedUnavailable
 from .workers import (
     CONTROL,
     SESSION_PATH,
@@ -94,6 +99,54 @@ if current == false or current == ARGV[1] then
 end
 return current
 """
+
+
+# GCRA (the generic cell rate algorithm, a token bucket kept as one timestamp): KEYS[1] holds
+# the theoretical arrival time in ms of Redis's own clock (the same for every node); ARGV: ms
+# per token, burst in tokens. Returns 0 (taken) or the ms until a token is available.
+_TAKE = """
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local wait = tat + interval - burst * interval - now
+if wait > 0 then return math.ceil(wait) end
+redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil(tat + interval - now) + 1000)
+return 0
+"""
+RATE_KEY_PREFIX = "parley:rate:"
+
+
+class RedisBuckets:
+    """The cluster's shared rate-limit buckets (signaling/limits.py's :class:`SharedBuckets`):
+    one Redis key per limiter and key, named by an HMAC of the key under the cluster key, so
+    neither the API key nor clients' addresses are stored in Redis."""
+
+    def __init__(self, redis: aioredis.Redis, secret: str) -> None:
+        self.redis = redis
+        self.secret = secret.encode()
+        self._take = redis.register_script(_TAKE)
+
+    def key(self, name: str, key: str) -> str:
+        digest = hmac.new(self.secret, f"{name}\0{key}".encode(), hashlib.sha256).hexdigest()
+        return f"{RATE_KEY_PREFIX}{digest[:40]}"
+
+    async def take(self, name: str, key: str, rate: float, burst: float) -> float:
+        try:
+            waited = await self._take(
+                keys=[self.key(name, key)], args=[f"{1000.0 / rate:.3f}", f"{burst:.3f}"]
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise SharedUnavailable(str(exc)) from exc
+        return int(waited) / 1000.0
+
+
+def relayed_by_peer(request: web.Request) -> bool:
+    """Whether another node relays this request (its limits were applied there)."""
+    cluster = request.app.get(CLUSTER)
+    return cluster is not None and cluster.from_peer(request)
 
 
 class ClusterUnavailable(SignalingError):
@@ -710,6 +763,7 @@ async def _cluster_context(app: web.Application) -> AsyncIterator[None]:
         local_sessions=lambda: list(control.placement),
     )
     app[CLUSTER] = cluster
+    app[LIMITS].share(RedisBuckets(cluster.redis, cluster.key))
     app[REGISTRY].register(ClusterCollector(cluster))
     await cluster.start()
     try:

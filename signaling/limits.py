@@ -3,6 +3,12 @@
 Pure and clock-injected: a bucket is refilled from the time it is given, so tests need no
 sleeps. The keyed table is bounded (the least recently used keys are forgotten first), so a
 flood of distinct addresses cannot grow memory without limit.
+
+Several nodes (``--redis-url``, signaling/cluster.py) share the limits that are per API key or
+per client address through :class:`SharedBuckets` (Redis there), so N nodes do not allow N
+times as much; :meth:`RateLimiter.acquire` falls back to this node's own bucket while the shared
+one cannot be reached. What is per connection (messages per socket) or per node by nature
+(unjoined sockets, which cost this node's descriptors) stays local.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from .errors import RateLimited
 
@@ -39,8 +46,22 @@ class TokenBucket:
         return (1.0 - self.tokens) / self.rate
 
 
+class SharedUnavailable(Exception):
+    """The shared buckets could not be reached or did not answer in time."""
+
+
+class SharedBuckets(Protocol):
+    """Token buckets that several processes share (signaling/cluster.py: Redis)."""
+
+    async def take(self, name: str, key: str, rate: float, burst: float) -> float:
+        """Take one token from bucket ``key`` of limiter ``name``; 0.0 when allowed, else
+        the seconds until one is available. Raises :class:`SharedUnavailable`."""
+        ...
+
+
 class RateLimiter:
-    """One :class:`TokenBucket` per key. ``rate`` 0 turns the limit off."""
+    """One :class:`TokenBucket` per key. ``rate`` 0 turns the limit off. With ``shared``
+    set (several nodes), :meth:`acquire` takes from the shared bucket instead."""
 
     def __init__(
         self,
@@ -58,9 +79,14 @@ class RateLimiter:
         self.clock = clock
         self.rejected = 0
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self.shared: SharedBuckets | None = None
+        """Set by the cluster: the buckets all nodes take from."""
+        self.shared_failures = 0
+        """Attempts counted by this node's own bucket because the shared ones failed."""
 
     def check(self, key: str) -> None:
-        """Count one attempt for ``key``; raise :class:`RateLimited` when over the limit."""
+        """Count one attempt for ``key`` in this process's bucket; raise
+        :class:`RateLimited` when over the limit."""
         if self.rate <= 0:
             return
         bucket = self._buckets.pop(key, None)
@@ -69,7 +95,23 @@ class RateLimiter:
             while len(self._buckets) >= self.max_keys:
                 self._buckets.popitem(last=False)
         self._buckets[key] = bucket
-        wait = bucket.take(self.clock())
+        self._verdict(bucket.take(self.clock()))
+
+    async def acquire(self, key: str) -> None:
+        """:meth:`check`, against the shared buckets when there are (this process's own while
+        they fail: a limit is never off because Redis is)."""
+        if self.rate <= 0:
+            return
+        if self.shared is None:
+            return self.check(key)
+        try:
+            wait = await self.shared.take(self.what, key, self.rate, self.burst)
+        except SharedUnavailable:
+            self.shared_failures += 1
+            return self.check(key)
+        self._verdict(wait)
+
+    def _verdict(self, wait: float) -> None:
         if wait > 0:
             self.rejected += 1
             raise RateLimited(
@@ -122,6 +164,11 @@ class Limits:
         """Open WebSockets that have not joined yet, by client address."""
         self.unjoined_rejected = 0
         self.clock = clock
+
+    def share(self, buckets: SharedBuckets) -> None:
+        """Take the per-key and per-address limits from ``buckets`` (all nodes' own)."""
+        for limiter in (self.sessions, self.joins, self.auth_failures):
+            limiter.shared = buckets
 
     @classmethod
     def unlimited(cls) -> Limits:

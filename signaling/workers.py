@@ -493,7 +493,7 @@ async def forwarded_scheme(request: web.Request, handler: Any) -> web.StreamResp
     return await handler(request)
 
 
-def _check_api_limits(request: web.Request) -> bool:
+async def _check_api_limits(request: web.Request) -> bool:
     """The HTTP API's rate limits, here for the whole machine (the workers apply none): session
     creation per API key (before forwarding, as api.create_session checks it before reading the
     body). True when the request carries a wrong API key (the worker's 401 then costs the
@@ -509,7 +509,7 @@ def _check_api_limits(request: web.Request) -> bool:
         and request.path == "/api/v1/sessions"
         and not request.app[DRAINING].is_set()
     ):
-        request.app[LIMITS].sessions.check(config.api_key)
+        await request.app[LIMITS].sessions.acquire(config.api_key)
     return False
 
 
@@ -529,7 +529,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
             raise NoWorker() from exc
     if worker is None:
         worker = control.least_loaded()
-    wrong_key = _check_api_limits(request)
+    wrong_key = await _check_api_limits(request)
     body = await request.read()
     assert worker.http is not None
     try:
@@ -546,7 +546,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     try:
         if wrong_key and upstream.status == 401:
             # as api._authorize: a wrong key costs the address a token (429 once none is left)
-            request.app[LIMITS].auth_failures.check(client_address(request))
+            await request.app[LIMITS].auth_failures.acquire(client_address(request))
         if (
             request.method == "POST"
             and path.rstrip("/") == "/api/v1/sessions"
@@ -609,6 +609,8 @@ class PageGate:
         self.throttled_until = 0.0
         self.joined = False
         self.unjoined = True
+        self.count_joins = True
+        """False for a socket another node relays: it counted the join already."""
 
     def release(self) -> None:
         """No longer an unjoined socket of its address (welcomed, or closed)."""
@@ -632,9 +634,14 @@ class PageGate:
                     | {"retry_after": round(wait, 1)}
                 )
             return False
-        if not self.joined and msg.type == WSMsgType.TEXT and _type_of(msg.data) == "join":
+        if (
+            self.count_joins
+            and not self.joined
+            and msg.type == WSMsgType.TEXT
+            and _type_of(msg.data) == "join"
+        ):
             try:
-                self.limits.joins.check(self.address)
+                await self.limits.joins.acquire(self.address)
             except RateLimited as exc:
                 await self._send(
                     messages.error_message(exc.code, exc.message)
@@ -681,6 +688,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         limits.joined_or_closed(address)
         raise
     gate = PageGate(limits, address, ws)
+    if request.app[CONFIG].redis_url:
+        from .cluster import relayed_by_peer
+
+        # the node the page reached counted its join (in the buckets all nodes share)
+        gate.count_joins = not relayed_by_peer(request)
     try:
         return await _serve_page(request, ws, gate)
     finally:
