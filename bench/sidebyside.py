@@ -290,6 +290,7 @@ COLUMNS = [
     "added p99",
     "pub CPU %",
     "sub CPU %",
+    "load",
 ]
 
 
@@ -318,6 +319,7 @@ def table_rows(rows: list[Row]) -> list[list[str]]:
                 fmt(r.added_ms.get("p99")),
                 f"{m.publisher_cpu_pct:.1f}",
                 f"{m.subscriber_cpu_pct:.1f}",
+                fmt(max(m.loadavg) if m.loadavg else None, 1),
             ]
         )
     return out
@@ -348,7 +350,8 @@ def print_table(rows: list[Row], title: str) -> None:
     table = Table(
         title=title,
         caption="latency in ms (one-way, per packet; added = minus the direct floor); "
-        "CPU 100 % = one core, all threads and children of the server",
+        "CPU 100 % = one core, all threads and children of the server; load: the machine's "
+        "1-minute load average around the window",
     )
     for column in COLUMNS:
         table.add_column(column, justify="left" if column == "server" else "right")
@@ -421,6 +424,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("--relay-log-level", default="WARNING", help="log level of parley serve")
     return p
+
+
+def from_bench(bench: argparse.Namespace) -> int:
+    """``parley bench --against SERVER``: this run with parley bench's own flags (its default
+    ``--json`` becomes ``sidebyside-results.json``: the document differs)."""
+    args = build_parser().parse_args([])
+    for name in (
+        "sessions",
+        "duration",
+        "warmup",
+        "video_bitrate",
+        "fps",
+        "relay_cpus",
+        "client_cpus",
+        "quiet",
+        "relay_log_level",
+    ):
+        setattr(args, name, getattr(bench, name))
+    args.servers = ["parley", bench.against]
+    if bench.json != "bench-results.json":
+        args.json = bench.json
+    return main(args)
 
 
 def main(args: argparse.Namespace) -> int:
