@@ -189,6 +189,8 @@ class JanusSession:
         self.hangups: list[dict[str, Any]] = []
         """``hangup`` events Janus sent (a peer connection it closed), kept for the notes."""
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.lost = ""
+        """Why Janus stopped answering the long poll (the session is gone), when it did."""
         self._up: dict[int, asyncio.Event] = {}
         """Per handle: set on Janus's ``webrtcup`` (its DTLS is done)."""
         self._tasks: list[asyncio.Task[None]] = []
@@ -257,6 +259,9 @@ class JanusSession:
                     return
                 await asyncio.sleep(0.1)
                 continue
+            if isinstance(reply, dict) and reply.get("janus") == "error":
+                self.lost = str(reply.get("error", {}).get("reason"))  # e.g. "No such session"
+                return
             for event in reply if isinstance(reply, list) else [reply]:
                 self._dispatch(event)
 

@@ -227,6 +227,9 @@ async def measure_janus(ctx: SideContext, n: int) -> Measurement:
         await bounded(8, [pair(k) for k in range(n)])
         result.setup_s = time.monotonic() - t
         await measure_streams(ctx, result, pub, sub, {video_id(k) for k in range(n)}, janus.pid)
+        lost = [s.lost for s in sessions if s.lost]
+        if lost:
+            result.notes.append(f"{len(lost)} janus sessions lost, first: {lost[0]}")
         hangups = [h for s in sessions for h in s.hangups]
         if hangups:
             result.notes.append(f"{len(hangups)} hangups from janus, first: {hangups[0]}")
