@@ -6,6 +6,7 @@ through both servers with little loss and that every figure came out positive.""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ FIGURES = (
 
 
 @needs_janus
+@pytest.mark.skipif(os.geteuid() != 0, reason="the run makes a network namespace: needs root")
 @pytest.mark.timeout(120)
 def test_parley_and_janus_forward_the_same_pair_and_every_figure_is_measured(
     tmp_path: Path,
