@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from .janus import JanusSession, create_room, janus_service
 from .measure import BenchParticipant, RunContext, measure_streams
 from .output import fmt, machine_info
+from .procstat import tree
 from .results import Measurement, added
 from .service import create_session, http_session, relay_service
 from .signaling_client import SignalingClient
@@ -54,6 +55,8 @@ class Row:
     measurement: Measurement
     added_ms: dict[str, float] = field(default_factory=dict)
     """Its latency percentiles minus the direct floor's at the same N."""
+    server_threads: int | None = None
+    """Threads of the server (all its processes) at the end of the window."""
 
 
 @dataclass
@@ -62,6 +65,8 @@ class SideContext(RunContext):
     --quiet)."""
 
     host: str = "127.0.0.1"
+    threads: dict[tuple[str, int], int] = field(default_factory=dict)
+    """Server threads per (server, N), read at the end of each window."""
 
     def log(self, text: str) -> None:
         display = self.progress
@@ -95,6 +100,15 @@ async def publish_offer(ctx: SideContext, pub: WorkerProc, k: int) -> dict[str, 
         fps=args.fps,
     )
     return offer
+
+
+def thread_count(pid: int | None) -> int:
+    """Threads of ``pid`` and its child processes (what the CPU figures add up)."""
+    if pid is None:
+        return 0
+    return sum(
+        len(os.listdir(f"/proc/{p}/task")) for p in tree(pid) if os.path.isdir(f"/proc/{p}/task")
+    )
 
 
 # --- the direct floor ------------------------------------------------------------------------
@@ -157,6 +171,7 @@ async def measure_parley(ctx: SideContext, n: int) -> Measurement:
         await bounded(8, [pair(k) for k in range(n)])
         result.setup_s = time.monotonic() - t
         await measure_streams(ctx, result, pub, sub, {video_id(k) for k in range(n)}, service.pid)
+        ctx.threads["parley", n] = thread_count(service.pid)
         errors = [e for c in clients for e in c.errors()]
         errors += [e for c in clients if isinstance(c, BenchParticipant) for e in c.failures]
         if errors:
@@ -227,6 +242,7 @@ async def measure_janus(ctx: SideContext, n: int) -> Measurement:
         await bounded(8, [pair(k) for k in range(n)])
         result.setup_s = time.monotonic() - t
         await measure_streams(ctx, result, pub, sub, {video_id(k) for k in range(n)}, janus.pid)
+        ctx.threads["janus", n] = thread_count(janus.pid)
         lost = [s.lost for s in sessions if s.lost]
         if lost:
             result.notes.append(f"{len(lost)} janus sessions lost, first: {lost[0]}")
@@ -256,7 +272,7 @@ async def run(args: argparse.Namespace, ctx: SideContext, rows: list[Row]) -> No
             except Exception as exc:  # noqa: BLE001
                 failed(ctx, rows, server, n, exc)
                 continue
-            row = Row(server, n, m)
+            row = Row(server, n, m, server_threads=ctx.threads.get((server, n)))
             if direct is not None:
                 row.added_ms = added(m.latency_ms, direct.latency_ms)
             rows.append(row)
@@ -293,6 +309,7 @@ COLUMNS = [
     "added p99",
     "pub CPU %",
     "sub CPU %",
+    "threads",
     "load",
 ]
 
@@ -322,6 +339,7 @@ def table_rows(rows: list[Row]) -> list[list[str]]:
                 fmt(r.added_ms.get("p99")),
                 f"{m.publisher_cpu_pct:.1f}",
                 f"{m.subscriber_cpu_pct:.1f}",
+                str(r.server_threads) if r.server_threads else "-",
                 fmt(max(m.loadavg) if m.loadavg else None, 1),
             ]
         )

@@ -75,6 +75,7 @@ def test_parley_and_janus_forward_the_same_pair_and_every_figure_is_measured(
         for figure in FIGURES:
             assert m[figure] is not None and m[figure] > 0, (server, figure, m)
         assert set(rows[server]["added_ms"]) == {"p50", "p95", "p99", "max"}
+        assert rows[server]["server_threads"] > 1  # Janus: its own and one per handle
     assert "janus" in result["markdown_table"] and "1.1.2" in result["janus_version"]
 
 
