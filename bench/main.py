@@ -113,6 +113,10 @@ def main(args: argparse.Namespace) -> int:
         return replot(args)
     if args.sweep:
         args.sessions = [1, 5, 10, 20, 40, 80]
+    if args.against:
+        from . import sidebyside
+
+        return sidebyside.from_bench(args)
     if args.url and not args.api_key:
         print("parley bench: --url needs --api-key", file=sys.stderr)
         return 2

@@ -84,6 +84,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N,N",
         help="pin the load tool (publishers, subscribers) to these CPUs, e.g. 1",
     )
+    p.add_argument(
+        "--against",
+        choices=["janus"],
+        default="",
+        help="the side-by-side run: parley and this server, one-way pairs (bench/sidebyside.py)",
+    )
     p.add_argument("--url", default="", help="target a running service instead of starting one")
     p.add_argument("--api-key", default="", help="API key of --url")
     p.add_argument("--json", default="bench-results.json", help="write results here ('' = no)")

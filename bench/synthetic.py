@@ -181,13 +181,14 @@ class _Stream:
 
 class SyntheticPublisher:
     """One participant's publish connection: audio (``AUDIO_PAYLOAD`` bytes at 50 pps) and video
-    (``bitrate`` at ``fps``), sendonly, pre-encoded."""
+    (``bitrate`` at ``fps``), sendonly, pre-encoded; video alone when ``audio_id`` is None (the
+    side-by-side run's one-way pairs, bench/sidebyside.py)."""
 
     def __init__(
         self,
         pc: RTCPeerConnection,
         *,
-        audio_id: int,
+        audio_id: int | None,
         video_id: int,
         bitrate: int,
         fps: int,
@@ -199,9 +200,11 @@ class SyntheticPublisher:
         self.fps = fps
         self.sizes = video_packet_sizes(bitrate, fps)
         self.keyframe_interval = keyframe_interval
-        audio = pc.addTransceiver(SilentTrack("audio", f"a{audio_id}"), direction="sendonly")
+        self.audio: _Stream | None = None
+        if audio_id is not None:
+            audio = pc.addTransceiver(SilentTrack("audio", f"a{audio_id}"), direction="sendonly")
+            self.audio = _Stream(audio, audio_id, window, counts)
         video = pc.addTransceiver(SilentTrack("video", f"v{video_id}"), direction="sendonly")
-        self.audio = _Stream(audio, audio_id, window, counts)
         self.video = _Stream(video, video_id, window, counts)
         self.keyframes = 0
         self.keyframe_requests = 0
@@ -215,19 +218,24 @@ class SyntheticPublisher:
         )
 
     def sources(self) -> dict[str, str]:
-        return {
-            str(self.audio.transceiver.mid): "microphone",
-            str(self.video.transceiver.mid): "camera",
-        }
+        out = {str(self.video.transceiver.mid): "camera"}
+        if self.audio is not None:
+            out[str(self.audio.transceiver.mid)] = "microphone"
+        return out
+
+    @property
+    def errors(self) -> int:
+        """Packets refused by a closed connection, both kinds."""
+        return self.video.errors + (self.audio.errors if self.audio is not None else 0)
 
     def start(self) -> None:
         """Hook the senders' RTCP and start the send loops (call after the answer is applied)."""
-        _aiortc.hook_sender(self.audio.transceiver.sender, self._ignore_rtcp, self._drop_reports)
         _aiortc.hook_sender(self.video.transceiver.sender, self._video_rtcp, self._drop_reports)
-        self._tasks = [
-            asyncio.ensure_future(self._run_audio()),
-            asyncio.ensure_future(self._run_video()),
-        ]
+        self._tasks = [asyncio.ensure_future(self._run_video())]
+        if self.audio is not None:
+            sender = self.audio.transceiver.sender
+            _aiortc.hook_sender(sender, self._ignore_rtcp, self._drop_reports)
+            self._tasks.append(asyncio.ensure_future(self._run_audio(self.audio)))
 
     async def _ignore_rtcp(self, packet: AnyRtcpPacket) -> None:
         return None
@@ -248,8 +256,7 @@ class SyntheticPublisher:
             await asyncio.sleep(0.02)
         raise TimeoutError("the publish connection never connected")
 
-    async def _run_audio(self) -> None:
-        stream = self.audio
+    async def _run_audio(self, stream: _Stream) -> None:
         await self._wait_ready(stream)
         loop = asyncio.get_running_loop()
         prefix = b"\x78\x00"  # an Opus TOC byte (SILK WB 20 ms) and one byte of filler

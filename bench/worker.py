@@ -53,9 +53,9 @@ def make_pc(ice: dict[str, Any] | None) -> RTCPeerConnection:
     )
 
 
-def prepare_ice(pc: RTCPeerConnection, ice: dict[str, Any] | None) -> None:
+def prepare_ice(pc: RTCPeerConnection, ice: dict[str, Any] | None, host: str = "127.0.0.1") -> None:
     if ice is None:
-        _aiortc.configure_host_candidates(pc, ["127.0.0.1"], None)
+        _aiortc.configure_host_candidates(pc, [host], None)
 
 
 def _count(values: Any) -> dict[str, int]:
@@ -74,13 +74,20 @@ class Worker:
         self.subscribers: dict[str, RTCPeerConnection] = {}
         self.clip_publishers: dict[str, ClipPublisher] = {}
         self.frame_tap = FrameTap(self.window)
+        self.host = "127.0.0.1"
+        """The loopback address of the publish and subscribe connections' host candidates."""
+
+    async def use_host(self, address: str) -> None:
+        """Gather on ``address`` from now on (the side-by-side run: Janus only answers an
+        address on its own interface, bench/netns.py)."""
+        self.host = address
 
     # --- publishing ---------------------------------------------------------------------------
 
     async def publish_offer(
         self,
         key: str,
-        audio_id: int,
+        audio_id: int | None,
         video_id: int,
         bitrate: int,
         fps: int,
@@ -98,7 +105,7 @@ class Worker:
         )
         self.publishers[key] = publisher
         offer = await pc.createOffer()
-        prepare_ice(pc, ice)
+        prepare_ice(pc, ice, self.host)
         await pc.setLocalDescription(offer)
         return {"sdp": pc.localDescription.sdp, "sources": publisher.sources()}
 
@@ -117,7 +124,7 @@ class Worker:
         for transceiver in pc.getTransceivers():
             self.tap.hook(transceiver)
         answer = await pc.createAnswer()
-        prepare_ice(pc, ice)
+        prepare_ice(pc, ice, self.host)
         await pc.setLocalDescription(answer)
         _aiortc.install_fast_receive(pc)  # the relay's receive path: no aiortc queue and task
         return str(pc.localDescription.sdp)
@@ -186,7 +193,7 @@ class Worker:
         return {
             "pid": os.getpid(),
             "sent": dict(self.sent),
-            "send_errors": sum(p.audio.errors + p.video.errors for p in publishers),
+            "send_errors": sum(p.errors for p in publishers),
             "keyframes": sum(p.keyframes for p in publishers),
             "keyframe_requests": sum(p.keyframe_requests for p in publishers),
             "publisher_states": _count(p.states[-1] if p.states else "none" for p in publishers),

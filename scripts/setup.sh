@@ -2,7 +2,7 @@
 # Prepare a Debian machine (as root) for parley: system packages, a virtualenv in .venv, parley itself.
 #   scripts/setup.sh            runtime only
 #   scripts/setup.sh test       + test tools, Debian chromium, firefox-esr (+ node, npm ci in
-#                               tests/firefox for puppeteer-core) and coturn
+#                               tests/firefox for puppeteer-core), coturn and janus
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=${1:-}
@@ -26,6 +26,7 @@ if [ "$want_test" = test ]; then
     command -v ffprobe >/dev/null || need+=(ffmpeg)  # the recording tests check files with it
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)  # store tests
     command -v redis-server >/dev/null || need+=(redis-server)  # cluster tests (--redis-url)
+    command -v janus >/dev/null || need+=(janus)  # bench/sidebyside.py: parley against Janus
     command -v openssl >/dev/null || need+=(openssl)
     command -v ip >/dev/null || need+=(iproute2)
     command -v unshare >/dev/null || need+=(util-linux)
@@ -35,6 +36,10 @@ if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${need[@]}" >/dev/null
+    # the side-by-side run starts its own Janus on loopback: not Debian's service on every address
+    if [[ " ${need[*]} " == *" janus "* ]] && command -v systemctl >/dev/null; then
+        systemctl disable --now janus.service >/dev/null 2>&1 || true
+    fi
 fi
 
 if [ ! -x .venv/bin/python ]; then
