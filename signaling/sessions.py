@@ -471,6 +471,18 @@ class Session:
             return  # already under way (the relay noticed first)
         asyncio.ensure_future(self._leg_failed(participant, connection, peer, leg))
 
+    def media_status(self, participant: Participant) -> dict[str, Any]:
+        """The answer to ``media_check``: packets the relay has sent so far on the
+        participant's current subscribe leg (the sum over its consumers; a rebuilt leg starts
+        again at 0) and whether that leg is connected as the relay sees it."""
+        peer = self._peer(participant)
+        leg = peer.subscribe
+        return {
+            "type": "media_status",
+            "sent": sum(consumer.packets for consumer in leg.consumers.values()),
+            "connected": not leg.closed and leg.pc.connectionState == "connected",
+        }
+
     async def handle_end(self, participant: Participant) -> None:
         if participant.role != "agent":
             raise Forbidden("only an agent can end the session")
