@@ -23,6 +23,10 @@ export const HOST_PROBE_MS = 400; // how long to look for the path's address amo
 export const MEDIA_CHECK_TIMEOUT_MS = 800; // no `media_status` by then: the socket is dead too
 export const MEDIA_CHECK_GAP_MS = 400; // between the two `media_check`s compared
 export const MEDIA_CHECK_MIN_SENT = 5; // the relay sent at least this many meanwhile: the path is dead
+// nothing heard on the socket this long: ask (`media_check`); no answer: it is dead (a TCP
+// connection from an address that is gone stays "open" for minutes while the media may have
+// found the new address by itself, as a receive-only page's any-address UDP socket does)
+export const SOCKET_QUIET_MS = 4000;
 export const RETRY_DELAYS_MS = Object.freeze([500, 1000, 2000, 4000, 8000]);
 // WebSocket close codes from the server (signaling/sessions.py); 4001 (media failed) reconnects
 export const CLOSE_REPLACED = 4000;

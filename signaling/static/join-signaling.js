@@ -23,6 +23,7 @@ import {
   RECONNECT_PROBE_MS,
   RESUME_WINDOW_MS,
   RETRY_DELAYS_MS,
+  SOCKET_QUIET_MS,
   STEADY_PPS,
   WELCOME_TIMEOUT_MS,
   endedText,
@@ -196,8 +197,12 @@ export function createSignaling(app) {
       }
       const ws = new WebSocket(wsUrl(location));
       attempt.ws = ws;
-      ws.onopen = () => signaling.send(attempt, { type: "join", token: st.token, name: st.name, ...(resume ? { resume: true } : {}) });
+      ws.onopen = () => {
+        attempt.heardAt = Date.now();
+        signaling.send(attempt, { type: "join", token: st.token, name: st.name, ...(resume ? { resume: true } : {}) });
+      };
       ws.onmessage = (ev) => {
+        if (attempt.ws === ws) attempt.heardAt = Date.now();
         let msg;
         try {
           msg = JSON.parse(ev.data);
@@ -370,7 +375,11 @@ export function createSignaling(app) {
       signaling.newPc(attempt, "publish");
       signaling.newPc(attempt, "subscribe");
       attempt.flow = {};
-      attempt.pathTimer = setInterval(() => signaling.checkPath(attempt), PATH_CHECK_MS);
+      attempt.pathTimer = setInterval(() => {
+        // the socket first: a path check under way (it may ask the relay too) holds it back
+        signaling.checkSocket(attempt);
+        signaling.checkPath(attempt);
+      }, PATH_CHECK_MS);
       app.publisher.publishLocal(attempt);
       // the server starts a (re)joined participant with nothing turned off
       const local = st.local;
@@ -460,7 +469,7 @@ export function createSignaling(app) {
      * resumes the same way. A stall with nothing sent (everybody muted) changes nothing. */
     async checkPath(attempt) {
       const pc = attempt.subscribe;
-      if (attempt.closed || attempt.checkingPath || attempt.resuming || !pc || pc.connectionState !== "connected") return;
+      if (attempt.closed || attempt.checkingPath || attempt.checkingSocket || attempt.resuming || !pc || pc.connectionState !== "connected") return;
       attempt.checkingPath = true;
       try {
         const { packets, address } = await pathStats(pc);
@@ -490,6 +499,23 @@ export function createSignaling(app) {
         console.warn("parley: path check failed:", err);
       } finally {
         attempt.checkingPath = false;
+      }
+    },
+
+    /** Nothing heard on the socket for SOCKET_QUIET_MS: ask the relay (`media_check`); no
+     * answer means the socket is dead though the browser still calls it open (its address is
+     * gone, and the media may have moved to the new one by itself): resume on a fresh one. */
+    async checkSocket(attempt) {
+      if (attempt.closed || attempt.checkingPath || attempt.checkingSocket || attempt.resuming || !attempt.welcomed) return;
+      if (!attempt.ws || attempt.ws.readyState !== WebSocket.OPEN || Date.now() - attempt.heardAt < SOCKET_QUIET_MS) return;
+      attempt.checkingSocket = true;
+      try {
+        const status = await signaling.mediaStatus(attempt, MEDIA_CHECK_TIMEOUT_MS);
+        if (status || attempt.closed || attempt.resuming) return;
+        signaling.resume(attempt, "no answer to media_check on a quiet socket");
+        signaling.openSocket(attempt, true);
+      } finally {
+        attempt.checkingSocket = false;
       }
     },
 

@@ -75,6 +75,20 @@ TRACE_JS = """
 """
 
 
+SOCKET_JS = """
+() => new Promise((resolve) => {
+  const ws = window.parley.ws;
+  if (!ws || ws.readyState !== WebSocket.OPEN) return resolve(false);
+  const done = (answered) => { clearTimeout(timer); ws.removeEventListener("message", on); resolve(answered); };
+  const on = (e) => { if (String(e.data).includes('"media_status"')) done(true); };
+  const timer = setTimeout(() => done(false), 1500);
+  ws.addEventListener("message", on);
+  ws.send(JSON.stringify({type: "media_check"}));
+})
+"""
+"""Whether the page's current WebSocket carries an answer from the relay (a socket whose
+address is gone stays "open" in the browser for minutes)."""
+
 SEES_JS = """
 (id) => [window.parley.participants.some((p) => p.participant_id === id),
          !!(window.parley.states[id] || {}).reconnecting]
@@ -213,8 +227,15 @@ def main() -> int:
                 if all(rises[k] and rises[k][-1] > up_at + 0.5 for k in watched):
                     break
                 pages["Sue"].wait_for_timeout(100)
+            signaling_back = None
+            for _ in range(20):  # bounded: 20 questions of at most 1.5 s
+                if pages["Carl"].evaluate(SOCKET_JS):
+                    signaling_back = round(time.monotonic() - up_at, 2)
+                    break
+                pages["Sue"].wait_for_timeout(500)
             figures: dict[str, Any] = {
                 "mode": MODE,
+                "Carl's signaling answers after network up (s)": signaling_back,
                 "carl": CARL,
                 "drop_s": DROP_SECONDS,
                 "Carl sends": carl_sends,
@@ -252,6 +273,7 @@ def main() -> int:
             ok = (
                 all(figures[f"{k}: media back after network up (s)"] is not None for k in watched)
                 and carl_sends == sends
+                and signaling_back is not None
                 and figures["Sue <- Alice: longest gap (s)"] < 2.0
                 and figures["full reconnects"] == {n: 0 for n in pages}
                 and figures["Sue: Carl listed throughout the drop"]
