@@ -482,7 +482,9 @@ export function createSignaling(app) {
         }
         if (packets > flow.packets) {
           const rate = ((packets - flow.packets) * 1000) / Math.max(1, now - flow.at);
-          attempt.flow = { pc, packets, at: now, steady: rate >= STEADY_PPS };
+          // a steady flow stays steady while packets come: the look that spans the moment
+          // the path went away sees only the last few (over TCP to a TURN server, a trickle)
+          attempt.flow = { pc, packets, at: now, steady: rate >= STEADY_PPS || flow.steady };
           return;
         }
         if (!flow.steady || now - flow.at < MEDIA_STALL_MS) return;
@@ -512,7 +514,11 @@ export function createSignaling(app) {
       try {
         const status = await signaling.mediaStatus(attempt, MEDIA_CHECK_TIMEOUT_MS);
         if (status || attempt.closed || attempt.resuming) return;
-        signaling.resume(attempt, "no answer to media_check on a quiet socket");
+        const why = "no answer to media_check on a quiet socket";
+        // the subscribe leg silent too: its path went with the socket's, have both rebuilt
+        const flow = attempt.flow || {};
+        if (flow.pc && flow.pc === attempt.subscribe && Date.now() - flow.at > MEDIA_STALL_MS) return signaling.pathLost(attempt, why);
+        signaling.resume(attempt, why);
         signaling.openSocket(attempt, true);
       } finally {
         attempt.checkingSocket = false;

@@ -126,6 +126,21 @@ def frames(page: Any, key: str) -> int:
     return int(stats["packetsReceived" if key.endswith("/microphone") else "framesDecoded"])
 
 
+def media_back(rises: list[float], down_at: float, up_at: float) -> float | None:
+    """Seconds from the network coming up (or the address changing) to the end of the longest
+    gap in ``rises`` (the times a counter went up) since the drop, when that gap ends after it
+    and media kept coming (3 more rises); otherwise to the first rise 0.3 s after it (no gap:
+    the media never stopped). A few packets or frames still in flight when the path went (over
+    TCP to a TURN server, say) do not count as media back."""
+    times = [t for t in rises if t < down_at][-1:] + [t for t in rises if t >= down_at]
+    gaps = [(b - a, b) for a, b in zip(times, times[1:], strict=False)]
+    longest, end = max(gaps, default=(0.0, 0.0))
+    if longest >= 0.5 and end > up_at:
+        return round(end - up_at, 2) if len([t for t in times if t > end]) >= 3 else None
+    after = [t for t in rises if t > up_at + 0.3]
+    return round(after[0] - up_at, 2) if after else None
+
+
 def main() -> int:
     holder = namespace_b()
     in_b = ["nsenter", f"--net=/proc/{holder.pid}/ns/net"]
@@ -242,9 +257,8 @@ def main() -> int:
                 "Carl's subscribe path (local side)": carl_path,
             }
             for key in watched:
-                after = [t for t in rises[key] if t > up_at + 0.3]
-                figures[f"{key}: media back after network up (s)"] = (
-                    round(after[0] - up_at, 2) if after else None
+                figures[f"{key}: media back after network up (s)"] = media_back(
+                    rises[key], down_at, up_at
                 )
                 before = [t for t in rises[key] if t < down_at][-1:]
                 times = before + [t for t in rises[key] if t >= down_at]
