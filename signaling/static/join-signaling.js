@@ -34,12 +34,19 @@ import { createAttempt } from "./join-state.js";
 import { $ } from "./join-ui.js";
 
 /** Trickle ICE: our candidates go to the relay as they are found (`candidate`), but only
- * after the offer or answer they belong to; until then they wait here. */
+ * after the offer or answer they belong to; until then they wait here. An end of gathering
+ * with no candidate at all is not told: right after a network change Chromium's network list
+ * may not have the interface yet (a relay-only leg then gathers nothing), it keeps gathering
+ * and trickles what it finds later, while the relay, told "no more", would fail the leg at
+ * once (and rebuild it, again and again). */
 export function trickle(pc, send) {
   const waiting = [];
   let ready = false;
+  let found = 0;
   pc.onicecandidate = (ev) => {
     const msg = ev.candidate && ev.candidate.candidate ? ev.candidate.toJSON() : null;
+    if (msg) found += 1;
+    else if (!found) return;
     if (ready) send(msg);
     else waiting.push(msg);
   };

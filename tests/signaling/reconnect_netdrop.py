@@ -129,16 +129,18 @@ def frames(page: Any, key: str) -> int:
 def media_back(rises: list[float], down_at: float, up_at: float) -> float | None:
     """Seconds from the network coming up (or the address changing) to the end of the longest
     gap in ``rises`` (the times a counter went up) since the drop, when that gap ends after it
-    and media kept coming (3 more rises); otherwise to the first rise 0.3 s after it (no gap:
-    the media never stopped). A few packets or frames still in flight when the path went (over
+    and media kept coming (3 more rises); otherwise, once it has flowed without a 0.5 s gap
+    until 1.5 s after, to the first rise 0.3 s after it (the media never stopped). A few packets or frames still in flight when the path went (over
     TCP to a TURN server, say) do not count as media back."""
     times = [t for t in rises if t < down_at][-1:] + [t for t in rises if t >= down_at]
     gaps = [(b - a, b) for a, b in zip(times, times[1:], strict=False)]
     longest, end = max(gaps, default=(0.0, 0.0))
     if longest >= 0.5 and end > up_at:
         return round(end - up_at, 2) if len([t for t in times if t > end]) >= 3 else None
+    if not times or times[-1] < up_at + 1.5:
+        return None  # too early to tell a short hiccup from the start of a gap
     after = [t for t in rises if t > up_at + 0.3]
-    return round(after[0] - up_at, 2) if after else None
+    return round(after[0] - up_at, 2)
 
 
 def main() -> int:
@@ -239,7 +241,7 @@ def main() -> int:
             up_at = time.monotonic()
             for _ in range(300):  # bounded: about 30 s after the network is back
                 sample()
-                if all(rises[k] and rises[k][-1] > up_at + 0.5 for k in watched):
+                if all(media_back(rises[k], down_at, up_at) is not None for k in watched):
                     break
                 pages["Sue"].wait_for_timeout(100)
             signaling_back = None
