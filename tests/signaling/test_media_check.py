@@ -89,3 +89,21 @@ async def test_media_check_needs_a_join_and_counts_a_rebuilt_leg_afresh(service:
     finally:
         for p in (agent, customer, third):
             await p.close()
+
+
+async def test_media_check_is_rate_limited_like_every_message(service: Service) -> None:
+    session = await service.create_session()
+    page = WsParticipant(service.base_url, session["agent_url"], "Ann")
+    try:
+        await page.join(media=False)
+        after = len(page.messages)
+        for _ in range(400):  # far over 50 a second with a 5 s burst
+            await page.send({"type": "media_check"})
+        await page.wait_message(
+            lambda m: m["type"] == "error" and m["code"] == "rate_limited", after=after
+        )
+        answers = [m for m in page.messages[after:] if m["type"] == "media_status"]
+        assert 0 < len(answers) < 400
+        assert answers[0] == {"type": "media_status", "sent": 0, "connected": False}
+    finally:
+        await page.close()
