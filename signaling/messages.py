@@ -82,8 +82,23 @@ class Candidate:
     """The candidate's ``usernameFragment``: which ICE generation (leg) it belongs to."""
 
 
+@dataclass(frozen=True)
+class MediaCheck:
+    """The page's subscribe leg went silent: is the relay still sending to it? (answered with
+    ``media_status``; the page compares two answers with what it received meanwhile)."""
+
+
 ClientMessage = (
-    Join | Offer | Answer | Leave | End | RecordingAction | TrackState | Reconnect | Candidate
+    Join
+    | Offer
+    | Answer
+    | Leave
+    | End
+    | RecordingAction
+    | TrackState
+    | Reconnect
+    | Candidate
+    | MediaCheck
 )
 MAX_CANDIDATE_CHARS = 1024
 
@@ -139,6 +154,8 @@ def parse(text: str | bytes) -> ClientMessage:
         return Reconnect(pc="publish" if data["pc"] == "publish" else "subscribe")
     if kind == "candidate":
         return _candidate(data)
+    if kind == "media_check":
+        return MediaCheck()
     if kind == "leave":
         return Leave()
     if kind == "end":

@@ -88,6 +88,9 @@ class Participant:
     """Its socket went away without ``leave`` and the relay keeps its media for a resume."""
     rebuilds_in_a_row: int = 0
     """Leg rebuilds since one last connected (see :data:`LEG_REBUILDS_PER_JOIN`)."""
+    announcing: set[Leg] = field(default_factory=set)
+    """Legs whose ``reconnect`` is being sent (their rebuild follows): a page's own
+    ``reconnect`` for such a leg is the same rebuild, not a second one."""
 
     @property
     def reconnecting(self) -> bool:
@@ -312,20 +315,35 @@ class Session:
             await self.listener.left(self, participant)
 
     async def _leg_failed(
-        self, participant: Participant, connection: Connection, peer: Peer, leg: Leg | None
+        self,
+        participant: Participant,
+        connection: Connection,
+        peer: Peer,
+        leg: Leg | None,
+        asked: bool = False,
     ) -> None:
         """One media leg died (silent, consent expired, DTLS closed): rebuild only that leg
         (``reconnect`` tells the page which: it makes a new peer connection for it) while the
         participant stays listed and everybody else's connections stay as they are. If the new
         leg does not connect in time, or this connection has rebuilt too often, the page
-        reconnects in full (LiveKit's resume, then full reconnect)."""
+        reconnects in full (LiveKit's resume, then full reconnect). ``asked``: the page's own
+        ``reconnect``; nothing to do when that leg's rebuild is already under way (a resumed
+        page asks for the legs it found dead while the relay restarts those it had noticed)."""
         if participant.peer is not peer or participant.connection is not connection:
+            return
+        if asked and leg is not None and (peer.rebuilding(leg) or leg in participant.announcing):
             return
         if leg is None or participant.rebuilds_in_a_row >= LEG_REBUILDS_PER_JOIN:
             await self._media_failed(participant, connection)
             return
+        if leg in participant.announcing:
+            return  # the same rebuild, being announced
         logger.info("[%s/%s] %s leg lost; rebuilding it", self.id, participant.id, leg)
-        await connection.send({"type": "reconnect", "pc": leg})
+        participant.announcing.add(leg)
+        try:
+            await connection.send({"type": "reconnect", "pc": leg})
+        finally:
+            participant.announcing.discard(leg)
         if participant.peer is not peer or participant.connection is not connection:
             return
         peer.rebuild(leg)
@@ -467,9 +485,21 @@ class Session:
         """The page found one of its legs dead: rebuild it as if the relay had (in a task of its
         own: the page's fresh offer must get through meanwhile)."""
         peer, connection = self._peer(participant), participant.connection
-        if connection is None or peer.rebuilding(leg):
+        if connection is None or peer.rebuilding(leg) or leg in participant.announcing:
             return  # already under way (the relay noticed first)
-        asyncio.ensure_future(self._leg_failed(participant, connection, peer, leg))
+        asyncio.ensure_future(self._leg_failed(participant, connection, peer, leg, asked=True))
+
+    def media_status(self, participant: Participant) -> dict[str, Any]:
+        """The answer to ``media_check``: packets the relay has sent so far on the
+        participant's current subscribe leg (the sum over its consumers; a rebuilt leg starts
+        again at 0) and whether that leg is connected as the relay sees it."""
+        peer = self._peer(participant)
+        leg = peer.subscribe
+        return {
+            "type": "media_status",
+            "sent": sum(consumer.packets for consumer in leg.consumers.values()),
+            "connected": not leg.closed and leg.pc.connectionState == "connected",
+        }
 
     async def handle_end(self, participant: Participant) -> None:
         if participant.role != "agent":

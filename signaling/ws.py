@@ -165,6 +165,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                     session.handle_candidate(participant, message)
                 elif isinstance(message, messages.Reconnect):
                     session.handle_reconnect(participant, message.pc)
+                elif isinstance(message, messages.MediaCheck):
+                    await connection.send(session.media_status(participant))
                 elif isinstance(message, messages.Leave):
                     finished = True
                     await session.leave(participant, connection)

@@ -6,7 +6,11 @@ export const PC_DISCONNECTED_GRACE_MS = 4000; // "disconnected" this long means 
 export const LEG_REBUILD_TIMEOUT_MS = 30000; // a rebuilt leg not connected by then: full reconnect
 export const MAX_LEG_REBUILDS = 5; // in a row, none connected; then a lost leg means a full reconnect
 export const RESUME_WINDOW_MS = 45000; // unless the welcome says (resume_grace): how long the relay keeps our media
-export const ONLINE_SETTLE_MS = 1000; // after the "online" event, before resuming on a fresh socket
+// after the "online" event Chromium's WebRTC network list lags (0.5-2 s): look every
+// ONLINE_POLL_MS for a usable local address, resume as soon as there is one, at the latest
+// after ONLINE_WAIT_MAX_MS (join-signaling.js, networkReady)
+export const ONLINE_POLL_MS = 150;
+export const ONLINE_WAIT_MAX_MS = 3000;
 export const RECONNECT_PROBE_MS = 2000; // no answer to our reconnect: resume on a fresh socket
 // an address change on a live interface fires no browser event: the subscribe leg's media
 // stopping is the first sign, then the address its path used is checked (join-signaling.js)
@@ -14,6 +18,15 @@ export const PATH_CHECK_MS = 500; // how often the subscribe leg's received pack
 export const MEDIA_STALL_MS = 700; // no packet this long after a steady flow: check the path
 export const STEADY_PPS = 20; // a steady flow (audio alone is 50 packets a second)
 export const HOST_PROBE_MS = 400; // how long to look for the path's address among those usable now
+// no address to judge (a receive-only page, a path through TURN) or it is still there: ask the
+// relay (`media_check`) whether it keeps sending while nothing arrives
+export const MEDIA_CHECK_TIMEOUT_MS = 800; // no `media_status` by then: the socket is dead too
+export const MEDIA_CHECK_GAP_MS = 400; // between the two `media_check`s compared
+export const MEDIA_CHECK_MIN_SENT = 5; // the relay sent at least this many meanwhile: the path is dead
+// nothing heard on the socket this long: ask (`media_check`); no answer: it is dead (a TCP
+// connection from an address that is gone stays "open" for minutes while the media may have
+// found the new address by itself, as a receive-only page's any-address UDP socket does)
+export const SOCKET_QUIET_MS = 4000;
 export const RETRY_DELAYS_MS = Object.freeze([500, 1000, 2000, 4000, 8000]);
 // WebSocket close codes from the server (signaling/sessions.py); 4001 (media failed) reconnects
 export const CLOSE_REPLACED = 4000;
@@ -45,6 +58,13 @@ export function decodeTokenHint(token) {
   } catch {
     return {};
   }
+}
+
+/** `?ice=relay` on the join page's URL: this page's media goes through the relay's TURN servers
+ * only (RTCPeerConnection iceTransportPolicy "relay"), whatever the server's
+ * --ice-transport-policy says; a page can only tighten it. null: as the server says. */
+export function forcedIcePolicy(loc) {
+  return new URLSearchParams(loc.search).get("ice") === "relay" ? "relay" : null;
 }
 
 export function wsUrl(loc) {

@@ -12,28 +12,41 @@ import {
   HOST_PROBE_MS,
   LEG_REBUILD_TIMEOUT_MS,
   MAX_LEG_REBUILDS,
+  MEDIA_CHECK_GAP_MS,
+  MEDIA_CHECK_MIN_SENT,
+  MEDIA_CHECK_TIMEOUT_MS,
   MEDIA_STALL_MS,
-  ONLINE_SETTLE_MS,
+  ONLINE_POLL_MS,
+  ONLINE_WAIT_MAX_MS,
   PATH_CHECK_MS,
   PC_DISCONNECTED_GRACE_MS,
   RECONNECT_PROBE_MS,
   RESUME_WINDOW_MS,
   RETRY_DELAYS_MS,
+  SOCKET_QUIET_MS,
   STEADY_PPS,
   WELCOME_TIMEOUT_MS,
   endedText,
+  forcedIcePolicy,
   wsUrl,
 } from "./join-config.js";
 import { createAttempt } from "./join-state.js";
 import { $ } from "./join-ui.js";
 
 /** Trickle ICE: our candidates go to the relay as they are found (`candidate`), but only
- * after the offer or answer they belong to; until then they wait here. */
+ * after the offer or answer they belong to; until then they wait here. An end of gathering
+ * with no candidate at all is not told: right after a network change Chromium's network list
+ * may not have the interface yet (a relay-only leg then gathers nothing), it keeps gathering
+ * and trickles what it finds later, while the relay, told "no more", would fail the leg at
+ * once (and rebuild it, again and again). */
 export function trickle(pc, send) {
   const waiting = [];
   let ready = false;
+  let found = 0;
   pc.onicecandidate = (ev) => {
     const msg = ev.candidate && ev.candidate.candidate ? ev.candidate.toJSON() : null;
+    if (msg) found += 1;
+    else if (!found) return;
     if (ready) send(msg);
     else waiting.push(msg);
   };
@@ -45,24 +58,26 @@ export function trickle(pc, send) {
   };
 }
 
-/** Whether this browser's WebRTC can still use `address`: a UDP host candidate on it that a
- * throwaway connection gathers within `ms` (a removed address cannot be bound any more; TCP
- * "active" candidates are not bound, so they do not tell). */
-export async function addressUsable(address, ms) {
-  const pc = new RTCPeerConnection({ iceServers: [] });
-  const found = new Set();
+/** A gathered candidate's address, transport and type; the candidate line itself where the
+ * fields are missing (foundation component transport priority address port "typ" type). */
+function candidateFields(c) {
+  const bits = c.candidate.split(" ");
+  return { address: c.address || bits[4] || "", udp: (c.protocol || bits[2] || "").toLowerCase() === "udp", type: c.type || bits[7] };
+}
+
+/** What a throwaway connection gathers within `ms` (or until gathering ends): each candidate
+ * goes to `found`, which returns true when it has seen enough. Whether it had. */
+async function probeGathering(iceServers, ms, found) {
+  const pc = new RTCPeerConnection({ iceServers });
+  let enough = false;
   try {
     pc.createDataChannel("probe");
     const done = new Promise((resolve) => {
       const timer = setTimeout(resolve, ms);
       pc.onicecandidate = (ev) => {
         const c = ev.candidate;
-        // the candidate line itself where the fields are missing: foundation component
-        // transport priority address port "typ" type
-        const bits = c && c.candidate ? c.candidate.split(" ") : [];
-        const host = c ? c.address || bits[4] : null;
-        if (host && (c.protocol || bits[2] || "").toLowerCase() === "udp" && (c.type || bits[7]) === "host") found.add(host);
-        if (!c || !c.candidate || found.has(address)) resolve(clearTimeout(timer));
+        if (c && c.candidate && found(candidateFields(c))) enough = true;
+        if (!c || !c.candidate || enough) resolve(clearTimeout(timer));
       };
     });
     await pc.setLocalDescription(await pc.createOffer());
@@ -70,7 +85,39 @@ export async function addressUsable(address, ms) {
   } finally {
     pc.close();
   }
-  return found.has(address);
+  return enough;
+}
+
+/** Whether this browser's WebRTC can still use `address`: a UDP host candidate on it that a
+ * throwaway connection gathers within `ms` (a removed address cannot be bound any more; TCP
+ * "active" candidates are not bound, so they do not tell). */
+export function addressUsable(address, ms) {
+  return probeGathering([], ms, (c) => c.udp && c.type === "host" && c.address === address);
+}
+
+const LOOPBACK = /^(127\.|::1$|0\.0\.0\.0$)/;
+
+/** The relay's TURN servers over UDP asked as plain STUN servers (a Binding needs no
+ * credentials and allocates nothing), for a probe that needs a server-reflexive candidate. */
+function stunServers(iceServers) {
+  const urls = new Set();
+  for (const server of iceServers || []) {
+    for (const url of [].concat(server.urls || [])) {
+      const turn = /^turn:([^?]+)(?:\?transport=(\w+))?$/i.exec(url);
+      if (turn && (!turn[2] || turn[2].toLowerCase() === "udp")) urls.add(`stun:${turn[1]}`);
+      else if (/^stuns?:/i.test(url)) urls.add(url);
+    }
+  }
+  return urls.size ? [{ urls: [...urls] }] : [];
+}
+
+/** Whether this browser's WebRTC has a network to use (after the "online" event its network
+ * list lags the interface by 0.5-2 s): a throwaway connection gathers, within `ms`, a UDP host
+ * candidate on a real address (not loopback; an mDNS name stands for a real one), or, where
+ * host candidates are hidden (a receive-only page may get none), a server-reflexive one from
+ * the relay's STUN/TURN server. */
+export function networkReady(iceServers, ms) {
+  return probeGathering(stunServers(iceServers), ms, (c) => c.udp && (c.type === "srflx" || (c.type === "host" && !!c.address && !LOOPBACK.test(c.address))));
 }
 
 /** The subscribe leg's received packets and the local (base) address of its path, from
@@ -100,10 +147,34 @@ export function createSignaling(app) {
       const attempt = st.call;
       if (!attempt || attempt.closed || !attempt.welcomed || !attempt.wentOffline) return;
       attempt.wentOffline = false;
-      // after a moment: the browser's WebRTC network list follows the "online" event
       signaling.resume(attempt, "the network came back");
       clearTimeout(attempt.resumeTimer);
-      attempt.resumeTimer = setTimeout(() => signaling.openSocket(attempt, true), ONLINE_SETTLE_MS);
+      signaling.resumeWhenNetworkReady(attempt);
+    },
+
+    /** The browser's WebRTC network list follows the "online" event: legs started before it
+     * has the interface gather nothing usable. Look for a usable local address every
+     * ONLINE_POLL_MS and resume on a fresh socket as soon as there is one (at the latest
+     * after ONLINE_WAIT_MAX_MS). */
+    async resumeWhenNetworkReady(attempt) {
+      const seq = (attempt.onlineSeq = (attempt.onlineSeq || 0) + 1);
+      const started = Date.now();
+      let ready = false;
+      for (let i = 0; i <= Math.ceil(ONLINE_WAIT_MAX_MS / ONLINE_POLL_MS); i++) {
+        const left = ONLINE_WAIT_MAX_MS - (Date.now() - started);
+        if (left <= 0) break;
+        const looked = Date.now();
+        try {
+          ready = await networkReady(attempt.pcConfig && attempt.pcConfig.iceServers, Math.min(HOST_PROBE_MS, left));
+        } catch (err) {
+          console.warn("parley: network probe failed:", err);
+        }
+        if (ready || attempt.closed || attempt.onlineSeq !== seq || !attempt.resuming) break;
+        await new Promise((resolve) => setTimeout(resolve, Math.max(0, ONLINE_POLL_MS - (Date.now() - looked))));
+      }
+      if (attempt.closed || attempt.onlineSeq !== seq || !attempt.resuming) return;
+      console.info(`parley: network ${ready ? "ready" : "not seen ready"} ${Date.now() - started} ms after "online"; resuming`);
+      signaling.openSocket(attempt, true);
     },
 
     send(attempt, msg) {
@@ -133,8 +204,12 @@ export function createSignaling(app) {
       }
       const ws = new WebSocket(wsUrl(location));
       attempt.ws = ws;
-      ws.onopen = () => signaling.send(attempt, { type: "join", token: st.token, name: st.name, ...(resume ? { resume: true } : {}) });
+      ws.onopen = () => {
+        attempt.heardAt = Date.now();
+        signaling.send(attempt, { type: "join", token: st.token, name: st.name, ...(resume ? { resume: true } : {}) });
+      };
       ws.onmessage = (ev) => {
+        if (attempt.ws === ws) attempt.heardAt = Date.now();
         let msg;
         try {
           msg = JSON.parse(ev.data);
@@ -225,6 +300,9 @@ export function createSignaling(app) {
         case "reconnect":
           if (msg.pc === "publish" || msg.pc === "subscribe") signaling.rebuildLeg(attempt, msg.pc);
           return;
+        case "media_status":
+          if (attempt.statusWaiter) attempt.statusWaiter(msg);
+          return;
         case "answer":
           if (msg.pc === "publish" && attempt.answerWaiter) attempt.answerWaiter.resolve(msg);
           return;
@@ -297,14 +375,18 @@ export function createSignaling(app) {
       }
       const config = {
         iceServers: msg.ice_servers || [],
-        iceTransportPolicy: msg.ice_transport_policy || "all",
+        iceTransportPolicy: forcedIcePolicy(location) || msg.ice_transport_policy || "all",
         bundlePolicy: "max-bundle",
       };
       attempt.pcConfig = config;
       signaling.newPc(attempt, "publish");
       signaling.newPc(attempt, "subscribe");
       attempt.flow = {};
-      attempt.pathTimer = setInterval(() => signaling.checkPath(attempt), PATH_CHECK_MS);
+      attempt.pathTimer = setInterval(() => {
+        // the socket first: a path check under way (it may ask the relay too) holds it back
+        signaling.checkSocket(attempt);
+        signaling.checkPath(attempt);
+      }, PATH_CHECK_MS);
       app.publisher.publishLocal(attempt);
       // the server starts a (re)joined participant with nothing turned off
       const local = st.local;
@@ -387,11 +469,14 @@ export function createSignaling(app) {
     /** An address change on a live interface fires no browser event and the old path just
      * goes silent (the peer connections notice after about 5 s, then 4 s more): when the
      * subscribe leg's steady media stops for MEDIA_STALL_MS, look whether the local address of
-     * its path is still usable; if not, resume on a fresh socket at once and have both legs
-     * rebuilt. A stall on an address still there (everybody muted) changes nothing. */
+     * its path is still usable (the fast path); if it is gone, resume on a fresh socket at
+     * once and have both legs rebuilt. Where there is no address to judge (a receive-only page
+     * sees mDNS names or none, a path through TURN has the TURN server's) or it is still
+     * there, ask the relay (`media_check`): no answer, or packets sent that never arrived,
+     * resumes the same way. A stall with nothing sent (everybody muted) changes nothing. */
     async checkPath(attempt) {
       const pc = attempt.subscribe;
-      if (attempt.closed || attempt.checkingPath || attempt.resuming || !pc || pc.connectionState !== "connected") return;
+      if (attempt.closed || attempt.checkingPath || attempt.checkingSocket || attempt.resuming || !pc || pc.connectionState !== "connected") return;
       attempt.checkingPath = true;
       try {
         const { packets, address } = await pathStats(pc);
@@ -404,24 +489,89 @@ export function createSignaling(app) {
         }
         if (packets > flow.packets) {
           const rate = ((packets - flow.packets) * 1000) / Math.max(1, now - flow.at);
-          attempt.flow = { pc, packets, at: now, steady: rate >= STEADY_PPS };
+          // a steady flow stays steady while packets come: the look that spans the moment
+          // the path went away sees only the last few (over TCP to a TURN server, a trickle)
+          attempt.flow = { pc, packets, at: now, steady: rate >= STEADY_PPS || flow.steady };
           return;
         }
         if (!flow.steady || now - flow.at < MEDIA_STALL_MS) return;
         flow.steady = false; // one look per stall
         // only a real address can be compared (mDNS names differ for every connection)
-        if (!address || address.endsWith(".local")) return;
-        const usable = await addressUsable(address, HOST_PROBE_MS);
-        if (usable || attempt.closed || attempt.subscribe !== pc) return;
-        console.warn(`parley: the local address ${address} is gone; resuming`);
-        attempt.staleLegs = ["publish", "subscribe"].filter((label) => attempt[label] && attempt[label].connectionState !== "new");
-        signaling.resume(attempt, `the local address ${address} is gone`);
-        signaling.openSocket(attempt, true); // at once: the old socket used that address too
+        if (address && !address.endsWith(".local")) {
+          const usable = await addressUsable(address, HOST_PROBE_MS);
+          if (attempt.closed || attempt.subscribe !== pc) return;
+          if (!usable) return signaling.pathLost(attempt, `the local address ${address} is gone`);
+        }
+        const why = await signaling.relaySaysPathDead(attempt, pc, packets);
+        if (why && !attempt.closed && attempt.subscribe === pc && !attempt.resuming) signaling.pathLost(attempt, why);
       } catch (err) {
         console.warn("parley: path check failed:", err);
       } finally {
         attempt.checkingPath = false;
       }
+    },
+
+    /** Nothing heard on the socket for SOCKET_QUIET_MS: ask the relay (`media_check`); no
+     * answer means the socket is dead though the browser still calls it open (its address is
+     * gone, and the media may have moved to the new one by itself): resume on a fresh one. */
+    async checkSocket(attempt) {
+      if (attempt.closed || attempt.checkingPath || attempt.checkingSocket || attempt.resuming || !attempt.welcomed) return;
+      if (!attempt.ws || attempt.ws.readyState !== WebSocket.OPEN || Date.now() - attempt.heardAt < SOCKET_QUIET_MS) return;
+      attempt.checkingSocket = true;
+      try {
+        const status = await signaling.mediaStatus(attempt, MEDIA_CHECK_TIMEOUT_MS);
+        if (status || attempt.closed || attempt.resuming) return;
+        const why = "no answer to media_check on a quiet socket";
+        // the subscribe leg silent too: its path went with the socket's, have both rebuilt
+        const flow = attempt.flow || {};
+        if (flow.pc && flow.pc === attempt.subscribe && Date.now() - flow.at > MEDIA_STALL_MS) return signaling.pathLost(attempt, why);
+        signaling.resume(attempt, why);
+        signaling.openSocket(attempt, true);
+      } finally {
+        attempt.checkingSocket = false;
+      }
+    },
+
+    /** The path of both legs is gone: resume on a fresh socket at once (the old one most
+     * likely used the same path) and have the legs rebuilt after the `resumed` welcome. */
+    pathLost(attempt, why) {
+      console.warn(`parley: ${why}; resuming`);
+      attempt.staleLegs = ["publish", "subscribe"].filter((label) => attempt[label] && attempt[label].connectionState !== "new");
+      signaling.resume(attempt, why);
+      signaling.openSocket(attempt, true);
+    },
+
+    /** The relay's `media_status` for our subscribe leg, or null when none comes within `ms`
+     * (or the socket is not open). One question at a time (checkPath runs one at a time). */
+    mediaStatus(attempt, ms) {
+      if (!attempt.ws || attempt.ws.readyState !== WebSocket.OPEN) return Promise.resolve(null);
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => answered(null), ms);
+        const answered = (msg) => {
+          clearTimeout(timer);
+          if (attempt.statusWaiter === answered) attempt.statusWaiter = null;
+          resolve(msg);
+        };
+        attempt.statusWaiter = answered;
+        signaling.send(attempt, { type: "media_check" });
+      });
+    },
+
+    /** Why the subscribe leg's path is dead as the relay tells (null: not dead, or not ours to
+     * judge): no answer to `media_check` (the socket is gone too, as after an address change),
+     * or the relay sent MEDIA_CHECK_MIN_SENT packets or more between two answers while none
+     * arrived (`packets`: what the leg had received when it stalled). */
+    async relaySaysPathDead(attempt, pc, packets) {
+      const first = await signaling.mediaStatus(attempt, MEDIA_CHECK_TIMEOUT_MS);
+      if (!first) return "no answer to media_check";
+      if (!first.connected) return null; // the relay rebuilds that leg itself (its reconnect follows)
+      await new Promise((resolve) => setTimeout(resolve, MEDIA_CHECK_GAP_MS));
+      if (attempt.closed || attempt.subscribe !== pc) return null;
+      const second = await signaling.mediaStatus(attempt, MEDIA_CHECK_TIMEOUT_MS);
+      if (!second) return "no answer to media_check";
+      if ((await pathStats(pc)).packets > packets) return null; // media is back
+      const sent = second.sent - first.sent;
+      return sent >= MEDIA_CHECK_MIN_SENT ? `the relay sent ${sent} packets that never arrived` : null;
     },
 
     watchPc(attempt, label, pc) {

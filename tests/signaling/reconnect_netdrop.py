@@ -26,6 +26,7 @@ from playwright import sync_api  # noqa: E402
 from tests.signaling.browser_support import (  # noqa: E402
     CHROMIUM,
     CHROMIUM_ARGS,
+    PAIRS_JS,
     ParleyServer,
     media_stats,
     participant_id,
@@ -40,6 +41,11 @@ MODE = os.environ.get("PARLEY_NETDROP_MODE", "down")
 """``down``: v1 down, then up again; ``readdress``: v1 down, then up with another address
 (NEW_IP, as after moving to another network); ``switch``: the address changes while v1 stays
 up (the old one removed, the new one added at once; DROP_SECONDS unused)."""
+CARL = os.environ.get("PARLEY_NETDROP_CARL", "av")
+"""How Carl joins: ``av`` with camera and microphone; ``recvonly`` with neither granted (he
+only receives, and Chromium hides his host addresses); ``turn`` with both, relay-only through
+the embedded TURN server over TCP (the join page's ``?ice=relay``; the server hands out only
+its TCP TURN URL)."""
 NEW_IP = "10.201.0.3"
 AV = ("camera", "microphone")
 TRACE_JS = """
@@ -68,6 +74,20 @@ TRACE_JS = """
 })();
 """
 
+
+SOCKET_JS = """
+() => new Promise((resolve) => {
+  const ws = window.parley.ws;
+  if (!ws || ws.readyState !== WebSocket.OPEN) return resolve(false);
+  const done = (answered) => { clearTimeout(timer); ws.removeEventListener("message", on); resolve(answered); };
+  const on = (e) => { if (String(e.data).includes('"media_status"')) done(true); };
+  const timer = setTimeout(() => done(false), 1500);
+  ws.addEventListener("message", on);
+  ws.send(JSON.stringify({type: "media_check"}));
+})
+"""
+"""Whether the page's current WebSocket carries an answer from the relay (a socket whose
+address is gone stays "open" in the browser for minutes)."""
 
 SEES_JS = """
 (id) => [window.parley.participants.some((p) => p.participant_id === id),
@@ -106,6 +126,23 @@ def frames(page: Any, key: str) -> int:
     return int(stats["packetsReceived" if key.endswith("/microphone") else "framesDecoded"])
 
 
+def media_back(rises: list[float], down_at: float, up_at: float) -> float | None:
+    """Seconds from the network coming up (or the address changing) to the end of the longest
+    gap in ``rises`` (the times a counter went up) since the drop, when that gap ends after it
+    and media kept coming (3 more rises); otherwise, once it has flowed without a 0.5 s gap
+    until 1.5 s after, to the first rise 0.3 s after it (the media never stopped). A few packets or frames still in flight when the path went (over
+    TCP to a TURN server, say) do not count as media back."""
+    times = [t for t in rises if t < down_at][-1:] + [t for t in rises if t >= down_at]
+    gaps = [(b - a, b) for a, b in zip(times, times[1:], strict=False)]
+    longest, end = max(gaps, default=(0.0, 0.0))
+    if longest >= 0.5 and end > up_at:
+        return round(end - up_at, 2) if len([t for t in times if t > end]) >= 3 else None
+    if not times or times[-1] < up_at + 1.5:
+        return None  # too early to tell a short hiccup from the start of a gap
+    after = [t for t in rises if t > up_at + 0.3]
+    return round(after[0] - up_at, 2)
+
+
 def main() -> int:
     holder = namespace_b()
     in_b = ["nsenter", f"--net=/proc/{holder.pid}/ns/net"]
@@ -115,12 +152,17 @@ def main() -> int:
     server = ParleyServer()
     origin = f"http://{SERVER_IP}:{server.port}"
     server.extra = ["--host", "0.0.0.0", "--public-url", origin, "--media-address", SERVER_IP]
+    if CARL == "turn":
+        server.extra += ["--turn-transports", "tcp"]
     args = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={origin}"]
+    # receive-only: no prompt answered for him (the others' fake UI accepts every prompt)
+    carl_args = [a for a in args if a != "--use-fake-ui-for-media-stream" or CARL != "recvonly"]
+    sends = CARL != "recvonly"
     server.start()
     try:
         with sync_api.sync_playwright() as p:
             here = p.chromium.launch(executable_path=CHROMIUM, args=args)
-            there = p.chromium.launch(executable_path=str(wrapper), args=args)
+            there = p.chromium.launch(executable_path=str(wrapper), args=carl_args)
             session = server.create_session("netdrop")
             sue_url = server.api(
                 "POST",
@@ -128,12 +170,14 @@ def main() -> int:
                 {"role": "agent", "name": "Sue"},
             )["url"]
             pages: dict[str, Any] = {}
+            carl_url = session["customer_url"] + ("?ice=relay" if CARL == "turn" else "")
             for browser, url, name in (
                 (here, session["agent_url"], "Alice"),
-                (there, session["customer_url"], "Carl"),
+                (there, carl_url, "Carl"),
                 (here, sue_url, "Sue"),
             ):
-                page = browser.new_context(permissions=["camera", "microphone"]).new_page()
+                granted = ["camera", "microphone"] if name != "Carl" or sends else []
+                page = browser.new_context(permissions=granted).new_page()
                 if name == "Carl" and os.environ.get("PARLEY_NETDROP_CONSOLE"):
                     page.add_init_script(TRACE_JS)
                 page.set_default_timeout(20_000)
@@ -145,9 +189,12 @@ def main() -> int:
             console: list[tuple[float, str]] = []
             pages["Carl"].on("console", lambda m: console.append((time.monotonic(), m.text)))
             ids = {name: participant_id(page) for name, page in pages.items()}
+            senders = [n for n in pages if n != "Carl" or sends]
             for name, page in pages.items():
-                wait_for_media(page, {ids[o]: AV for o in pages if o != name}, timeout=40)
+                wait_for_media(page, {ids[o]: AV for o in senders if o != name}, timeout=40)
             attempts = {n: pg.evaluate("() => window.parley.attempts") for n, pg in pages.items()}
+            carl_sends = pages["Carl"].evaluate("() => window.parley.localTracks.length") > 0
+            carl_path = pages["Carl"].evaluate(PAIRS_JS)["subscribe"]["local"]
             watched = {
                 "Alice <- Carl": (pages["Alice"], f"{ids['Carl']}/camera"),
                 "Carl <- Alice": (pages["Carl"], f"{ids['Alice']}/camera"),
@@ -155,6 +202,8 @@ def main() -> int:
                 "Alice <- Carl audio": (pages["Alice"], f"{ids['Carl']}/microphone"),
                 "Carl <- Alice audio": (pages["Carl"], f"{ids['Alice']}/microphone"),
             }
+            if not sends:
+                del watched["Alice <- Carl"], watched["Alice <- Carl audio"]
             rises: dict[str, list[float]] = {k: [] for k in watched}
             last = {k: -1 for k in watched}
 
@@ -192,14 +241,26 @@ def main() -> int:
             up_at = time.monotonic()
             for _ in range(300):  # bounded: about 30 s after the network is back
                 sample()
-                if all(rises[k] and rises[k][-1] > up_at + 0.5 for k in watched):
+                if all(media_back(rises[k], down_at, up_at) is not None for k in watched):
                     break
                 pages["Sue"].wait_for_timeout(100)
-            figures: dict[str, Any] = {"mode": MODE, "drop_s": DROP_SECONDS}
+            signaling_back = None
+            for _ in range(20):  # bounded: 20 questions of at most 1.5 s
+                if pages["Carl"].evaluate(SOCKET_JS):
+                    signaling_back = round(time.monotonic() - up_at, 2)
+                    break
+                pages["Sue"].wait_for_timeout(500)
+            figures: dict[str, Any] = {
+                "mode": MODE,
+                "Carl's signaling answers after network up (s)": signaling_back,
+                "carl": CARL,
+                "drop_s": DROP_SECONDS,
+                "Carl sends": carl_sends,
+                "Carl's subscribe path (local side)": carl_path,
+            }
             for key in watched:
-                after = [t for t in rises[key] if t > up_at + 0.3]
-                figures[f"{key}: media back after network up (s)"] = (
-                    round(after[0] - up_at, 2) if after else None
+                figures[f"{key}: media back after network up (s)"] = media_back(
+                    rises[key], down_at, up_at
                 )
                 before = [t for t in rises[key] if t < down_at][-1:]
                 times = before + [t for t in rises[key] if t >= down_at]
@@ -227,6 +288,8 @@ def main() -> int:
             print(json.dumps(figures))
             ok = (
                 all(figures[f"{k}: media back after network up (s)"] is not None for k in watched)
+                and carl_sends == sends
+                and signaling_back is not None
                 and figures["Sue <- Alice: longest gap (s)"] < 2.0
                 and figures["full reconnects"] == {n: 0 for n in pages}
                 and figures["Sue: Carl listed throughout the drop"]

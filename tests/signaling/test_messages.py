@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from parley.signaling import messages
 from parley.signaling.errors import SignalingError
-from parley.signaling.messages import Answer, End, Join, Leave, Offer
+from parley.signaling.messages import Answer, End, Join, Leave, MediaCheck, Offer
 
 
 def text(data: Any) -> str:
@@ -33,6 +33,8 @@ def test_offer_answer_leave_end() -> None:
     assert messages.parse(text(answer)) == Answer("subscribe", "v=0")
     assert messages.parse(text({"type": "leave"})) == Leave()
     assert messages.parse(b'{"type": "end"}') == End()
+    # extra fields are ignored, as for every message
+    assert messages.parse(text({"type": "media_check", "x": 1})) == MediaCheck()
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,9 @@ from tests.signaling.browser_support import chromium_available
 SCRIPT = Path(__file__).with_name("reconnect_netdrop.py")
 
 
-def run_scenario(mode: str) -> dict[str, object]:
-    """Run reconnect_netdrop.py in a network namespace of its own; its figures."""
+def run_scenario(mode: str, carl: str = "av") -> dict[str, object]:
+    """Run reconnect_netdrop.py in a network namespace of its own; its figures. ``carl``: how
+    the dropped participant joins (``av``, ``recvonly``, ``turn``: PARLEY_NETDROP_CARL)."""
     if not chromium_available():
         pytest.skip("Debian chromium is not installed; scripts/setup.sh test installs it")
     if os.geteuid() != 0 or not all(shutil.which(t) for t in ("unshare", "nsenter", "ip")):
@@ -39,7 +40,12 @@ def run_scenario(mode: str) -> dict[str, object]:
         capture_output=True,
         text=True,
         timeout=150,
-        env={**os.environ, "PARLEY_NETDROP_MODE": mode, "PARLEY_NETDROP_SECONDS": "10"},
+        env={
+            **os.environ,
+            "PARLEY_NETDROP_MODE": mode,
+            "PARLEY_NETDROP_CARL": carl,
+            "PARLEY_NETDROP_SECONDS": "10",
+        },
     )
     lines = proc.stdout.strip().splitlines()
     assert lines, proc.stderr[-3000:]
@@ -69,4 +75,32 @@ def test_a_participant_whose_address_changes_gets_media_back_without_a_reload(mo
     assert figures["full reconnects"] == {"Alice": 0, "Carl": 0, "Sue": 0}
     for key in ("Alice <- Carl", "Carl <- Alice", "Alice <- Carl audio", "Carl <- Alice audio"):
         assert figures[f"{key}: media back after network up (s)"] is not None, key
+    assert figures["Sue: Carl listed throughout the drop"] is True
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize(
+    ("mode", "carl"), [("switch", "recvonly"), ("switch", "turn"), ("readdress", "turn")]
+)
+def test_a_participant_with_no_address_to_judge_gets_media_back_after_an_address_change(
+    mode: str, carl: str
+) -> None:
+    """The page cannot tell from its path's local address that the path is gone: Carl only
+    receives (no camera or microphone granted: Chromium hides his host addresses), or his
+    media goes through the embedded TURN server over TCP (the page's ``?ice=relay``; the local
+    side of his path is the TURN server's). His page asks the relay (``media_check``)."""
+    figures = run_scenario(mode, carl)
+    assert figures["full reconnects"] == {"Alice": 0, "Carl": 0, "Sue": 0}
+    path = figures["Carl's subscribe path (local side)"]
+    assert isinstance(path, dict)
+    if carl == "turn":
+        assert (path["candidateType"], path["relayProtocol"]) == ("relay", "tcp"), path
+        keys = ["Alice <- Carl", "Carl <- Alice", "Alice <- Carl audio", "Carl <- Alice audio"]
+    else:
+        assert figures["Carl sends"] is False
+        assert path["candidateType"] != "host", path
+        keys = ["Carl <- Alice", "Carl <- Alice audio"]
+    for key in keys:
+        assert figures[f"{key}: media back after network up (s)"] is not None, key
+    assert figures["Sue <- Alice: longest gap (s)"] < 2.0  # type: ignore[operator]
     assert figures["Sue: Carl listed throughout the drop"] is True
