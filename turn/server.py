@@ -43,6 +43,16 @@ ALLOCATE_TIMEOUT = (
     60.0  # close TCP/TLS connections that have no allocation after this (coturn: 60 s)
 )
 TIMER_MAX_SLEEP = 1.0
+KEEPALIVE_IDLE = 15
+"""Seconds a TCP/TLS client connection may be silent before the kernel probes it."""
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_PROBES = 3
+USER_TIMEOUT = 20.0
+"""Seconds data sent to a TCP/TLS client may stay unacknowledged before the connection is
+dropped (TCP_USER_TIMEOUT). A client whose network vanished sends no FIN: without this, and
+the keepalive above, its allocations would stay until the kernel gave up retransmitting
+(about 15 minutes) or their lifetime ended, and a participant that drops repeatedly would run
+into its allocation quota."""
 
 
 def _set_buffers(sock: socket.socket, size: int) -> None:
@@ -129,6 +139,28 @@ class _RelayProtocol(asyncio.DatagramProtocol):
         logger.debug("relay socket error: %s", exc)
 
 
+def watch_for_dead_peer(sock: Any) -> None:
+    """Let the kernel find a client connection whose peer vanished: keepalive probes when it is
+    silent, and :data:`USER_TIMEOUT` for data that is never acknowledged (Linux options; where
+    one is missing the connection simply lives until its allocation expires)."""
+    if sock is None:
+        return
+    options = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), KEEPALIVE_IDLE),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), KEEPALIVE_INTERVAL),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), KEEPALIVE_PROBES),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), int(USER_TIMEOUT * 1000)),
+    ]
+    for level, option, value in options:
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(level, option, value)
+        except OSError as exc:
+            logger.debug("TURN: socket option %s not set: %s", option, exc)
+
+
 class _StreamConnection(asyncio.Protocol):
     """One TCP or TLS client connection: frames STUN and ChannelData (RFC 8656 §12.5)."""
 
@@ -144,6 +176,7 @@ class _StreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, hence the cast
         self.transport = cast(asyncio.Transport, transport)
+        watch_for_dead_peer(transport.get_extra_info("socket"))
         peer = _norm(transport.get_extra_info("peername"))
         local = _norm(transport.get_extra_info("sockname"))
         self.ft = FiveTuple(self.kind, peer, local)

@@ -30,8 +30,10 @@ class TurnTestClient:
         password: str | None = None,
         transport: str = "udp",
         ssl_context: ssl.SSLContext | None = None,
+        local_addr: tuple[str, int] | None = None,
     ) -> None:
         self.server = server
+        self.local_addr = local_addr
         self.username = username
         self.password = password
         self.transport_kind = transport
@@ -54,7 +56,9 @@ class TurnTestClient:
             self._udp = udp  # type: ignore[assignment]
         else:
             reader, writer = await asyncio.open_connection(
-                *self.server, ssl=self.ssl_context if self.transport_kind == "tls" else None
+                *self.server,
+                ssl=self.ssl_context if self.transport_kind == "tls" else None,
+                local_addr=self.local_addr,
             )
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read_stream(reader))

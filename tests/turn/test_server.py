@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import socket
 import ssl
+import subprocess
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -16,6 +19,7 @@ from aioice.turn import create_turn_endpoint
 from parley.turn import stun
 from parley.turn.credentials import rest_credentials
 from parley.turn.server import TurnServer
+from tests.media_client import wait_for
 from tests.turn.client import TurnTestClient
 from tests.turn.conftest import SECRET, USER, EchoPeer
 
@@ -394,3 +398,63 @@ async def test_tcp_connection_without_allocation_is_closed_after_timeout(
             await asyncio.sleep(0.2)
             assert not busy.closed.is_set()
             assert (await busy.request(stun.REFRESH, {stun.LIFETIME: 600})).cls == stun.SUCCESS
+
+
+def _only_loopback_here() -> bool:
+    """True in a network namespace of the test's own (only ``lo``): safe to add interfaces."""
+    return [name for _index, name in socket.if_nameindex()] == ["lo"]
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("ip") or not _only_loopback_here(),
+    reason="needs root and a network namespace of its own (scripts/test.sh runs in one)",
+)
+@pytest.mark.parametrize(
+    ("transport", "vanish"), [("tcp", "idle"), ("tcp", "sending"), ("tls", "idle")]
+)
+async def test_a_tcp_client_whose_network_vanishes_loses_its_allocation_soon(
+    turn_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tls_files: tuple[Path, Path],
+    transport: str,
+    vanish: str,
+) -> None:
+    """The client's address disappears (no FIN, no RST reaches the server): keepalive probes
+    (idle) or the user timeout (data the server sends is never acknowledged) end the connection,
+    and with it the allocation, instead of it lasting until its lifetime or ~15 min."""
+    from parley.turn import server as turn_server_module
+
+    monkeypatch.setattr(turn_server_module, "KEEPALIVE_IDLE", 1)
+    monkeypatch.setattr(turn_server_module, "KEEPALIVE_INTERVAL", 1)
+    monkeypatch.setattr(turn_server_module, "KEEPALIVE_PROBES", 2)
+    monkeypatch.setattr(turn_server_module, "USER_TIMEOUT", 3.0)
+    address = "10.77.0.1"
+    subprocess.run(
+        ["ip", "link", "add", "pvanish0", "type", "veth", "peer", "name", "pvanish1"], check=True
+    )
+    try:
+        subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", "pvanish0"], check=True)
+        subprocess.run(["ip", "link", "set", "pvanish0", "up"], check=True)
+        cert, key = tls_files
+        async with turn_server(tls_cert=str(cert), tls_key=str(key)) as server:
+            port = server.tls_port if transport == "tls" else server.udp_port
+            assert port is not None
+            client = TurnTestClient(
+                ("127.0.0.1", port),
+                *USER,
+                transport,
+                ssl_context=client_tls_context(cert),
+                local_addr=(address, 0),
+            )
+            async with client:
+                assert (await client.allocate()).cls == stun.SUCCESS
+                assert len(server.handler.allocations) == 1
+                subprocess.run(["ip", "link", "del", "pvanish0"], check=True)
+                if vanish == "sending":
+                    # a request whose answer can no longer be delivered
+                    data, _tid = client.build(stun.REFRESH, {stun.LIFETIME: 600})
+                    client.send_raw(data)
+                gone = await wait_for(lambda: len(server.handler.allocations) == 0, 20)
+                assert gone, "the allocation outlived its client's network"
+    finally:
+        subprocess.run(["ip", "link", "del", "pvanish0"], capture_output=True)
