@@ -14,7 +14,8 @@ consumers sending on real loopback sockets). Modes, interleaved ``--repeat`` tim
 
 Printed: process CPU time (user + system, everything: sender, relay path, kernel delivery) per
 forwarded datagram. The sender's share is the same in every mode, so differences are the read
-and write paths'. Compiled packet path only.
+and write paths'. The batched modes need the compiled packet path; with the pure one
+(``PARLEY_PURE_PYTHON=1``) only ``uvloop`` runs (``--modes`` picks some).
 """
 
 from __future__ import annotations
@@ -109,14 +110,14 @@ async def run_mode(mode: str, consumers: int, bursts: int, burst: int) -> float:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    results: dict[str, list[float]] = {m: [] for m in MODES}
+    results: dict[str, list[float]] = {m: [] for m in args.modes}
     for _ in range(args.repeat):
-        for mode in MODES:
+        for mode in args.modes:
             results[mode].append(await run_mode(mode, args.consumers, args.bursts, args.burst))
     load = os.getloadavg()[0]
     print(
         f"consumers={args.consumers} burst={args.burst} bursts={args.bursts} "
-        f"repeat={args.repeat} load={load:.1f}"
+        f"repeat={args.repeat} load={load:.1f} packet_path={accel.IMPLEMENTATION}"
     )
     for mode, values in results.items():
         values.sort()
@@ -132,9 +133,17 @@ def main() -> None:
     p.add_argument("--burst", type=int, default=4, help="datagrams per frame")
     p.add_argument("--bursts", type=int, default=3000)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument(
+        "--modes",
+        type=lambda text: tuple(text.split(",")),
+        default=MODES if accel.Reader is not None else ("uvloop",),
+        help=f"comma-separated, of {', '.join(MODES)} (default: all the packet path can run)",
+    )
     args = p.parse_args()
-    if accel.Reader is None:
-        raise SystemExit("the compiled packet path is not built (or PARLEY_PURE_PYTHON is set)")
+    if unknown := set(args.modes) - set(MODES):
+        raise SystemExit(f"unknown modes: {', '.join(sorted(unknown))}")
+    if accel.Reader is None and set(args.modes) - {"uvloop"}:
+        raise SystemExit("the batched modes need the compiled packet path (no PARLEY_PURE_PYTHON)")
     import uvloop
 
     uvloop.run(main_async(args))
