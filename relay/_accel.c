@@ -1768,13 +1768,13 @@ static PyTypeObject MissingPacketsType = {
 
 #define IN_PYTHON 1   /* not the common case: nothing was done, the Python path takes it */
 #define IN_NACK 2     /* packets went missing: send a NACK */
-#define IN_QUALITY 4  /* relay.quality needs this packet (a frame's end or start, a level) */
+#define IN_QUALITY 4  /* relay.quality needs this packet (a frame's end, a key frame, a level) */
 #define IN_SLOW 8     /* consumers left to the Python path: ``slow``, with ``abs_send_time`` */
 #define IN_LATENCY 16 /* a sampled forward latency is in ``latency`` */
 
 #define QUALITY_NONE 0
 #define QUALITY_VIDEO 1 /* frame ends (marker) */
-#define QUALITY_VP8 2   /* frame ends and starts (S bit: perhaps a key frame's resolution) */
+#define QUALITY_VP8 2   /* frame ends and key frames' first packets (their resolution) */
 #define QUALITY_AUDIO 3 /* packets with an audio level */
 
 typedef struct {
@@ -1852,6 +1852,40 @@ static long abs_send_time_of(const struct timespec *now) {
     return (long)(((secs << 18) | frac) & 0xFFFFFF);
 }
 
+/* whether relay.quality.vp8_resolution finds a key frame's size in this payload (RFC 6386 9.1,
+ * RFC 7741 4.2): the first packet of a key frame */
+static int vp8_keyframe_start(const unsigned char *p, Py_ssize_t n) {
+    if (n < 2) {
+        return 0;
+    }
+    unsigned char first = p[0];
+    if (!(first & 0x10) || (first & 0x07)) {
+        return 0;
+    }
+    Py_ssize_t pos = 1;
+    if (first & 0x80) {
+        unsigned char ext = p[1];
+        pos = 2;
+        if (ext & 0x80) {
+            if (n <= pos) {
+                return 0;
+            }
+            pos += (p[pos] & 0x80) ? 2 : 1;
+        }
+        if (ext & 0x40) {
+            pos++;
+        }
+        if (ext & 0x30) {
+            pos++;
+        }
+    }
+    if (n - pos < 10) {
+        return 0;
+    }
+    const unsigned char *h = p + pos;
+    return !(h[0] & 0x01) && h[3] == 0x9d && h[4] == 0x01 && h[5] == 0x2a;
+}
+
 static int get_small(PyObject *obj, PyObject *name, long long *out) {
     PyObject *value = PyObject_GetAttr(obj, name);
     if (value == NULL) {
@@ -1898,7 +1932,7 @@ static PyObject *Inbound_receive(Inbound *self, PyObject *const *args, Py_ssize_
     self->octets += (unsigned long long)size;
     switch (self->quality) {
     case QUALITY_VP8:
-        if (size > 0 && (PyBytes_AS_STRING(f.payload)[0] & 0x10)) {
+        if (vp8_keyframe_start((const unsigned char *)PyBytes_AS_STRING(f.payload), size)) {
             flags |= IN_QUALITY;
         }
         /* fall through */

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import pylibsrtp
 
+from .quality import vp8_resolution
 from .rtp import RtpIn, RtpLike, parse_rtp, rewrite_rtp
 from .rtpstats import PyMissingPackets, PyReceiveStatistics
 
@@ -282,7 +283,8 @@ the producer's Python path takes the packet."""
 IN_NACK: Final = 2
 """Packets went missing before this one: send a NACK (``nack.missing``)."""
 IN_QUALITY: Final = 4
-"""``relay.quality`` needs this packet (a video frame's end or start, an audio level)."""
+"""``relay.quality`` needs this packet (a video frame's end, a VP8 key frame's first packet,
+an audio level)."""
 IN_SLOW: Final = 8
 """Consumers were left to the Python path: ``slow``, to be sent with ``abs_send_time``."""
 IN_LATENCY: Final = 16
@@ -292,7 +294,7 @@ QUALITY_NONE: Final = 0
 QUALITY_VIDEO: Final = 1
 """Video: frame ends (marker bit) go to relay.quality."""
 QUALITY_VP8: Final = 2
-"""VP8: frame ends and frame starts (S bit, perhaps a key frame's resolution)."""
+"""VP8: frame ends and the first packets of key frames (their resolution)."""
 QUALITY_AUDIO: Final = 3
 """Audio: packets with an audio level (the speech tracker)."""
 
@@ -366,7 +368,13 @@ class PyInbound:
             if packet.audio_level is not None:
                 flags |= IN_QUALITY
         elif quality and (
-            packet.marker or (quality == QUALITY_VP8 and payload and payload[0] & 0x10)
+            packet.marker
+            or (
+                quality == QUALITY_VP8
+                and payload
+                and payload[0] & 0x10
+                and vp8_resolution(payload) is not None
+            )
         ):
             flags |= IN_QUALITY
         self.slow = None

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parley.relay import accel
+from parley.relay.quality import vp8_resolution
 from parley.relay.rtp import RtpIn
 from parley.relay.rtpstats import PyMissingPackets, PyReceiveStatistics
 
@@ -146,6 +147,26 @@ class SlowConsumer:
 
 
 @st.composite
+def vp8_payloads(draw: st.DrawFn) -> bytes:
+    """Payloads at and near a VP8 key frame's first packet: a payload descriptor (RFC 7741
+    4.2) with or without its extensions, then a frame tag (key or not), perhaps cut short."""
+    first = draw(st.sampled_from([0x10, 0x90, 0x30, 0xB0, 0x11, 0x00, 0x80]))
+    descriptor = bytes([first])
+    if first & 0x80:
+        ext = draw(st.integers(0, 255))
+        descriptor += bytes([ext])
+        if ext & 0x80:
+            descriptor += draw(st.sampled_from([b"\x85\x01", b"\x05"]))
+        if ext & 0x40:
+            descriptor += b"\x00"
+        if ext & 0x30:
+            descriptor += b"\x00"
+    tag = bytes([draw(st.sampled_from([0x00, 0x01, 0x10, 0x50]))]) + b"\x00\x00"
+    whole = descriptor + tag + b"\x9d\x01\x2a" + draw(st.binary(min_size=4, max_size=8))
+    return whole[: draw(st.integers(0, len(whole)))] if draw(st.booleans()) else whole
+
+
+@st.composite
 def inbound_packets(draw: st.DrawFn) -> list[RtpIn]:
     out = []
     seq = draw(st.integers(0, 0xFFFF))
@@ -158,7 +179,7 @@ def inbound_packets(draw: st.DrawFn) -> list[RtpIn]:
                 sequence_number=seq,
                 timestamp=draw(st.integers(0, 0xFFFFFFFF)),
                 ssrc=draw(st.sampled_from([1234, 1234, 1234, 99])),
-                payload=draw(st.binary(max_size=40)),
+                payload=draw(st.one_of(st.binary(max_size=40), vp8_payloads())),
                 audio_level=draw(
                     st.one_of(st.none(), st.tuples(st.booleans(), st.integers(0, 127)))
                 ),
@@ -220,8 +241,7 @@ def test_the_compiled_and_pure_common_case_agree(
                 or quality in (accel.QUALITY_VIDEO, accel.QUALITY_VP8)
                 and bool(packet.marker)
                 or quality == accel.QUALITY_VP8
-                and bool(packet.payload)
-                and bool(packet.payload[0] & 0x10)
+                and vp8_resolution(packet.payload) is not None
             )
             assert bool(flags & accel.IN_QUALITY) is want_quality
             assert bool(flags & accel.IN_SLOW) is with_consumer
