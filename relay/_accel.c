@@ -125,7 +125,7 @@ static PyObject *Session_apply(Session *self, PyObject *arg, srtp_transform tran
  * ValueError there). */
 
 static PyTypeObject *packet_type = NULL;
-static PyObject *s_payload_type, *s_ssrc, *s_abs_send_time, *empty_tuple;
+static PyObject *s_payload_type, *s_ssrc, *s_abs_send_time, *s_consumers, *empty_tuple;
 
 static int set_slot(PyObject *obj, PyObject *name, PyObject *value) {
     if (value == NULL) {
@@ -1771,6 +1771,7 @@ static PyTypeObject MissingPacketsType = {
 #define IN_QUALITY 4  /* relay.quality needs this packet (a frame's end, a key frame, a level) */
 #define IN_SLOW 8     /* consumers left to the Python path: ``slow``, with ``abs_send_time`` */
 #define IN_LATENCY 16 /* a sampled forward latency is in ``latency`` */
+#define IN_SINKS 32   /* recorders to write the packet to (from ``extra``) */
 
 #define QUALITY_NONE 0
 #define QUALITY_VIDEO 1 /* frame ends (marker) */
@@ -1788,13 +1789,19 @@ typedef struct {
     unsigned long long tick, packets, octets;
     double latency;
     long abs_send_time;
-    PyObject *slow; /* list or None */
+    PyObject *slow;     /* list or None */
+    PyObject *view;     /* has ``consumers`` (a tuple): read by __call__ */
+    PyObject *fallback; /* fallback(packet, flags): what __call__ leaves to Python */
+    char hold;          /* __call__ hands every packet to fallback(packet, IN_PYTHON) */
+    long extra;         /* flags __call__ adds to every packet's (IN_SINKS) */
 } Inbound;
 
 static int Inbound_traverse(Inbound *self, visitproc visit, void *arg) {
     Py_VISIT(self->stats);
     Py_VISIT(self->nack);
     Py_VISIT(self->slow);
+    Py_VISIT(self->view);
+    Py_VISIT(self->fallback);
     return 0;
 }
 
@@ -1802,6 +1809,8 @@ static int Inbound_clear(Inbound *self) {
     Py_CLEAR(self->stats);
     Py_CLEAR(self->nack);
     Py_CLEAR(self->slow);
+    Py_CLEAR(self->view);
+    Py_CLEAR(self->fallback);
     return 0;
 }
 
@@ -1838,6 +1847,10 @@ static int Inbound_init(Inbound *self, PyObject *args, PyObject *kwds) {
     self->nack = Py_None;
     Py_INCREF(Py_None);
     self->slow = Py_None;
+    self->view = Py_NewRef(Py_None);
+    self->fallback = Py_NewRef(Py_None);
+    self->hold = 0;
+    self->extra = 0;
     return 0;
 }
 
@@ -1896,27 +1909,23 @@ static int get_small(PyObject *obj, PyObject *name, long long *out) {
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
-static PyObject *Inbound_receive(Inbound *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyTuple_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "receive(packet, consumers: tuple)");
-        return NULL;
-    }
-    PyObject *packet = args[0], *consumers = args[1];
+/* the common case of one packet: its IN_* flags, or -1 with an exception */
+static long Inbound_take(Inbound *self, PyObject *packet, PyObject *consumers) {
     long long pt, ssrc;
     if (get_small(packet, s_payload_type, &pt) < 0 || get_small(packet, s_ssrc, &ssrc) < 0) {
-        return NULL;
+        return -1;
     }
     if (pt != self->payload_type || ssrc != self->media_ssrc ||
         !Py_IS_TYPE(self->stats, &ReceiveStatisticsType)) {
-        return PyLong_FromLong(IN_PYTHON);
+        return IN_PYTHON;
     }
     Fields f;
     if (Fields_read(&f, packet) < 0) {
         if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
-            return NULL;
+            return -1;
         }
         PyErr_Clear(); /* too large or too many CSRCs: the Python path says so */
-        return PyLong_FromLong(IN_PYTHON);
+        return IN_PYTHON;
     }
     long flags = 0;
     struct timespec now;
@@ -1957,7 +1966,7 @@ static PyObject *Inbound_receive(Inbound *self, PyObject *const *args, Py_ssize_
         if (rc < 0) {
             Py_XDECREF(slow);
             Fields_release(&f);
-            return NULL;
+            return -1;
         }
         if (slow != NULL) {
             Py_SETREF(self->slow, slow);
@@ -1973,7 +1982,61 @@ static PyObject *Inbound_receive(Inbound *self, PyObject *const *args, Py_ssize_
         self->latency = latency > 0 ? latency : 0.0;
         flags |= IN_LATENCY;
     }
-    return PyLong_FromLong(flags);
+    return flags;
+}
+
+static PyObject *Inbound_receive(Inbound *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "receive(packet, consumers: tuple)");
+        return NULL;
+    }
+    long flags = Inbound_take(self, args[0], args[1]);
+    return flags < 0 ? NULL : PyLong_FromLong(flags);
+}
+
+/* the fast receive path's entry (``_parley_forward``): the common case here, the rest, and the
+ * flags of what is left, to ``fallback(packet, flags)`` */
+static PyObject *Inbound_call(Inbound *self, PyObject *args, PyObject *kwds) {
+    PyObject *packet;
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds) != 0) ||
+        !PyArg_UnpackTuple(args, "Inbound", 1, 1, &packet)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "Inbound(packet) takes no keywords");
+        }
+        return NULL;
+    }
+    if (self->view == NULL || self->fallback == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Inbound has no view or fallback");
+        return NULL;
+    }
+    long flags = IN_PYTHON;
+    if (!self->hold) {
+        PyObject *consumers = PyObject_GetAttr(self->view, s_consumers);
+        if (consumers == NULL) {
+            return NULL;
+        }
+        if (!PyTuple_Check(consumers)) {
+            Py_DECREF(consumers);
+            PyErr_SetString(PyExc_TypeError, "view.consumers must be a tuple");
+            return NULL;
+        }
+        flags = Inbound_take(self, packet, consumers);
+        Py_DECREF(consumers);
+        if (flags < 0) {
+            return NULL;
+        }
+        flags |= self->extra;
+    }
+    if (flags == 0) {
+        Py_RETURN_NONE;
+    }
+    PyObject *value = PyLong_FromLong(flags);
+    if (value == NULL) {
+        return NULL;
+    }
+    PyObject *out = PyObject_CallFunctionObjArgs(self->fallback, packet, value, NULL);
+    Py_DECREF(value);
+    return out;
 }
 
 static PyObject *Inbound_get_media_ssrc(Inbound *self, void *closure) {
@@ -2042,6 +2105,12 @@ static PyMemberDef Inbound_members[] = {
      "the abs-send-time the slow consumers are to be sent with"},
     {"slow", T_OBJECT, offsetof(Inbound, slow), READONLY,
      "consumers the last packet left to the Python path, or None"},
+    {"view", T_OBJECT, offsetof(Inbound, view), 0, "whose ``consumers`` __call__ fans out to"},
+    {"fallback", T_OBJECT, offsetof(Inbound, fallback), 0,
+     "fallback(packet, flags): what __call__ leaves to Python"},
+    {"hold", T_BOOL, offsetof(Inbound, hold), 0,
+     "__call__ hands every packet to fallback(packet, IN_PYTHON)"},
+    {"extra", T_LONG, offsetof(Inbound, extra), 0, "flags __call__ adds to every packet's"},
     {NULL}};
 
 static PyGetSetDef Inbound_getset[] = {
@@ -2064,6 +2133,7 @@ static PyTypeObject InboundType = {
     .tp_traverse = (traverseproc)Inbound_traverse,
     .tp_clear = (inquiry)Inbound_clear,
     .tp_dealloc = (destructor)Inbound_dealloc,
+    .tp_call = (ternaryfunc)Inbound_call,
     .tp_methods = Inbound_methods,
     .tp_members = Inbound_members,
     .tp_getset = Inbound_getset,
@@ -2135,6 +2205,7 @@ PyMODINIT_FUNC PyInit__accel(void) {
     INTERN(s_payload_type, "payload_type");
     INTERN(s_ssrc, "ssrc");
     INTERN(s_abs_send_time, "abs_send_time");
+    INTERN(s_consumers, "consumers");
     empty_tuple = PyTuple_New(0);
     one = PyLong_FromLong(1);
     PyObject *m = PyModule_Create(&accel_module);

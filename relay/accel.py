@@ -289,6 +289,8 @@ IN_SLOW: Final = 8
 """Consumers were left to the Python path: ``slow``, to be sent with ``abs_send_time``."""
 IN_LATENCY: Final = 16
 """This packet was sampled for the forward-latency histogram: ``latency`` seconds."""
+IN_SINKS: Final = 32
+"""Recorders to write the packet to (``extra``, added by ``__call__``)."""
 
 QUALITY_NONE: Final = 0
 QUALITY_VIDEO: Final = 1
@@ -318,6 +320,10 @@ class PyInbound:
         "latency",
         "abs_send_time",
         "slow",
+        "view",
+        "fallback",
+        "hold",
+        "extra",
         "_tick",
         "_mask",
     )
@@ -341,8 +347,29 @@ class PyInbound:
         self.latency = 0.0
         self.abs_send_time = 0
         self.slow: list[Consumer] | None = None
+        self.view: Any = None
+        """Whose ``consumers`` (a tuple) ``__call__`` fans out to."""
+        self.fallback: Any = None
+        """``fallback(packet, flags)``: what ``__call__`` leaves to Python."""
+        self.hold = False
+        """``__call__`` hands every packet to ``fallback(packet, IN_PYTHON)``."""
+        self.extra = 0
+        """Flags ``__call__`` adds to every packet's (``IN_SINKS``)."""
         self._tick = 0
         self._mask = latency_every - 1
+
+    def __call__(self, packet: RtpIn) -> None:
+        """The fast receive path's entry: the common case here, the rest (and the flags of
+        what is left) to ``fallback(packet, flags)``."""
+        if self.hold:
+            flags = IN_PYTHON
+        else:
+            consumers = self.view.consumers
+            if type(consumers) is not tuple:
+                raise TypeError("view.consumers must be a tuple")
+            flags = self.receive(packet, consumers) | self.extra
+        if flags:
+            self.fallback(packet, flags)
 
     def receive(self, packet: RtpIn, consumers: tuple[Consumer, ...]) -> int:
         """Take ``packet`` if it is the common case; the ``IN_*`` flags of what is left."""

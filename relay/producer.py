@@ -51,13 +51,14 @@ LATENCY_EVERY = 16
 """``FORWARD_LATENCY`` observes one forwarded packet in this many (a power of two)."""
 
 
-def _quality_mode(quality: UpstreamQuality) -> int:
-    """Which packets relay.quality must see (``accel.QUALITY_*``)."""
-    if quality.speech is not None:
+def _quality_mode_of(kind: str, mime_type: str) -> int:
+    """Which packets relay.quality must see (``accel.QUALITY_*``, as UpstreamQuality reads
+    them: audio levels, VP8 key frames and frame ends, other video's frame ends)."""
+    if kind == "audio":
         return accel.QUALITY_AUDIO  # type: ignore[no-any-return]
-    if quality.kind != "video":
+    if kind != "video":
         return accel.QUALITY_NONE  # type: ignore[no-any-return]
-    return accel.QUALITY_VP8 if quality.vp8 else accel.QUALITY_VIDEO  # type: ignore[no-any-return]
+    return accel.QUALITY_VP8 if mime_type.lower() == "video/vp8" else accel.QUALITY_VIDEO  # type: ignore[no-any-return]
 
 
 def abs_send_time_now() -> int:
@@ -98,8 +99,15 @@ class Producer:
         self.closed = False
         self._fanout = fanout
         self._view = fanout.view(id)
-        self.sinks: tuple[PacketSink, ...] = ()
-        """Recorders of this track; replaced, never mutated in place."""
+        self._inbound = accel.Inbound(
+            primary.payloadType, _quality_mode_of(kind, primary.mimeType), LATENCY_EVERY
+        )
+        """The common case of the packet path in one call (relay/accel.py)."""
+        self._inbound.view = self._view
+        self._inbound.fallback = self._after
+        self._sinks: tuple[PacketSink, ...] = ()
+        self._waiting_consumers = 0
+        self._keyframe_pending_ = False
         self._packets = 0
         self._octets = 0
         """Packets (payload octets) forwarded by the Python path; ``_inbound`` counts the rest."""
@@ -129,8 +137,6 @@ class Producer:
         self._nack: _aiortc.NackGenerator | None = (
             accel.MissingPackets() if kind == "video" else None
         )
-        self._inbound = accel.Inbound(self.payload_type, _quality_mode(self.quality), LATENCY_EVERY)
-        """The common case of the packet path in one call (relay/accel.py)."""
         self._latency_tick = 0
         self._sync_inbound()
         self._last_remb: int | None = None
@@ -139,12 +145,10 @@ class Producer:
         self._is_keyframe: KeyframeDetector | None = (
             keyframe_detector(primary.mimeType) if kind == "video" else None
         )
-        self.waiting_consumers = 0
         self._last_keyframe_request = -1e9
-        self._keyframe_pending = False
         self._tasks: set[asyncio.Future[None]] = set()
         _aiortc.hook_receiver(
-            receiver, self.handle_rtp, self.handle_rtcp, self._streams, self.forward
+            receiver, self.handle_rtp, self.handle_rtcp, self._streams, self._fast_entry()
         )
         if ssrcs or rtx_ssrcs:
             _aiortc.register_ssrcs(receiver, [*ssrcs, *rtx_ssrcs])
@@ -183,7 +187,7 @@ class Producer:
         self.sender_report = None
         self._receiver = receiver
         _aiortc.hook_receiver(
-            receiver, self.handle_rtp, self.handle_rtcp, self._streams, self.forward
+            receiver, self.handle_rtp, self.handle_rtcp, self._streams, self._fast_entry()
         )
         if ssrcs or rtx_ssrcs:
             _aiortc.register_ssrcs(receiver, [*ssrcs, *rtx_ssrcs])
@@ -191,6 +195,45 @@ class Producer:
             consumer.resync()
         self._last_keyframe_request = -1e9
         self.request_keyframe()
+
+    def _fast_entry(self) -> Callable[[RtpIn], None]:
+        """What the fast receive path calls per packet: the compiled ``Inbound`` itself (its
+        fallback is :meth:`_after`), or :meth:`forward`."""
+        return self._inbound if accel.COMPILED else self.forward  # type: ignore[no-any-return]
+
+    @property
+    def sinks(self) -> tuple[PacketSink, ...]:
+        """Recorders of this track; replaced, never mutated in place."""
+        return self._sinks
+
+    @sinks.setter
+    def sinks(self, sinks: tuple[PacketSink, ...]) -> None:
+        self._sinks = sinks
+        self._inbound.extra = accel.IN_SINKS if sinks else 0
+
+    @property
+    def waiting_consumers(self) -> int:
+        """Consumers waiting for a keyframe (while any wait, every packet takes the Python
+        path, which detects keyframes)."""
+        return self._waiting_consumers
+
+    @waiting_consumers.setter
+    def waiting_consumers(self, count: int) -> None:
+        self._waiting_consumers = count
+        self._update_hold()
+
+    @property
+    def _keyframe_pending(self) -> bool:
+        """A keyframe request waits for the end of the debounce interval."""
+        return self._keyframe_pending_
+
+    @_keyframe_pending.setter
+    def _keyframe_pending(self, pending: bool) -> None:
+        self._keyframe_pending_ = pending
+        self._update_hold()
+
+    def _update_hold(self) -> None:
+        self._inbound.hold = bool(self.closed or self._waiting_consumers or self._keyframe_pending_)
 
     @property
     def packets(self) -> int:
@@ -248,27 +291,43 @@ class Producer:
             if self.waiting_consumers or self._keyframe_pending:
                 self._forward(packet)
                 return
-            inbound = self._inbound
-            flags = inbound.receive(packet, self._view.consumers)
-            if flags:
-                if flags & accel.IN_PYTHON:
-                    self._forward(packet)
-                    return
-                if flags & accel.IN_QUALITY:
-                    quality = self.quality
-                    quality.on_packet(packet, time.monotonic() if quality.speech else 0.0)
-                if flags & accel.IN_NACK:
-                    self._send_nack(packet.ssrc)
-                if flags & accel.IN_SLOW:
-                    self._send_slow(packet, inbound.slow, inbound.abs_send_time, False)
-                if flags & accel.IN_LATENCY:
-                    FORWARD_LATENCY.observe(inbound.latency)
-            for sink in self.sinks:
-                sink.write(packet)
+            flags = self._inbound.receive(packet, self._view.consumers)
+            if flags & accel.IN_PYTHON:
+                self._forward(packet)
+            elif flags or self._sinks:
+                self._finish(packet, flags)
         except Exception:
             # never raise into aiortc's receive loop: it would close the publisher's
             # transport. A bug here costs one packet, not the call.
             logger.warning("[%s] dropped a packet of %s", self.peer_id, self.id, exc_info=True)
+
+    def _after(self, packet: RtpIn, flags: int) -> None:
+        """What the compiled entry (``Inbound.__call__``) leaves to Python: the packet itself
+        (``IN_PYTHON``) or the rest of its bookkeeping."""
+        try:
+            if flags & accel.IN_PYTHON:
+                if not self.closed:
+                    self._forward(packet)
+                return
+            self._finish(packet, flags)
+        except Exception:
+            # never raise into aiortc's receive loop (see forward)
+            logger.warning("[%s] dropped a packet of %s", self.peer_id, self.id, exc_info=True)
+
+    def _finish(self, packet: RtpIn, flags: int) -> None:
+        """The rest of a packet the common case took (``IN_*`` flags), and the recorders."""
+        inbound = self._inbound
+        if flags & accel.IN_QUALITY:
+            quality = self.quality
+            quality.on_packet(packet, time.monotonic() if quality.speech else 0.0)
+        if flags & accel.IN_NACK:
+            self._send_nack(packet.ssrc)
+        if flags & accel.IN_SLOW:
+            self._send_slow(packet, inbound.slow, inbound.abs_send_time, False)
+        if flags & accel.IN_LATENCY:
+            FORWARD_LATENCY.observe(inbound.latency)
+        for sink in self._sinks:
+            sink.write(packet)
 
     def _forward(self, packet: RtpIn) -> None:
         """The Python path: every packet the common case does not take (RTX, another SSRC or
@@ -432,6 +491,7 @@ class Producer:
         if self.closed:
             return
         self.closed = True
+        self._update_hold()
         logger.debug("[%s] producer %s closed", self.peer_id, self.id)
         self._on_close(self)
         for sink in self.sinks:

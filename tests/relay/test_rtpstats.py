@@ -263,3 +263,38 @@ def test_without_statistics_the_python_path_takes_the_packet(
     assert (inbound.packets, inbound.octets, inbound.stats.packets_received) == (1, 1, 1)
     with pytest.raises(ValueError):
         inbound_type(96, accel.QUALITY_VIDEO, 3)  # not a power of two
+
+
+@pytest.mark.parametrize(("name", "inbound_type", "stats_type", "nack_type"), INBOUNDS)
+def test_calling_it_leaves_to_the_fallback_only_what_python_must_do(
+    name: str, inbound_type: Any, stats_type: Any, nack_type: Any
+) -> None:
+    left: list[tuple[int, int]] = []
+    inbound = inbound_type(96, accel.QUALITY_VIDEO, 16)
+    inbound.view = SimpleNamespace(consumers=())
+    inbound.fallback = lambda packet, flags: left.append((packet.sequence_number, flags))
+    inbound.media_ssrc = 5
+    inbound.stats = stats_type(90000)
+    inbound.nack = nack_type()
+
+    def packet(seq: int, marker: int = 0, pt: int = 96) -> RtpIn:
+        return RtpIn(
+            payload_type=pt, marker=marker, sequence_number=seq, timestamp=0, ssrc=5, payload=b"x"
+        )
+
+    assert inbound(packet(1)) is None and left == []  # all done in one call
+    inbound(packet(3, marker=1))  # 2 is missing; a frame ends
+    assert left == [(3, accel.IN_NACK | accel.IN_QUALITY)]
+    inbound(packet(4, pt=97))  # not the media payload type
+    assert left[-1] == (4, accel.IN_PYTHON)
+    inbound.extra = accel.IN_SINKS  # a recorder
+    inbound(packet(5))  # 4 never reached the statistics (it went to Python): missing
+    assert left[-1] == (5, accel.IN_NACK | accel.IN_SINKS)
+    inbound.hold = True  # a consumer waits for a keyframe: every packet to Python, untouched
+    inbound(packet(6))
+    assert left[-1] == (6, accel.IN_PYTHON)
+    assert (inbound.packets, inbound.stats.packets_received, inbound.stats.max_seq) == (3, 3, 5)
+    inbound.view = SimpleNamespace(consumers=[])  # a list, not the table's tuple
+    inbound.hold = False
+    with pytest.raises(TypeError):
+        inbound(packet(7))
