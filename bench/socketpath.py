@@ -3,7 +3,7 @@ a media socket is read and written: ``python -m parley.bench.socketpath``.
 
 A sender socket sends bursts of SRTP video packets (``--burst`` per frame, 1042 bytes like the
 load tool's) to a relay media socket; the socket's callback is the relay's own (the datagram
-guard, ``FastReceive``, the router, ``Producer.forward``, ``accel.fan_out`` to ``--consumers``
+guard, ``FastReceive``, the router, the producer's entry, ``accel.fan_out`` to ``--consumers``
 consumers sending on real loopback sockets). Modes, interleaved ``--repeat`` times:
 
 - ``uvloop``: the event loop's datagram transport (one ``recvmsg`` per datagram, one ``sendto``
@@ -60,7 +60,8 @@ async def run_mode(mode: str, consumers: int, bursts: int, burst: int) -> float:
     producer, outs, _ = forwarding_setup(consumers, real_socket=True)
     router = RtpRouter()
     receiver = _Receiver()
-    receiver._parley_forward = producer.forward
+    # the entry the producer hooked on its own receiver (Producer.forward or accel.Inbound)
+    receiver._parley_forward = producer._receiver.__dict__["_parley_forward"]
     router.register_receiver(receiver, ssrcs=[PUBLISHER_SSRC], payload_types=[96])  # type: ignore[arg-type]
     ssl = FakeSsl()
     tx, rx = srtp_pair(ssl.key(0))
