@@ -3,7 +3,7 @@ a media socket is read and written: ``python -m parley.bench.socketpath``.
 
 A sender socket sends bursts of SRTP video packets (``--burst`` per frame, 1042 bytes like the
 load tool's) to a relay media socket; the socket's callback is the relay's own (the datagram
-guard, ``FastReceive``, the router, ``Producer.forward``, ``accel.fan_out`` to ``--consumers``
+guard, ``FastReceive``, the router, the producer's entry, ``accel.fan_out`` to ``--consumers``
 consumers sending on real loopback sockets). Modes, interleaved ``--repeat`` times:
 
 - ``uvloop``: the event loop's datagram transport (one ``recvmsg`` per datagram, one ``sendto``
@@ -14,7 +14,8 @@ consumers sending on real loopback sockets). Modes, interleaved ``--repeat`` tim
 
 Printed: process CPU time (user + system, everything: sender, relay path, kernel delivery) per
 forwarded datagram. The sender's share is the same in every mode, so differences are the read
-and write paths'. Compiled packet path only.
+and write paths'. The batched modes need the compiled packet path; with the pure one
+(``PARLEY_PURE_PYTHON=1``) only ``uvloop`` runs (``--modes`` picks some).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ async def run_mode(mode: str, consumers: int, bursts: int, burst: int) -> float:
     producer, outs, _ = forwarding_setup(consumers, real_socket=True)
     router = RtpRouter()
     receiver = _Receiver()
-    receiver._parley_forward = producer.forward
+    # the entry the producer hooked on its own receiver (Producer.forward or accel.Inbound)
+    receiver._parley_forward = producer._receiver.__dict__["_parley_forward"]
     router.register_receiver(receiver, ssrcs=[PUBLISHER_SSRC], payload_types=[96])  # type: ignore[arg-type]
     ssl = FakeSsl()
     tx, rx = srtp_pair(ssl.key(0))
@@ -109,14 +111,14 @@ async def run_mode(mode: str, consumers: int, bursts: int, burst: int) -> float:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    results: dict[str, list[float]] = {m: [] for m in MODES}
+    results: dict[str, list[float]] = {m: [] for m in args.modes}
     for _ in range(args.repeat):
-        for mode in MODES:
+        for mode in args.modes:
             results[mode].append(await run_mode(mode, args.consumers, args.bursts, args.burst))
     load = os.getloadavg()[0]
     print(
         f"consumers={args.consumers} burst={args.burst} bursts={args.bursts} "
-        f"repeat={args.repeat} load={load:.1f}"
+        f"repeat={args.repeat} load={load:.1f} packet_path={accel.IMPLEMENTATION}"
     )
     for mode, values in results.items():
         values.sort()
@@ -132,9 +134,17 @@ def main() -> None:
     p.add_argument("--burst", type=int, default=4, help="datagrams per frame")
     p.add_argument("--bursts", type=int, default=3000)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument(
+        "--modes",
+        type=lambda text: tuple(text.split(",")),
+        default=MODES if accel.Reader is not None else ("uvloop",),
+        help=f"comma-separated, of {', '.join(MODES)} (default: all the packet path can run)",
+    )
     args = p.parse_args()
-    if accel.Reader is None:
-        raise SystemExit("the compiled packet path is not built (or PARLEY_PURE_PYTHON is set)")
+    if unknown := set(args.modes) - set(MODES):
+        raise SystemExit(f"unknown modes: {', '.join(sorted(unknown))}")
+    if accel.Reader is None and set(args.modes) - {"uvloop"}:
+        raise SystemExit("the batched modes need the compiled packet path (no PARLEY_PURE_PYTHON)")
     import uvloop
 
     uvloop.run(main_async(args))

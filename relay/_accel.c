@@ -125,7 +125,7 @@ static PyObject *Session_apply(Session *self, PyObject *arg, srtp_transform tran
  * ValueError there). */
 
 static PyTypeObject *packet_type = NULL;
-static PyObject *s_payload_type, *s_ssrc, *s_abs_send_time, *empty_tuple;
+static PyObject *s_payload_type, *s_ssrc, *s_abs_send_time, *s_consumers, *empty_tuple;
 
 static int set_slot(PyObject *obj, PyObject *name, PyObject *value) {
     if (value == NULL) {
@@ -1366,6 +1366,52 @@ static PyTypeObject RouteType = {
 
 /* --- fan_out ------------------------------------------------------------------------------ */
 
+/* rewrite, remember, protect and send ``packet`` (its fields in ``f``) to every consumer whose
+ * route can send; the others are appended to ``*slow`` (a new list when it is NULL) */
+static int fan_out_fields(PyObject *packet, const Fields *f, PyObject *consumers,
+                          long abs_send_time, PyObject **slow) {
+    Py_ssize_t count = PyTuple_GET_SIZE(consumers);
+    unsigned char buf[BUF_SIZE];
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *consumer = PyTuple_GET_ITEM(consumers, i);
+        PyObject *obj = PyObject_GetAttr(consumer, s_route);
+        if (obj == NULL) {
+            return -1;
+        }
+        int fast = 0;
+        if (Py_IS_TYPE(obj, &RouteType)) {
+            Route *route = (Route *)obj;
+            if (Py_IS_TYPE(route->tx, &TxType)) {
+                int valid = Tx_valid((Tx *)route->tx);
+                if (valid < 0) {
+                    Py_DECREF(obj);
+                    return -1;
+                }
+                if (valid) {
+                    int len = Route_write(route, f, abs_send_time, buf);
+                    if (PyErr_Occurred()) {
+                        Py_DECREF(obj);
+                        return -1;
+                    }
+                    Route_remember(route, packet, f, abs_send_time);
+                    Tx_protect_send((Tx *)route->tx, buf, len);
+                    fast = 1;
+                }
+            }
+        }
+        Py_DECREF(obj);
+        if (!fast) {
+            if (*slow == NULL && (*slow = PyList_New(0)) == NULL) {
+                return -1;
+            }
+            if (PyList_Append(*slow, consumer) < 0) {
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
 static PyObject *fan_out(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "fan_out(packet, consumers, abs_send_time)");
@@ -1380,8 +1426,7 @@ static PyObject *fan_out(PyObject *module, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_TypeError, "consumers must be a tuple");
         return NULL;
     }
-    Py_ssize_t count = PyTuple_GET_SIZE(consumers);
-    if (count == 0) {
+    if (PyTuple_GET_SIZE(consumers) == 0) {
         Py_RETURN_NONE;
     }
     Fields f;
@@ -1389,54 +1434,710 @@ static PyObject *fan_out(PyObject *module, PyObject *const *args, Py_ssize_t nar
         return NULL;
     }
     PyObject *slow = NULL;
-    unsigned char buf[BUF_SIZE];
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *consumer = PyTuple_GET_ITEM(consumers, i);
-        PyObject *obj = PyObject_GetAttr(consumer, s_route);
-        if (obj == NULL) {
-            goto fail;
-        }
-        int fast = 0;
-        if (Py_IS_TYPE(obj, &RouteType)) {
-            Route *route = (Route *)obj;
-            if (Py_IS_TYPE(route->tx, &TxType)) {
-                int valid = Tx_valid((Tx *)route->tx);
-                if (valid < 0) {
-                    Py_DECREF(obj);
-                    goto fail;
-                }
-                if (valid) {
-                    int len = Route_write(route, &f, abs_send_time, buf);
-                    if (PyErr_Occurred()) {
-                        Py_DECREF(obj);
-                        goto fail;
-                    }
-                    Route_remember(route, packet, &f, abs_send_time);
-                    Tx_protect_send((Tx *)route->tx, buf, len);
-                    fast = 1;
-                }
-            }
-        }
-        Py_DECREF(obj);
-        if (!fast) {
-            if (slow == NULL && (slow = PyList_New(0)) == NULL) {
-                goto fail;
-            }
-            if (PyList_Append(slow, consumer) < 0) {
-                goto fail;
-            }
-        }
-    }
+    int rc = fan_out_fields(packet, &f, consumers, abs_send_time, &slow);
     Fields_release(&f);
+    if (rc < 0) {
+        Py_XDECREF(slow);
+        return NULL;
+    }
     if (slow == NULL) {
         Py_RETURN_NONE;
     }
     return slow;
-fail:
-    Fields_release(&f);
-    Py_XDECREF(slow);
-    return NULL;
 }
+
+/* --- ReceiveStatistics: RFC 3550 A.1 / A.3 / A.8 as aiortc's StreamStatistics ------------- */
+
+#define PACKETS_LOST_MIN (-(1LL << 23))
+#define PACKETS_LOST_MAX ((1LL << 23) - 1)
+#define RTP_HISTORY_SIZE 128
+
+static inline int seq_newer(long a, long b) {
+    long d = (a - b) & 0xFFFF;
+    return d > 0 && d < 0x8000;
+}
+
+typedef struct {
+    PyObject_HEAD
+    long long base_seq, max_seq; /* -1: no packet yet */
+    long long cycles, packets_received;
+    long long clockrate;
+    long long jitter_q4, last_arrival, last_timestamp;
+    int has_timestamp;
+    long long expected_prior, received_prior;
+} ReceiveStatistics;
+
+static int ReceiveStatistics_init(ReceiveStatistics *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"clockrate", NULL};
+    long long clockrate;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "L", kwlist, &clockrate)) {
+        return -1;
+    }
+    if (clockrate < 0 || clockrate > 10000000) {
+        PyErr_SetString(PyExc_ValueError, "bad clock rate");
+        return -1;
+    }
+    self->clockrate = clockrate;
+    self->base_seq = self->max_seq = -1;
+    self->cycles = self->packets_received = 0;
+    self->jitter_q4 = self->last_arrival = self->last_timestamp = 0;
+    self->has_timestamp = 0;
+    self->expected_prior = self->received_prior = 0;
+    return 0;
+}
+
+static void ReceiveStatistics_update(ReceiveStatistics *self, long seq, long long timestamp,
+                                     double now) {
+    long long max_seq = self->max_seq;
+    self->packets_received++;
+    if (max_seq < 0) {
+        self->base_seq = seq;
+    } else if (!seq_newer(seq, (long)max_seq)) {
+        return; /* a duplicate, a reordered or a very old packet */
+    }
+    long long arrival = (long long)(now * (double)self->clockrate);
+    if (max_seq >= 0 && seq < max_seq) {
+        self->cycles += 1 << 16;
+    }
+    self->max_seq = seq;
+    if ((!self->has_timestamp || timestamp != self->last_timestamp) &&
+        self->packets_received > 1) {
+        long long diff = (arrival - self->last_arrival) - (timestamp - self->last_timestamp);
+        if (diff < 0) {
+            diff = -diff;
+        }
+        self->jitter_q4 += diff - ((self->jitter_q4 + 8) >> 4);
+    }
+    self->last_arrival = arrival;
+    self->last_timestamp = timestamp;
+    self->has_timestamp = 1;
+}
+
+static PyObject *ReceiveStatistics_add(ReceiveStatistics *self, PyObject *const *args,
+                                       Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "add(seq, timestamp, now)");
+        return NULL;
+    }
+    long seq = (long)(PyLong_AsUnsignedLongMask(args[0]) & 0xFFFF);
+    long long timestamp = (long long)(PyLong_AsUnsignedLongMask(args[1]) & 0xFFFFFFFFUL);
+    double now = PyFloat_AsDouble(args[2]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    ReceiveStatistics_update(self, seq, timestamp, now);
+    Py_RETURN_NONE;
+}
+
+static long long ReceiveStatistics_expected(ReceiveStatistics *self) {
+    return self->cycles + self->max_seq - self->base_seq + 1;
+}
+
+static PyObject *ReceiveStatistics_get_fraction_lost(ReceiveStatistics *self, void *closure) {
+    if (self->max_seq < 0) {
+        PyErr_SetString(PyExc_TypeError, "no packet received yet");
+        return NULL;
+    }
+    long long expected = ReceiveStatistics_expected(self);
+    long long expected_interval = expected - self->expected_prior;
+    self->expected_prior = expected;
+    long long received_interval = self->packets_received - self->received_prior;
+    self->received_prior = self->packets_received;
+    long long lost_interval = expected_interval - received_interval;
+    if (expected_interval == 0 || lost_interval <= 0) {
+        return PyLong_FromLong(0);
+    }
+    /* floor division as Python's // (expected_interval may be negative after a restart) */
+    long long num = lost_interval << 8, q = num / expected_interval;
+    if ((num % expected_interval != 0) && ((num < 0) != (expected_interval < 0))) {
+        q--;
+    }
+    return PyLong_FromLongLong(q);
+}
+
+static PyObject *ReceiveStatistics_get_jitter(ReceiveStatistics *self, void *closure) {
+    return PyLong_FromLongLong(self->jitter_q4 >> 4);
+}
+
+static PyObject *ReceiveStatistics_get_expected(ReceiveStatistics *self, void *closure) {
+    if (self->max_seq < 0) {
+        PyErr_SetString(PyExc_TypeError, "no packet received yet");
+        return NULL;
+    }
+    return PyLong_FromLongLong(ReceiveStatistics_expected(self));
+}
+
+static PyObject *ReceiveStatistics_get_lost(ReceiveStatistics *self, void *closure) {
+    if (self->max_seq < 0) {
+        PyErr_SetString(PyExc_TypeError, "no packet received yet");
+        return NULL;
+    }
+    long long lost = ReceiveStatistics_expected(self) - self->packets_received;
+    if (lost < PACKETS_LOST_MIN) {
+        lost = PACKETS_LOST_MIN;
+    } else if (lost > PACKETS_LOST_MAX) {
+        lost = PACKETS_LOST_MAX;
+    }
+    return PyLong_FromLongLong(lost);
+}
+
+static PyObject *optional_ll(long long value) {
+    if (value < 0) {
+        Py_RETURN_NONE;
+    }
+    return PyLong_FromLongLong(value);
+}
+
+static PyObject *ReceiveStatistics_get_base_seq(ReceiveStatistics *self, void *closure) {
+    return optional_ll(self->base_seq);
+}
+
+static PyObject *ReceiveStatistics_get_max_seq(ReceiveStatistics *self, void *closure) {
+    return optional_ll(self->max_seq);
+}
+
+static PyObject *ReceiveStatistics_get_last_timestamp(ReceiveStatistics *self, void *closure) {
+    return self->has_timestamp ? PyLong_FromLongLong(self->last_timestamp) : optional_ll(-1);
+}
+
+static PyMethodDef ReceiveStatistics_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))ReceiveStatistics_add, METH_FASTCALL,
+     "add(seq, timestamp, now): one received packet, arriving at ``now`` (time.time())"},
+    {NULL}};
+
+static PyMemberDef ReceiveStatistics_members[] = {
+    {"cycles", T_LONGLONG, offsetof(ReceiveStatistics, cycles), READONLY,
+     "sequence number wraps, times 65536"},
+    {"packets_received", T_LONGLONG, offsetof(ReceiveStatistics, packets_received), READONLY,
+     "packets received (duplicates included)"},
+    {"_clockrate", T_LONGLONG, offsetof(ReceiveStatistics, clockrate), READONLY, "Hz"},
+    {"_jitter_q4", T_LONGLONG, offsetof(ReceiveStatistics, jitter_q4), READONLY,
+     "jitter in timestamp units, Q4"},
+    {"_last_arrival", T_LONGLONG, offsetof(ReceiveStatistics, last_arrival), READONLY,
+     "arrival of the highest packet, in timestamp units"},
+    {"_expected_prior", T_LONGLONG, offsetof(ReceiveStatistics, expected_prior), READONLY,
+     "packets expected at the previous fraction_lost"},
+    {"_received_prior", T_LONGLONG, offsetof(ReceiveStatistics, received_prior), READONLY,
+     "packets received at the previous fraction_lost"},
+    {NULL}};
+
+static PyGetSetDef ReceiveStatistics_getset[] = {
+    {"base_seq", (getter)ReceiveStatistics_get_base_seq, NULL, "first sequence number", NULL},
+    {"max_seq", (getter)ReceiveStatistics_get_max_seq, NULL, "highest sequence number", NULL},
+    {"_last_timestamp", (getter)ReceiveStatistics_get_last_timestamp, NULL,
+     "RTP timestamp of the highest packet", NULL},
+    {"fraction_lost", (getter)ReceiveStatistics_get_fraction_lost, NULL,
+     "loss since the previous read, in 1/256 (reading it starts a new interval)", NULL},
+    {"jitter", (getter)ReceiveStatistics_get_jitter, NULL, "interarrival jitter", NULL},
+    {"packets_expected", (getter)ReceiveStatistics_get_expected, NULL,
+     "extended highest sequence number - first + 1", NULL},
+    {"packets_lost", (getter)ReceiveStatistics_get_lost, NULL,
+     "cumulative loss, clamped to 24 bits signed", NULL},
+    {NULL}};
+
+static PyTypeObject ReceiveStatisticsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "parley.relay._accel.ReceiveStatistics",
+    .tp_basicsize = sizeof(ReceiveStatistics),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "ReceiveStatistics(clockrate): one SSRC's receive statistics "
+              "(relay.rtpstats.PyReceiveStatistics)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)ReceiveStatistics_init,
+    .tp_methods = ReceiveStatistics_methods,
+    .tp_members = ReceiveStatistics_members,
+    .tp_getset = ReceiveStatistics_getset,
+};
+
+/* --- MissingPackets: the NACK generator (aiortc's NackGenerator) -------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    long max_seq;        /* -1: no packet yet */
+    uint64_t window[2];  /* bit i: max_seq - 1 - i is missing (i < 128) */
+} MissingPackets;
+
+static int MissingPackets_init(MissingPackets *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "", kwlist)) {
+        return -1;
+    }
+    self->max_seq = -1;
+    self->window[0] = self->window[1] = 0;
+    return 0;
+}
+
+static int MissingPackets_update(MissingPackets *self, long seq) {
+    if (self->max_seq < 0) {
+        self->max_seq = seq;
+        return 0;
+    }
+    long ahead = (seq - self->max_seq) & 0xFFFF;
+    if (ahead > 0 && ahead < 0x8000) {
+        long gap = ahead - 1;
+        uint64_t lo = self->window[0], hi = self->window[1];
+        if (ahead >= 128) {
+            lo = hi = 0;
+        } else if (ahead >= 64) {
+            hi = lo << (ahead - 64);
+            lo = 0;
+        } else {
+            hi = (hi << ahead) | (lo >> (64 - ahead));
+            lo <<= ahead;
+        }
+        if (gap >= 128) {
+            lo = hi = UINT64_MAX;
+        } else if (gap >= 64) {
+            lo = UINT64_MAX;
+            hi |= gap == 64 ? 0 : (UINT64_MAX >> (128 - gap));
+        } else if (gap > 0) {
+            lo |= UINT64_MAX >> (64 - gap);
+        }
+        self->window[0] = lo;
+        self->window[1] = hi;
+        self->max_seq = seq;
+        return gap > 0;
+    }
+    long behind = (self->max_seq - 1 - seq) & 0xFFFF;
+    if (behind < RTP_HISTORY_SIZE) {
+        self->window[behind >> 6] &= ~((uint64_t)1 << (behind & 63));
+    }
+    return 0;
+}
+
+static PyObject *MissingPackets_add(MissingPackets *self, PyObject *arg) {
+    long seq = (long)(PyLong_AsUnsignedLongMask(arg) & 0xFFFF);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyBool_FromLong(MissingPackets_update(self, seq));
+}
+
+static PyObject *MissingPackets_get_missing(MissingPackets *self, void *closure) {
+    PyObject *out = PySet_New(NULL);
+    if (out == NULL || self->max_seq < 0) {
+        return out;
+    }
+    for (int i = 0; i < RTP_HISTORY_SIZE; i++) {
+        if (self->window[i >> 6] >> (i & 63) & 1) {
+            PyObject *seq = PyLong_FromLong((self->max_seq - 1 - i) & 0xFFFF);
+            if (seq == NULL || PySet_Add(out, seq) < 0) {
+                Py_XDECREF(seq);
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_DECREF(seq);
+        }
+    }
+    return out;
+}
+
+static PyObject *MissingPackets_get_max_seq(MissingPackets *self, void *closure) {
+    return optional_ll(self->max_seq);
+}
+
+static Py_ssize_t MissingPackets_len(MissingPackets *self) {
+    return __builtin_popcountll(self->window[0]) + __builtin_popcountll(self->window[1]);
+}
+
+static PyMethodDef MissingPackets_methods[] = {
+    {"add", (PyCFunction)MissingPackets_add, METH_O,
+     "add(seq) -> True when it showed packets missing (a gap before it)"},
+    {NULL}};
+
+static PyGetSetDef MissingPackets_getset[] = {
+    {"missing", (getter)MissingPackets_get_missing, NULL, "the missing sequence numbers (a new set)",
+     NULL},
+    {"max_seq", (getter)MissingPackets_get_max_seq, NULL, "highest sequence number", NULL},
+    {NULL}};
+
+static PySequenceMethods MissingPackets_as_sequence = {.sq_length = (lenfunc)MissingPackets_len};
+
+static PyTypeObject MissingPacketsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "parley.relay._accel.MissingPackets",
+    .tp_basicsize = sizeof(MissingPackets),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "MissingPackets(): the NACK generator (relay.rtpstats.PyMissingPackets)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)MissingPackets_init,
+    .tp_methods = MissingPackets_methods,
+    .tp_getset = MissingPackets_getset,
+    .tp_as_sequence = &MissingPackets_as_sequence,
+};
+
+/* --- Inbound: one producer's per-packet bookkeeping and fan-out in one call --------------- */
+
+#define IN_PYTHON 1   /* not the common case: nothing was done, the Python path takes it */
+#define IN_NACK 2     /* packets went missing: send a NACK */
+#define IN_QUALITY 4  /* relay.quality needs this packet (a frame's end, a key frame, a level) */
+#define IN_SLOW 8     /* consumers left to the Python path: ``slow``, with ``abs_send_time`` */
+#define IN_LATENCY 16 /* a sampled forward latency is in ``latency`` */
+#define IN_SINKS 32   /* recorders to write the packet to (from ``extra``) */
+
+#define QUALITY_NONE 0
+#define QUALITY_VIDEO 1 /* frame ends (marker) */
+#define QUALITY_VP8 2   /* frame ends and key frames' first packets (their resolution) */
+#define QUALITY_AUDIO 3 /* packets with an audio level */
+
+typedef struct {
+    PyObject_HEAD
+    long payload_type;
+    long long media_ssrc; /* -1: none yet */
+    PyObject *stats;      /* ReceiveStatistics of media_ssrc, or None */
+    PyObject *nack;       /* MissingPackets, or None */
+    int quality;
+    unsigned long latency_every; /* a power of two */
+    unsigned long long tick, packets, octets;
+    double latency;
+    long abs_send_time;
+    PyObject *slow;     /* list or None */
+    PyObject *view;     /* has ``consumers`` (a tuple): read by __call__ */
+    PyObject *fallback; /* fallback(packet, flags): what __call__ leaves to Python */
+    char hold;          /* __call__ hands every packet to fallback(packet, IN_PYTHON) */
+    long extra;         /* flags __call__ adds to every packet's (IN_SINKS) */
+} Inbound;
+
+static int Inbound_traverse(Inbound *self, visitproc visit, void *arg) {
+    Py_VISIT(self->stats);
+    Py_VISIT(self->nack);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->view);
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int Inbound_clear(Inbound *self) {
+    Py_CLEAR(self->stats);
+    Py_CLEAR(self->nack);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->view);
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void Inbound_dealloc(Inbound *self) {
+    PyObject_GC_UnTrack(self);
+    Inbound_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Inbound_init(Inbound *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"payload_type", "quality", "latency_every", NULL};
+    long pt;
+    int quality;
+    unsigned long every;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "lik", kwlist, &pt, &quality, &every)) {
+        return -1;
+    }
+    if (pt < 0 || pt > 127 || quality < QUALITY_NONE || quality > QUALITY_AUDIO || every < 1 ||
+        (every & (every - 1)) != 0) {
+        PyErr_SetString(PyExc_ValueError, "bad inbound parameters");
+        return -1;
+    }
+    Inbound_clear(self);
+    self->payload_type = pt;
+    self->quality = quality;
+    self->latency_every = every;
+    self->media_ssrc = -1;
+    self->tick = self->packets = self->octets = 0;
+    self->latency = 0.0;
+    self->abs_send_time = 0;
+    Py_INCREF(Py_None);
+    self->stats = Py_None;
+    Py_INCREF(Py_None);
+    self->nack = Py_None;
+    Py_INCREF(Py_None);
+    self->slow = Py_None;
+    self->view = Py_NewRef(Py_None);
+    self->fallback = Py_NewRef(Py_None);
+    self->hold = 0;
+    self->extra = 0;
+    return 0;
+}
+
+static inline double timespec_seconds(const struct timespec *t) {
+    return (double)t->tv_sec + (double)t->tv_nsec * 1e-9;
+}
+
+static long abs_send_time_of(const struct timespec *now) {
+    /* 6.18 fixed point seconds (NTP epoch; only differences matter to receivers) */
+    unsigned long long secs = (unsigned long long)now->tv_sec + 2208988800ULL;
+    unsigned long long frac = ((unsigned long long)now->tv_nsec << 18) / 1000000000ULL;
+    return (long)(((secs << 18) | frac) & 0xFFFFFF);
+}
+
+/* whether relay.quality.vp8_resolution finds a key frame's size in this payload (RFC 6386 9.1,
+ * RFC 7741 4.2): the first packet of a key frame */
+static int vp8_keyframe_start(const unsigned char *p, Py_ssize_t n) {
+    if (n < 2) {
+        return 0;
+    }
+    unsigned char first = p[0];
+    if (!(first & 0x10) || (first & 0x07)) {
+        return 0;
+    }
+    Py_ssize_t pos = 1;
+    if (first & 0x80) {
+        unsigned char ext = p[1];
+        pos = 2;
+        if (ext & 0x80) {
+            if (n <= pos) {
+                return 0;
+            }
+            pos += (p[pos] & 0x80) ? 2 : 1;
+        }
+        if (ext & 0x40) {
+            pos++;
+        }
+        if (ext & 0x30) {
+            pos++;
+        }
+    }
+    if (n - pos < 10) {
+        return 0;
+    }
+    const unsigned char *h = p + pos;
+    return !(h[0] & 0x01) && h[3] == 0x9d && h[4] == 0x01 && h[5] == 0x2a;
+}
+
+static int get_small(PyObject *obj, PyObject *name, long long *out) {
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) {
+        return -1;
+    }
+    *out = PyLong_AsLongLong(value);
+    Py_DECREF(value);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* the common case of one packet: its IN_* flags, or -1 with an exception */
+static long Inbound_take(Inbound *self, PyObject *packet, PyObject *consumers) {
+    long long pt, ssrc;
+    if (get_small(packet, s_payload_type, &pt) < 0 || get_small(packet, s_ssrc, &ssrc) < 0) {
+        return -1;
+    }
+    if (pt != self->payload_type || ssrc != self->media_ssrc ||
+        !Py_IS_TYPE(self->stats, &ReceiveStatisticsType)) {
+        return IN_PYTHON;
+    }
+    Fields f;
+    if (Fields_read(&f, packet) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
+            return -1;
+        }
+        PyErr_Clear(); /* too large or too many CSRCs: the Python path says so */
+        return IN_PYTHON;
+    }
+    long flags = 0;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    ReceiveStatistics_update((ReceiveStatistics *)self->stats, (long)(f.seq & 0xFFFF),
+                             (long long)(f.ts & 0xFFFFFFFFUL), timespec_seconds(&now));
+    if (Py_IS_TYPE(self->nack, &MissingPacketsType) &&
+        MissingPackets_update((MissingPackets *)self->nack, (long)(f.seq & 0xFFFF))) {
+        flags |= IN_NACK;
+    }
+    Py_ssize_t size = PyBytes_GET_SIZE(f.payload);
+    self->packets++;
+    self->octets += (unsigned long long)size;
+    switch (self->quality) {
+    case QUALITY_VP8:
+        if (vp8_keyframe_start((const unsigned char *)PyBytes_AS_STRING(f.payload), size)) {
+            flags |= IN_QUALITY;
+        }
+        /* fall through */
+    case QUALITY_VIDEO:
+        if (f.marker) {
+            flags |= IN_QUALITY;
+        }
+        break;
+    case QUALITY_AUDIO:
+        if (f.has_level) {
+            flags |= IN_QUALITY;
+        }
+        break;
+    }
+    if (self->slow != Py_None) {
+        Py_SETREF(self->slow, Py_NewRef(Py_None));
+    }
+    if (PyTuple_GET_SIZE(consumers) > 0) {
+        long ast = abs_send_time_of(&now);
+        PyObject *slow = NULL;
+        int rc = fan_out_fields(packet, &f, consumers, ast, &slow);
+        if (rc < 0) {
+            Py_XDECREF(slow);
+            Fields_release(&f);
+            return -1;
+        }
+        if (slow != NULL) {
+            Py_SETREF(self->slow, slow);
+            self->abs_send_time = ast;
+            flags |= IN_SLOW;
+        }
+    }
+    Fields_release(&f);
+    if ((++self->tick & (self->latency_every - 1)) == 0) {
+        struct timespec end;
+        clock_gettime(CLOCK_REALTIME, &end);
+        double latency = timespec_seconds(&end) - timespec_seconds(&now);
+        self->latency = latency > 0 ? latency : 0.0;
+        flags |= IN_LATENCY;
+    }
+    return flags;
+}
+
+static PyObject *Inbound_receive(Inbound *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "receive(packet, consumers: tuple)");
+        return NULL;
+    }
+    long flags = Inbound_take(self, args[0], args[1]);
+    return flags < 0 ? NULL : PyLong_FromLong(flags);
+}
+
+/* the fast receive path's entry (``_parley_forward``): the common case here, the rest, and the
+ * flags of what is left, to ``fallback(packet, flags)`` */
+static PyObject *Inbound_call(Inbound *self, PyObject *args, PyObject *kwds) {
+    PyObject *packet;
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds) != 0) ||
+        !PyArg_UnpackTuple(args, "Inbound", 1, 1, &packet)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "Inbound(packet) takes no keywords");
+        }
+        return NULL;
+    }
+    if (self->view == NULL || self->fallback == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Inbound has no view or fallback");
+        return NULL;
+    }
+    long flags = IN_PYTHON;
+    if (!self->hold) {
+        PyObject *consumers = PyObject_GetAttr(self->view, s_consumers);
+        if (consumers == NULL) {
+            return NULL;
+        }
+        if (!PyTuple_Check(consumers)) {
+            Py_DECREF(consumers);
+            PyErr_SetString(PyExc_TypeError, "view.consumers must be a tuple");
+            return NULL;
+        }
+        flags = Inbound_take(self, packet, consumers);
+        Py_DECREF(consumers);
+        if (flags < 0) {
+            return NULL;
+        }
+        flags |= self->extra;
+    }
+    if (flags == 0) {
+        Py_RETURN_NONE;
+    }
+    PyObject *value = PyLong_FromLong(flags);
+    if (value == NULL) {
+        return NULL;
+    }
+    PyObject *out = PyObject_CallFunctionObjArgs(self->fallback, packet, value, NULL);
+    Py_DECREF(value);
+    return out;
+}
+
+static PyObject *Inbound_get_media_ssrc(Inbound *self, void *closure) {
+    return optional_ll(self->media_ssrc);
+}
+
+static int Inbound_set_media_ssrc(Inbound *self, PyObject *value, void *closure) {
+    if (value == NULL || value == Py_None) {
+        self->media_ssrc = -1;
+        return 0;
+    }
+    long long ssrc = PyLong_AsLongLong(value);
+    if (ssrc == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (ssrc < 0 || ssrc > 0xFFFFFFFFLL) {
+        PyErr_SetString(PyExc_ValueError, "bad SSRC");
+        return -1;
+    }
+    self->media_ssrc = ssrc;
+    return 0;
+}
+
+static int Inbound_set_object(PyObject **slot, PyObject *value, PyTypeObject *type,
+                              const char *what) {
+    if (value == NULL) {
+        value = Py_None;
+    }
+    if (value != Py_None && !Py_IS_TYPE(value, type)) {
+        PyErr_Format(PyExc_TypeError, "%s must be %s or None", what, type->tp_name);
+        return -1;
+    }
+    Py_SETREF(*slot, Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *Inbound_get_stats(Inbound *self, void *closure) {
+    return Py_NewRef(self->stats);
+}
+
+static int Inbound_set_stats(Inbound *self, PyObject *value, void *closure) {
+    return Inbound_set_object(&self->stats, value, &ReceiveStatisticsType, "stats");
+}
+
+static PyObject *Inbound_get_nack(Inbound *self, void *closure) {
+    return Py_NewRef(self->nack);
+}
+
+static int Inbound_set_nack(Inbound *self, PyObject *value, void *closure) {
+    return Inbound_set_object(&self->nack, value, &MissingPacketsType, "nack");
+}
+
+static PyMethodDef Inbound_methods[] = {
+    {"receive", (PyCFunction)(void (*)(void))Inbound_receive, METH_FASTCALL,
+     "receive(packet, consumers) -> flags (relay.accel.PyInbound.receive)"},
+    {NULL}};
+
+static PyMemberDef Inbound_members[] = {
+    {"payload_type", T_LONG, offsetof(Inbound, payload_type), 0, "the media payload type"},
+    {"packets", T_ULONGLONG, offsetof(Inbound, packets), READONLY,
+     "packets taken by the common case"},
+    {"octets", T_ULONGLONG, offsetof(Inbound, octets), READONLY, "their payload octets"},
+    {"latency", T_DOUBLE, offsetof(Inbound, latency), READONLY,
+     "the last sampled forward latency, seconds"},
+    {"abs_send_time", T_LONG, offsetof(Inbound, abs_send_time), READONLY,
+     "the abs-send-time the slow consumers are to be sent with"},
+    {"slow", T_OBJECT, offsetof(Inbound, slow), READONLY,
+     "consumers the last packet left to the Python path, or None"},
+    {"view", T_OBJECT, offsetof(Inbound, view), 0, "whose ``consumers`` __call__ fans out to"},
+    {"fallback", T_OBJECT, offsetof(Inbound, fallback), 0,
+     "fallback(packet, flags): what __call__ leaves to Python"},
+    {"hold", T_BOOL, offsetof(Inbound, hold), 0,
+     "__call__ hands every packet to fallback(packet, IN_PYTHON)"},
+    {"extra", T_LONG, offsetof(Inbound, extra), 0, "flags __call__ adds to every packet's"},
+    {NULL}};
+
+static PyGetSetDef Inbound_getset[] = {
+    {"media_ssrc", (getter)Inbound_get_media_ssrc, (setter)Inbound_set_media_ssrc,
+     "the SSRC whose media packets take the common case, or None", NULL},
+    {"stats", (getter)Inbound_get_stats, (setter)Inbound_set_stats,
+     "the ReceiveStatistics of media_ssrc, or None", NULL},
+    {"nack", (getter)Inbound_get_nack, (setter)Inbound_set_nack,
+     "the MissingPackets of media_ssrc, or None", NULL},
+    {NULL}};
+
+static PyTypeObject InboundType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "parley.relay._accel.Inbound",
+    .tp_basicsize = sizeof(Inbound),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Inbound(payload_type, quality, latency_every): one producer's common case "
+              "(relay.accel.PyInbound)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Inbound_init,
+    .tp_traverse = (traverseproc)Inbound_traverse,
+    .tp_clear = (inquiry)Inbound_clear,
+    .tp_dealloc = (destructor)Inbound_dealloc,
+    .tp_call = (ternaryfunc)Inbound_call,
+    .tp_methods = Inbound_methods,
+    .tp_members = Inbound_members,
+    .tp_getset = Inbound_getset,
+};
 
 static PyObject *abs_send_time_py(PyObject *module, PyObject *unused) {
     return PyLong_FromLong(abs_send_time_now());
@@ -1482,7 +2183,9 @@ PyMODINIT_FUNC PyInit__accel(void) {
         return NULL;
     }
     if (PyType_Ready(&SessionType) < 0 || PyType_Ready(&TxType) < 0 ||
-        PyType_Ready(&RouteType) < 0 || PyType_Ready(&ReaderType) < 0) {
+        PyType_Ready(&RouteType) < 0 || PyType_Ready(&ReaderType) < 0 ||
+        PyType_Ready(&ReceiveStatisticsType) < 0 || PyType_Ready(&MissingPacketsType) < 0 ||
+        PyType_Ready(&InboundType) < 0) {
         return NULL;
     }
 #define INTERN(var, text)                                                                        \
@@ -1502,6 +2205,7 @@ PyMODINIT_FUNC PyInit__accel(void) {
     INTERN(s_payload_type, "payload_type");
     INTERN(s_ssrc, "ssrc");
     INTERN(s_abs_send_time, "abs_send_time");
+    INTERN(s_consumers, "consumers");
     empty_tuple = PyTuple_New(0);
     one = PyLong_FromLong(1);
     PyObject *m = PyModule_Create(&accel_module);
@@ -1519,6 +2223,12 @@ PyMODINIT_FUNC PyInit__accel(void) {
     PyModule_AddObject(m, "Route", (PyObject *)&RouteType);
     Py_INCREF(&ReaderType);
     PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType);
+    Py_INCREF(&ReceiveStatisticsType);
+    PyModule_AddObject(m, "ReceiveStatistics", (PyObject *)&ReceiveStatisticsType);
+    Py_INCREF(&MissingPacketsType);
+    PyModule_AddObject(m, "MissingPackets", (PyObject *)&MissingPacketsType);
+    Py_INCREF(&InboundType);
+    PyModule_AddObject(m, "Inbound", (PyObject *)&InboundType);
     PyModule_AddIntConstant(m, "MAX_TRAILER", SRTP_MAX_TRAILER_LEN);
     return m;
 }

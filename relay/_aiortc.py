@@ -29,8 +29,10 @@ What we rely on:
 - ``RTCRtpSender``: ``_ssrc``, ``_rtx_ssrc``, ``_stream_id``, ``_handle_rtcp_packet`` and
   ``_send_rtcp`` (its RTCP loop hands sender reports to the latter).
 - ``RTCRtpTransceiver``: ``_codecs``, ``_headerExtensions``, ``_offerDirection``.
-- ``aiortc.rtcrtpreceiver.NackGenerator`` and ``StreamStatistics`` (unexported helpers), fed
-  our own :class:`~relay.rtp.RtpIn` packets (duck-typed like aiortc's ``RtpPacket``).
+- what aiortc's RTCP loop reads from the objects in ``__remote_streams`` (``fraction_lost``,
+  ``packets_lost``, ``max_seq``, ``jitter``, as aiortc's unexported ``StreamStatistics`` has
+  them): ours are relay/rtpstats.py's (or their compiled twins), which replace aiortc's
+  ``StreamStatistics`` and ``NackGenerator`` on the packet path.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ from aiortc.exceptions import InvalidStateError
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
-from aiortc.rtp import AnyRtcpPacket, RtpPacket
+from aiortc.rtp import AnyRtcpPacket, RtcpReceiverInfo, RtcpRrPacket, RtpPacket
 
 from . import accel, udp
 from .rtp import RtpIn, parse_rtp
@@ -127,35 +129,22 @@ def _attr(obj: object, name: str) -> Any:
 
 # --- aiortc's unexported helpers ---------------------------------------------------------------
 
-try:
-    from aiortc.rtcrtpreceiver import NackGenerator as _NackGenerator
-    from aiortc.rtcrtpreceiver import StreamStatistics as _StreamStatistics
-except ImportError as exc:  # pragma: no cover - only with an incompatible aiortc
-    raise HookError(f"aiortc.rtcrtpreceiver lost a helper the relay uses: {exc}") from exc
-
 
 class NackGenerator(Protocol):
-    """What the producer uses of aiortc's ``NackGenerator``."""
+    """What the producer uses of its NACK generator (``accel.MissingPackets``)."""
 
-    missing: set[int]
+    @property
+    def missing(self) -> set[int]: ...
 
-    def add(self, packet: RtpIn) -> bool: ...
+    def add(self, seq: int) -> bool: ...
 
 
 class StreamStatistics(Protocol):
-    """What the producer uses of aiortc's ``StreamStatistics`` (the receiver reports read it)."""
+    """What the producer uses of one SSRC's receive statistics (``accel.ReceiveStatistics``;
+    aiortc's receiver reports read ``fraction_lost``, ``packets_lost``, ``max_seq``,
+    ``jitter``)."""
 
-    def add(self, packet: RtpIn) -> None: ...
-
-
-def new_nack_generator() -> NackGenerator:
-    """aiortc's NACK generator: ``add(packet)`` says whether packets went missing."""
-    return _NackGenerator()  # type: ignore[return-value]
-
-
-def new_stream_statistics(clock_rate: int) -> StreamStatistics:
-    """aiortc's per-SSRC reception statistics, as its receiver reports read them."""
-    return _StreamStatistics(clock_rate)  # type: ignore[return-value]
+    def add(self, seq: int, timestamp: int, now: float) -> None: ...
 
 
 # --- receiving side (a producer) -------------------------------------------------------------
@@ -895,19 +884,26 @@ async def _probe_pair(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -
     if _attr(receiver, _RECEIVER_DECODER_THREAD) is not None:
         raise HookError("the receiver's decoder thread was not stopped")
 
-    # aiortc's helpers fed our own packets
-    nacks = new_nack_generator()
-    stats = new_stream_statistics(90000)
+    # aiortc's receiver report takes what our statistics give (as its RTCP loop builds it)
+    nacks = accel.MissingPackets()
+    stats = accel.ReceiveStatistics(90000)
     for seq in (1, 2, 5):
-        forwarded = RtpIn(
-            payload_type=96, marker=0, sequence_number=seq, timestamp=seq, ssrc=ssrc, payload=b"x"
-        )
-        nacks.add(forwarded)
-        stats.add(forwarded)
-    if _attr(nacks, "missing") != {3, 4}:
-        raise HookError("aiortc NackGenerator no longer reports missing packets as expected")
-    if _attr(stats, "packets_received") != 3:
-        raise HookError("aiortc StreamStatistics no longer counts packets as expected")
+        nacks.add(seq)
+        stats.add(seq, seq, time.time())
+    if nacks.missing != {3, 4}:
+        raise HookError(f"the {accel.IMPLEMENTATION} NACK generator lost track of packets 3, 4")
+    report = RtcpReceiverInfo(
+        ssrc=ssrc,
+        fraction_lost=stats.fraction_lost,
+        packets_lost=stats.packets_lost,
+        highest_sequence=stats.max_seq,
+        jitter=stats.jitter,
+        lsr=0,
+        dlsr=0,
+    )
+    parsed = RtcpRrPacket.parse(bytes(RtcpRrPacket(ssrc=1, reports=[report]))[4:], 1)
+    if (parsed.reports[0].packets_lost, parsed.reports[0].highest_sequence) != (2, 5):
+        raise HookError("aiortc's receiver report no longer takes our receive statistics")
 
 
 # --- reports (issue 9) -------------------------------------------------------------------------

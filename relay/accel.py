@@ -16,6 +16,12 @@ and uvloop ship an optional accelerator).
   to 32 datagrams per wakeup; the fan-outs of a batch are sent at its end with one ``sendmmsg``
   per destination and UDP GSO for runs of equal-size packets (relay/udp.py). ``io_stats()``
   counts its system calls; ``PARLEY_NO_GSO=1`` sends each packet of a run alone.
+- :class:`ReceiveStatistics` and :class:`MissingPackets`: one upstream SSRC's receive
+  statistics and NACK generator (relay/rtpstats.py: what aiortc's ``StreamStatistics`` and
+  ``NackGenerator`` compute, read by aiortc's receiver reports and relay/quality.py).
+- :class:`Inbound`: one producer's common case in one call (``receive(packet, consumers)``):
+  statistics, NACK generator, counters and the fan-out of a media packet; ``IN_*`` flags say
+  what the producer must still do in Python.
 - :func:`fan_out`: for each consumer of one packet whose ``_route`` has a valid ``tx``: rewrite,
   remember, protect and send, all in one call; the consumers it could not serve (not synced
   yet, not connected, no OS socket) are returned for the Python path (``Consumer.send``).
@@ -34,7 +40,9 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import pylibsrtp
 
+from .quality import vp8_resolution
 from .rtp import RtpIn, RtpLike, parse_rtp, rewrite_rtp
+from .rtpstats import PyMissingPackets, PyReceiveStatistics
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -268,6 +276,149 @@ def py_fan_out(
     return slow
 
 
+# what Inbound.receive hands back to the producer (0: nothing left to do)
+IN_PYTHON: Final = 1
+"""Not the common case (another payload type or SSRC, no statistics yet): nothing was done,
+the producer's Python path takes the packet."""
+IN_NACK: Final = 2
+"""Packets went missing before this one: send a NACK (``nack.missing``)."""
+IN_QUALITY: Final = 4
+"""``relay.quality`` needs this packet (a video frame's end, a VP8 key frame's first packet,
+an audio level)."""
+IN_SLOW: Final = 8
+"""Consumers were left to the Python path: ``slow``, to be sent with ``abs_send_time``."""
+IN_LATENCY: Final = 16
+"""This packet was sampled for the forward-latency histogram: ``latency`` seconds."""
+IN_SINKS: Final = 32
+"""Recorders to write the packet to (``extra``, added by ``__call__``)."""
+
+QUALITY_NONE: Final = 0
+QUALITY_VIDEO: Final = 1
+"""Video: frame ends (marker bit) go to relay.quality."""
+QUALITY_VP8: Final = 2
+"""VP8: frame ends and the first packets of key frames (their resolution)."""
+QUALITY_AUDIO: Final = 3
+"""Audio: packets with an audio level (the speech tracker)."""
+
+
+class PyInbound:
+    """One producer's common case in one call (pure Python): a media packet of the media SSRC
+    updates the receive statistics and the NACK generator, is counted, and is fanned out; what
+    is left for Python comes back as ``IN_*`` flags. The compiled twin is ``_accel.Inbound``.
+    One clock read per packet (wall clock: the statistics' arrival and the abs-send-time), and
+    a second one on the 1 in ``latency_every`` packets sampled for the latency histogram."""
+
+    __slots__ = (
+        "payload_type",
+        "media_ssrc",
+        "stats",
+        "nack",
+        "quality",
+        "latency_every",
+        "packets",
+        "octets",
+        "latency",
+        "abs_send_time",
+        "slow",
+        "view",
+        "fallback",
+        "hold",
+        "extra",
+        "_tick",
+        "_mask",
+    )
+
+    def __init__(self, payload_type: int, quality: int, latency_every: int) -> None:
+        if (
+            not 0 <= payload_type <= 127
+            or not QUALITY_NONE <= quality <= QUALITY_AUDIO
+            or latency_every < 1
+            or latency_every & (latency_every - 1)
+        ):
+            raise ValueError("bad inbound parameters")
+        self.payload_type = payload_type
+        self.quality = quality
+        self.latency_every = latency_every
+        self.media_ssrc: int | None = None
+        self.stats: PyReceiveStatistics | None = None
+        self.nack: PyMissingPackets | None = None
+        self.packets = 0
+        self.octets = 0
+        self.latency = 0.0
+        self.abs_send_time = 0
+        self.slow: list[Consumer] | None = None
+        self.view: Any = None
+        """Whose ``consumers`` (a tuple) ``__call__`` fans out to."""
+        self.fallback: Any = None
+        """``fallback(packet, flags)``: what ``__call__`` leaves to Python."""
+        self.hold = False
+        """``__call__`` hands every packet to ``fallback(packet, IN_PYTHON)``."""
+        self.extra = 0
+        """Flags ``__call__`` adds to every packet's (``IN_SINKS``)."""
+        self._tick = 0
+        self._mask = latency_every - 1
+
+    def __call__(self, packet: RtpIn) -> None:
+        """The fast receive path's entry: the common case here, the rest (and the flags of
+        what is left) to ``fallback(packet, flags)``."""
+        if self.hold:
+            flags = IN_PYTHON
+        else:
+            consumers = self.view.consumers
+            if type(consumers) is not tuple:
+                raise TypeError("view.consumers must be a tuple")
+            flags = self.receive(packet, consumers) | self.extra
+        if flags:
+            self.fallback(packet, flags)
+
+    def receive(self, packet: RtpIn, consumers: tuple[Consumer, ...]) -> int:
+        """Take ``packet`` if it is the common case; the ``IN_*`` flags of what is left."""
+        stats = self.stats
+        if (
+            packet.payload_type != self.payload_type
+            or packet.ssrc != self.media_ssrc
+            or stats is None
+        ):
+            return IN_PYTHON
+        flags = 0
+        now = time.time()
+        seq = packet.sequence_number
+        stats.add(seq, packet.timestamp, now)
+        nack = self.nack
+        if nack is not None and nack.add(seq):
+            flags = IN_NACK
+        payload = packet.payload
+        self.packets += 1
+        self.octets += len(payload)
+        quality = self.quality
+        if quality == QUALITY_AUDIO:
+            if packet.audio_level is not None:
+                flags |= IN_QUALITY
+        elif quality and (
+            packet.marker
+            or (
+                quality == QUALITY_VP8
+                and payload
+                and payload[0] & 0x10
+                and vp8_resolution(payload) is not None
+            )
+        ):
+            flags |= IN_QUALITY
+        self.slow = None
+        if consumers:
+            abs_send_time = int((now + NTP_EPOCH_OFFSET) * 262144) & 0xFFFFFF
+            slow = py_fan_out(packet, consumers, abs_send_time)
+            if slow is not None:
+                self.slow = slow
+                self.abs_send_time = abs_send_time
+                flags |= IN_SLOW
+        self._tick += 1
+        if not self._tick & self._mask:
+            self.latency = max(0.0, time.time() - now)
+            flags |= IN_LATENCY
+        return flags
+
+
 def py_abs_send_time_now() -> int:
     """The 24-bit 6.18 fixed-point abs-send-time of now (webrtc abs-send-time extension)."""
     return int((time.time() + NTP_EPOCH_OFFSET) * 262144) & 0xFFFFFF
@@ -298,6 +449,9 @@ if _compiled is not None:
     fan_out: Any = _compiled.fan_out
     parse: Any = _compiled.parse
     abs_send_time_now: Any = _compiled.abs_send_time_now
+    ReceiveStatistics: Any = _compiled.ReceiveStatistics
+    MissingPackets: Any = _compiled.MissingPackets
+    Inbound: Any = _compiled.Inbound
     SrtpError: tuple[type[Exception], ...] = (_compiled.Error, pylibsrtp.Error)
 else:
     Reader = None
@@ -308,4 +462,7 @@ else:
     fan_out = py_fan_out
     parse = py_parse
     abs_send_time_now = py_abs_send_time_now
+    ReceiveStatistics = PyReceiveStatistics
+    MissingPackets = PyMissingPackets
+    Inbound = PyInbound
     SrtpError = (pylibsrtp.Error,)

@@ -47,6 +47,19 @@ class PacketSink(Protocol):
 
 NTP_EPOCH_OFFSET = 2208988800
 
+LATENCY_EVERY = 16
+"""``FORWARD_LATENCY`` observes one forwarded packet in this many (a power of two)."""
+
+
+def _quality_mode_of(kind: str, mime_type: str) -> int:
+    """Which packets relay.quality must see (``accel.QUALITY_*``, as UpstreamQuality reads
+    them: audio levels, VP8 key frames and frame ends, other video's frame ends)."""
+    if kind == "audio":
+        return accel.QUALITY_AUDIO  # type: ignore[no-any-return]
+    if kind != "video":
+        return accel.QUALITY_NONE  # type: ignore[no-any-return]
+    return accel.QUALITY_VP8 if mime_type.lower() == "video/vp8" else accel.QUALITY_VIDEO  # type: ignore[no-any-return]
+
 
 def abs_send_time_now() -> int:
     """The 24-bit 6.18 fixed-point abs-send-time of now (webrtc abs-send-time extension)."""
@@ -86,10 +99,18 @@ class Producer:
         self.closed = False
         self._fanout = fanout
         self._view = fanout.view(id)
-        self.sinks: tuple[PacketSink, ...] = ()
-        """Recorders of this track; replaced, never mutated in place."""
-        self.packets = 0
-        self.octets = 0
+        self._inbound = accel.Inbound(
+            primary.payloadType, _quality_mode_of(kind, primary.mimeType), LATENCY_EVERY
+        )
+        """The common case of the packet path in one call (relay/accel.py)."""
+        self._inbound.view = self._view
+        self._inbound.fallback = self._after
+        self._sinks: tuple[PacketSink, ...] = ()
+        self._waiting_consumers = 0
+        self._keyframe_pending_ = False
+        self._packets = 0
+        self._octets = 0
+        """Packets (payload octets) forwarded by the Python path; ``_inbound`` counts the rest."""
         self.keyframe_requests = 0
         self.nacks_sent = 0
         """NACK packets sent to the publisher (upstream loss)."""
@@ -113,19 +134,21 @@ class Producer:
         self._rtx_ssrcs = dict(rtx_ssrcs)
         self._media_ssrc: int | None = ssrcs[0] if ssrcs else None
         self._streams: dict[int, _aiortc.StreamStatistics] = {}
-        self._nack = _aiortc.new_nack_generator() if kind == "video" else None
+        self._nack: _aiortc.NackGenerator | None = (
+            accel.MissingPackets() if kind == "video" else None
+        )
+        self._latency_tick = 0
+        self._sync_inbound()
         self._last_remb: int | None = None
         self._last_remb_at = -1e9
         self.remb_sent = 0
         self._is_keyframe: KeyframeDetector | None = (
             keyframe_detector(primary.mimeType) if kind == "video" else None
         )
-        self.waiting_consumers = 0
         self._last_keyframe_request = -1e9
-        self._keyframe_pending = False
         self._tasks: set[asyncio.Future[None]] = set()
         _aiortc.hook_receiver(
-            receiver, self.handle_rtp, self.handle_rtcp, self._streams, self.forward
+            receiver, self.handle_rtp, self.handle_rtcp, self._streams, self._fast_entry()
         )
         if ssrcs or rtx_ssrcs:
             _aiortc.register_ssrcs(receiver, [*ssrcs, *rtx_ssrcs])
@@ -157,12 +180,14 @@ class Producer:
         self._rtx_ssrcs = dict(rtx_ssrcs)
         self._media_ssrc = ssrcs[0] if ssrcs else None
         self._streams = {}
-        self._nack = _aiortc.new_nack_generator() if self.kind == "video" else None
+        self._nack = accel.MissingPackets() if self.kind == "video" else None
+        self._inbound.payload_type = self.payload_type
+        self._sync_inbound()
         self._last_remb = None
         self.sender_report = None
         self._receiver = receiver
         _aiortc.hook_receiver(
-            receiver, self.handle_rtp, self.handle_rtcp, self._streams, self.forward
+            receiver, self.handle_rtp, self.handle_rtcp, self._streams, self._fast_entry()
         )
         if ssrcs or rtx_ssrcs:
             _aiortc.register_ssrcs(receiver, [*ssrcs, *rtx_ssrcs])
@@ -170,6 +195,65 @@ class Producer:
             consumer.resync()
         self._last_keyframe_request = -1e9
         self.request_keyframe()
+
+    def _fast_entry(self) -> Callable[[RtpIn], None]:
+        """What the fast receive path calls per packet: the compiled ``Inbound`` itself (its
+        fallback is :meth:`_after`), or :meth:`forward`."""
+        return self._inbound if accel.COMPILED else self.forward  # type: ignore[no-any-return]
+
+    @property
+    def sinks(self) -> tuple[PacketSink, ...]:
+        """Recorders of this track; replaced, never mutated in place."""
+        return self._sinks
+
+    @sinks.setter
+    def sinks(self, sinks: tuple[PacketSink, ...]) -> None:
+        self._sinks = sinks
+        self._inbound.extra = accel.IN_SINKS if sinks else 0
+
+    @property
+    def waiting_consumers(self) -> int:
+        """Consumers waiting for a keyframe (while any wait, every packet takes the Python
+        path, which detects keyframes)."""
+        return self._waiting_consumers
+
+    @waiting_consumers.setter
+    def waiting_consumers(self, count: int) -> None:
+        self._waiting_consumers = count
+        self._update_hold()
+
+    @property
+    def _keyframe_pending(self) -> bool:
+        """A keyframe request waits for the end of the debounce interval."""
+        return self._keyframe_pending_
+
+    @_keyframe_pending.setter
+    def _keyframe_pending(self, pending: bool) -> None:
+        self._keyframe_pending_ = pending
+        self._update_hold()
+
+    def _update_hold(self) -> None:
+        self._inbound.hold = bool(self.closed or self._waiting_consumers or self._keyframe_pending_)
+
+    @property
+    def packets(self) -> int:
+        """Packets forwarded (RTX unwrapped included)."""
+        return self._packets + self._inbound.packets  # type: ignore[no-any-return]
+
+    @property
+    def octets(self) -> int:
+        """Payload octets forwarded."""
+        return self._octets + self._inbound.octets  # type: ignore[no-any-return]
+
+    def _sync_inbound(self) -> None:
+        """Tell the common case which SSRC is the media one and hand it that SSRC's statistics
+        (the same objects aiortc's receiver reports read) and the NACK generator."""
+        inbound = self._inbound
+        inbound.media_ssrc = self._media_ssrc
+        inbound.stats = (
+            self._streams.get(self._media_ssrc) if self._media_ssrc is not None else None
+        )
+        inbound.nack = self._nack
 
     def media_statistics(self) -> _aiortc.StreamStatistics | None:
         """Sequence and jitter statistics of the media SSRC (not RTX), for reports."""
@@ -195,26 +279,71 @@ class Producer:
         self.forward(RtpIn.from_aiortc(packet))
 
     def forward(self, packet: RtpIn) -> None:
-        """Every decrypted packet of this track, from the fast path or aiortc's path."""
+        """Every decrypted packet of this track, from the fast path or aiortc's path.
+
+        The common case (a media packet of the media SSRC while no consumer waits for a
+        keyframe) is one call to ``accel.Inbound.receive``: statistics, NACK generator,
+        counters and the fan-out; its flags say what is left here. Everything else takes
+        :meth:`_forward`."""
         if self.closed:
             return
-        arrived = time.monotonic()
         try:
-            if packet.payload_type == self.payload_type:
-                self.quality.on_packet(packet, arrived)
-            self._forward(packet)
-            FORWARD_LATENCY.observe(time.monotonic() - arrived)
+            if self.waiting_consumers or self._keyframe_pending:
+                self._forward(packet)
+                return
+            flags = self._inbound.receive(packet, self._view.consumers)
+            if flags & accel.IN_PYTHON:
+                self._forward(packet)
+            elif flags or self._sinks:
+                self._finish(packet, flags)
         except Exception:
             # never raise into aiortc's receive loop: it would close the publisher's
             # transport. A bug here costs one packet, not the call.
             logger.warning("[%s] dropped a packet of %s", self.peer_id, self.id, exc_info=True)
 
+    def _after(self, packet: RtpIn, flags: int) -> None:
+        """What the compiled entry (``Inbound.__call__``) leaves to Python: the packet itself
+        (``IN_PYTHON``) or the rest of its bookkeeping."""
+        try:
+            if flags & accel.IN_PYTHON:
+                if not self.closed:
+                    self._forward(packet)
+                return
+            self._finish(packet, flags)
+        except Exception:
+            # never raise into aiortc's receive loop (see forward)
+            logger.warning("[%s] dropped a packet of %s", self.peer_id, self.id, exc_info=True)
+
+    def _finish(self, packet: RtpIn, flags: int) -> None:
+        """The rest of a packet the common case took (``IN_*`` flags), and the recorders."""
+        inbound = self._inbound
+        if flags & accel.IN_QUALITY:
+            quality = self.quality
+            quality.on_packet(packet, time.monotonic() if quality.speech else 0.0)
+        if flags & accel.IN_NACK:
+            self._send_nack(packet.ssrc)
+        if flags & accel.IN_SLOW:
+            self._send_slow(packet, inbound.slow, inbound.abs_send_time, False)
+        if flags & accel.IN_LATENCY:
+            FORWARD_LATENCY.observe(inbound.latency)
+        for sink in self._sinks:
+            sink.write(packet)
+
     def _forward(self, packet: RtpIn) -> None:
+        """The Python path: every packet the common case does not take (RTX, another SSRC or
+        payload type, consumers waiting for a keyframe, a pending keyframe request)."""
+        arrived = time.monotonic()
+        self._latency_tick += 1
+        sampled = not self._latency_tick % LATENCY_EVERY
+        if packet.payload_type == self.payload_type:
+            self.quality.on_packet(packet, arrived)
         ssrc = packet.ssrc
         stream = self._streams.get(ssrc)
         if stream is None:
-            stream = self._streams[ssrc] = _aiortc.new_stream_statistics(self.codec.clockRate)
-        stream.add(packet)
+            stream = self._streams[ssrc] = accel.ReceiveStatistics(self.codec.clockRate)
+            if ssrc == self._media_ssrc:
+                self._sync_inbound()
+        stream.add(packet.sequence_number, packet.timestamp, time.time())
 
         if packet.payload_type != self.payload_type:
             apt = self._rtx_apt.get(packet.payload_type)
@@ -232,13 +361,13 @@ class Producer:
                 for consumer in self._view.consumers:
                     consumer.resync()
             self._media_ssrc = ssrc
+            self._sync_inbound()
 
-        self.packets += 1
-        self.octets += len(packet.payload)
+        self._packets += 1
+        self._octets += len(packet.payload)
 
-        if self._nack is not None and self._nack.add(packet):
-            self.nacks_sent += 1
-            self._spawn(_aiortc.send_nack(self._receiver, packet.ssrc, sorted(self._nack.missing)))
+        if self._nack is not None and self._nack.add(packet.sequence_number):
+            self._send_nack(packet.ssrc)
 
         keyframe = False
         if self.waiting_consumers and self._is_keyframe is not None:
@@ -257,16 +386,30 @@ class Producer:
             # back (consumers not synced or not connected yet) takes the Python path
             slow = accel.fan_out(packet, consumers, abs_send_time)
             if slow is not None:
-                audio_level = packet.audio_level
-                for consumer in slow:
-                    try:
-                        consumer.send(packet, abs_send_time, audio_level, keyframe)
-                    except Exception:
-                        # one broken subscriber must not stop the others (nor, by raising
-                        # into aiortc's receive loop, close the publisher's transport)
-                        self._drop_consumer(consumer)
+                self._send_slow(packet, slow, abs_send_time, keyframe)
         for sink in self.sinks:
             sink.write(packet)
+        if sampled:
+            FORWARD_LATENCY.observe(time.monotonic() - arrived)
+
+    def _send_nack(self, media_ssrc: int) -> None:
+        nack = self._nack
+        if nack is not None:
+            self.nacks_sent += 1
+            self._spawn(_aiortc.send_nack(self._receiver, media_ssrc, sorted(nack.missing)))
+
+    def _send_slow(
+        self, packet: RtpIn, slow: list[Consumer], abs_send_time: int, keyframe: bool
+    ) -> None:
+        """The consumers the compiled fan-out could not serve (not synced, not connected)."""
+        audio_level = packet.audio_level
+        for consumer in slow:
+            try:
+                consumer.send(packet, abs_send_time, audio_level, keyframe)
+            except Exception:
+                # one broken subscriber must not stop the others (nor, by raising
+                # into aiortc's receive loop, close the publisher's transport)
+                self._drop_consumer(consumer)
 
     def _drop_consumer(self, consumer: Consumer) -> None:
         logger.warning(
@@ -348,6 +491,7 @@ class Producer:
         if self.closed:
             return
         self.closed = True
+        self._update_hold()
         logger.debug("[%s] producer %s closed", self.peer_id, self.id)
         self._on_close(self)
         for sink in self.sinks:

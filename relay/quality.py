@@ -394,8 +394,10 @@ def on_rtcp(quality: DownstreamQuality, packet: Any, ssrc: int, now: float) -> N
 
 class LatencyHistogram:
     """Relay-added latency (a packet's arrival at its producer -> its last consumer's send),
-    counted into fixed buckets: a bisect and two increments per forwarded packet. One per
-    process (the Prometheus registry's counters are process-wide too)."""
+    counted into fixed buckets: a bisect and two increments per observed packet. The producer
+    observes a sample, one forwarded packet in ``relay.producer.LATENCY_EVERY`` (16), so the
+    counts are a sixteenth of the packets and the distribution is theirs. One per process (the
+    Prometheus registry's counters are process-wide too)."""
 
     BOUNDS = (2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2)
 

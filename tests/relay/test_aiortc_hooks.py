@@ -21,7 +21,7 @@ from aiortc import (
 )
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
-from parley.relay import _aiortc
+from parley.relay import _aiortc, accel
 from parley.relay.rtp import RtpIn
 from tests.media_client import PatternVideoTrack, peer_connection, wait_for
 from tests.relay.harness import malformed_stun
@@ -86,17 +86,17 @@ async def test_the_probe_names_a_method_that_disappeared(
         await _aiortc.probe(timeout=5)
 
 
-async def test_the_probe_checks_aiortcs_nack_generator_on_our_packets(
+async def test_the_probe_checks_the_nack_generator_in_use(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     class Forgetful:
         missing: set[int] = set()
 
-        def add(self, packet: object) -> bool:
+        def add(self, seq: int) -> bool:
             return False
 
-    monkeypatch.setattr(_aiortc, "_NackGenerator", Forgetful)
-    with pytest.raises(_aiortc.HookError, match="NackGenerator"):
+    monkeypatch.setattr(accel, "MissingPackets", Forgetful)
+    with pytest.raises(_aiortc.HookError, match="NACK generator"):
         await _aiortc.probe(timeout=5)
 
 

@@ -262,3 +262,41 @@ def test_a_failing_retransmission_never_raises_into_aiortc() -> None:
     )
     nack(consumer, sent.sequence_number)  # protect() raises inside; handle_rtcp returns
     assert consumer.nacked == 1 and consumer.retransmitted == 1
+
+
+# --- the producer's bookkeeping (accel.Inbound and the Python path) ----------------------------
+
+
+def test_forward_latency_is_observed_on_one_packet_in_sixteen() -> None:
+    from parley.relay.producer import LATENCY_EVERY
+    from parley.relay.quality import FORWARD_LATENCY
+
+    producer = make_producer()
+    producer.forward(video_in(1))  # the first packet of a stream takes the Python path
+    before = sum(FORWARD_LATENCY.counts)
+    for seq in range(2, 2 + 4 * LATENCY_EVERY):  # the common case samples its own packets
+        producer.forward(video_in(seq))
+    assert sum(FORWARD_LATENCY.counts) - before == 4
+
+
+def test_counters_and_statistics_add_up_over_both_paths() -> None:
+    producer = make_producer(codecs=[VP8, VP8_RTX])
+    for seq in (1, 2, 3, 5):  # the first packet takes the Python path, the rest one call each
+        producer.forward(video_in(seq))
+    assert producer._inbound.packets == 3 and producer._packets == 1
+    rtx = RtpIn(
+        payload_type=97,
+        marker=0,
+        sequence_number=1,
+        timestamp=3000,
+        ssrc=PUBLISHER_SSRC,  # no RTX SSRC signalled: it repairs the media SSRC
+        payload=(4).to_bytes(2, "big") + video_in(4).payload,
+    )
+    producer.forward(rtx)  # seq 4 comes back
+    assert producer.retransmissions == 1
+    assert producer.packets == 5
+    assert producer.octets == 5 * len(video_in(1).payload)
+    assert producer._nack is not None and producer._nack.missing == set()
+    stats = producer.media_statistics()
+    assert stats is not None
+    assert (stats.packets_received, stats.packets_expected, stats.max_seq) == (5, 5, 5)
