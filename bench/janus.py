@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from .netns import JANUS_INTERFACE
-from .service import free_port, http_session, stop_process
+from .service import free_port, stop_process, wait_healthy
 
 VIDEOROOM = "janus.plugin.videoroom"
 KEEPALIVE_S = 25.0
@@ -150,23 +150,10 @@ async def janus_service(log_dir: str, cpus: set[int] | None = None) -> AsyncIter
     log.close()
     url = f"http://127.0.0.1:{port}/janus"
     try:
-        await _wait_info(url, proc)
+        await wait_healthy(url, proc, "janus (see janus.log)", 15.0, path="/info")
         yield JanusService(url=url, pid=proc.pid)
     finally:
         await stop_process(proc)
-
-
-async def _wait_info(url: str, proc: asyncio.subprocess.Process, timeout: float = 15.0) -> None:  # noqa: ASYNC109
-    async with http_session() as http:
-        for _ in range(int(timeout / 0.05)):
-            if proc.returncode is not None:
-                raise RuntimeError(f"janus exited with {proc.returncode} (see janus.log)")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"{url}/info") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"janus did not come up in {timeout:g} s (see janus.log)")
 
 
 def _plugin_data(message: dict[str, Any]) -> dict[str, Any]:

@@ -34,14 +34,15 @@ async def wait_healthy(
     proc: asyncio.subprocess.Process,
     what: str,
     timeout: float = 10.0,  # noqa: ASYNC109
+    path: str = "/healthz",
 ) -> None:
-    """Wait (at most about ``timeout`` s) until ``url``/healthz answers 200."""
+    """Wait (at most about ``timeout`` s) until ``url`` + ``path`` answers 200."""
     async with http_session() as http:
         for _ in range(int(timeout / 0.05)):
             if proc.returncode is not None:
                 raise RuntimeError(f"{what} exited with {proc.returncode}")
             with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"{url}/healthz") as response:
+                async with http.get(f"{url}{path}") as response:
                     if response.status == 200:
                         return
             await asyncio.sleep(0.05)
