@@ -334,11 +334,20 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
-def _logging(level: str) -> None:
+CHATTY_LOGGERS = ("aioice",)
+"""Libraries that log every ICE check of every peer connection at INFO (eight lines per
+connection, the start-up probe's included): WARNING and above unless DEBUG is asked for."""
+
+
+def _logging(level: str, prefix: str = "") -> None:
+    """The service's logging (``prefix``: a media worker's ``worker<i> ``)."""
+    value = getattr(logging, str(level).upper(), logging.INFO)
     logging.basicConfig(
-        level=getattr(logging, str(level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=value, format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s"
     )
+    if value > logging.DEBUG:
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(max(value, logging.WARNING))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -187,13 +187,11 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format=f"%(asctime)s %(levelname)s worker{args.index} %(name)s: %(message)s",
-    )
+    from .cli import _logging, _run
+
+    _logging(args.log_level, f"worker{args.index} ")
     config = pickle.loads(bytes.fromhex(sys.stdin.readline().strip()))
     assert isinstance(config, ServiceConfig)
-    from .cli import _run
 
     _run(run_worker(config, args.socket))
     return 0

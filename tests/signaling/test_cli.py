@@ -86,6 +86,8 @@ async def test_parley_serve_with_embedded_defaults_serves_a_two_party_call(tmp_p
                 await proc.wait()
                 rest = b""
             logs = output + rest
+            # at INFO, aioice's per-check lines (8 per peer connection) stay out of the log
+            assert b"aioice" not in logs, logs.decode()[-2000:]
             # no secrets in the logs: the join tokens never appear
             for url in (session.get("agent_url"), session.get("customer_url")):
                 if url:
