@@ -130,6 +130,17 @@ class FrameClock:
         self._task.cancel()
 
 
+
+async def video_grows(receiver: WsParticipant, sender: WsParticipant, count: int) -> bool:
+    """Whether ``receiver`` gets 15 more of ``sender``'s video frames than ``count`` (20 s)."""
+    return await wait_for(
+        lambda: (
+            receiver.client is not None
+            and receiver.client.frames_from(sender.id, "video") >= count + 15
+        ),
+        timeout=20,
+    )
+
 async def three_party_call(
     service: Service, agent_class: type[ReconnectingParticipant] = ReconnectingParticipant
 ) -> tuple[ReconnectingParticipant, WsParticipant, WsParticipant]:
@@ -225,13 +236,7 @@ async def test_a_leg_that_the_page_reports_dead_is_rebuilt_alone(service: Servic
         count = agent.client.frames_from(customer.id, "video")
         await agent.send({"type": "reconnect", "pc": "subscribe"})
         await agent.wait_message(lambda m: m["type"] == "reconnect" and m["pc"] == "subscribe")
-        assert await wait_for(
-            lambda: (
-                agent.client is not None
-                and agent.client.frames_from(customer.id, "video") >= count + 15
-            ),
-            timeout=20,
-        ), "no video on the rebuilt subscribe leg"
+        assert await video_grows(agent, customer, count), "no video on the rebuilt subscribe leg"
         assert (offers(customer), offers(third)) == before
         assert agent.rebuilt == ["subscribe"]
     finally:

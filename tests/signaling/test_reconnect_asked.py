@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 
 from parley.signaling.keys import SESSIONS
-from tests.media_client import wait_for
 from tests.signaling.conftest import Service
-from tests.signaling.test_reconnect import three_party_call
+from tests.signaling.test_reconnect import three_party_call, video_grows
 
 
 async def test_the_same_reconnect_asked_twice_at_once_rebuilds_the_leg_once(
@@ -29,13 +28,7 @@ async def test_the_same_reconnect_asked_twice_at_once_rebuilds_the_leg_once(
         await agent.send({"type": "reconnect", "pc": "subscribe"})
         await agent.send({"type": "reconnect", "pc": "subscribe"})
         await agent.wait_message(lambda m: m["type"] == "reconnect", after=after)
-        assert await wait_for(
-            lambda: (
-                agent.client is not None
-                and agent.client.frames_from(customer.id, "video") >= count + 15
-            ),
-            timeout=20,
-        ), "no video on the rebuilt subscribe leg"
+        assert await video_grows(agent, customer, count), "no video on the rebuilt subscribe leg"
         await asyncio.sleep(0.5)  # a second rebuild would have been announced by now
         asked = [m for m in agent.messages[after:] if m["type"] == "reconnect"]
         assert asked == [{"type": "reconnect", "pc": "subscribe"}]
