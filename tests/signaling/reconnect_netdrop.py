@@ -47,6 +47,9 @@ only receives, and Chromium hides his host addresses); ``turn`` with both, relay
 the embedded TURN server over TCP (the join page's ``?ice=relay``; the server hands out only
 its TCP TURN URL)."""
 NEW_IP = "10.201.0.3"
+SETUP_FAILED = 3
+"""Exit status when a participant never connected in the first place, before any network change
+(the caller may run the scenario once more; it reports the first try's diagnostics)."""
 AV = ("camera", "microphone")
 TRACE_JS = """
 (() => {
@@ -184,7 +187,16 @@ def main() -> int:
                 page.goto(url)
                 page.get_by_label("Your name").fill(name)
                 page.get_by_role("button", name="Join", exact=True).click()
-                wait_for_state(page, "connected")
+                try:
+                    wait_for_state(page, "connected")
+                except sync_api.TimeoutError:
+                    shown = page.evaluate(
+                        "() => window.parley && [window.parley.state, window.parley.attempts]"
+                    )
+                    sys.stderr.write(
+                        f"{name} never connected (page: {shown})\n{server.log_tail(60)}\n"
+                    )
+                    return SETUP_FAILED
                 pages[name] = page
             console: list[tuple[float, str]] = []
             pages["Carl"].on("console", lambda m: console.append((time.monotonic(), m.text)))

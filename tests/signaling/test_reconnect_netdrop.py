@@ -10,11 +10,13 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
 from tests.signaling.browser_support import chromium_available
+from tests.signaling.reconnect_netdrop import SETUP_FAILED
 
 SCRIPT = Path(__file__).with_name("reconnect_netdrop.py")
 
@@ -26,7 +28,24 @@ def run_scenario(mode: str, carl: str = "av") -> dict[str, object]:
         pytest.skip("Debian chromium is not installed; scripts/setup.sh test installs it")
     if os.geteuid() != 0 or not all(shutil.which(t) for t in ("unshare", "nsenter", "ip")):
         pytest.skip("needs root, unshare, nsenter and ip to build the test's network namespaces")
-    proc = subprocess.run(
+    for _ in range(2):  # bounded: once more only when the set-up itself failed
+        proc = run_once(mode, carl)
+        if proc.returncode != SETUP_FAILED:
+            break
+        # not what this test is about, but never silent: the first try's page and server log
+        warnings.warn(
+            f"netdrop set-up: a participant never connected: {proc.stderr[-2000:]}", stacklevel=2
+        )
+    lines = proc.stdout.strip().splitlines()
+    assert lines, proc.stderr[-3000:]
+    figures = dict(json.loads(lines[-1]))
+    print(figures)
+    assert proc.returncode == 0, (figures, proc.stderr[-3000:])
+    return figures
+
+
+def run_once(mode: str, carl: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [
             "unshare",
             "--net",
@@ -47,12 +66,6 @@ def run_scenario(mode: str, carl: str = "av") -> dict[str, object]:
             "PARLEY_NETDROP_SECONDS": "10",
         },
     )
-    lines = proc.stdout.strip().splitlines()
-    assert lines, proc.stderr[-3000:]
-    figures = dict(json.loads(lines[-1]))
-    print(figures)
-    assert proc.returncode == 0, (figures, proc.stderr[-3000:])
-    return figures
 
 
 @pytest.mark.browser
