@@ -26,7 +26,7 @@ from aiortc import (
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
-from . import _aiortc
+from . import _aiortc, ticker
 from .candidates import parse_candidate
 from .config import MediaConfig
 from .consumer import Consumer, SilentTrack, StreamPosition
@@ -50,40 +50,40 @@ class LegWatchdog:
     """Calls ``on_dead`` once when a connected leg has received no datagram at all (RTP, RTCP,
     STUN consent) for ``after`` seconds: a dead network path, noticed well before aioice's
     consent expiry (6 failed checks 5 s apart). Reads only a counter the datagram guard keeps,
-    so the packet path pays one increment."""
+    so the packet path pays one increment; the looks ride the process's shared timer of their
+    period (:mod:`relay.ticker`), not a task per leg."""
 
     def __init__(self, pc: RTCPeerConnection, after: float, on_dead: Callable[[], None]) -> None:
         self._pc = pc
         self._after = after
         self._on_dead = on_dead
-        self._task: asyncio.Task[None] | None = None
+        self._tick: ticker.Tick | None = None
+        self._seen = -1
+        self._since = 0.0
 
     def start(self) -> None:
-        if self._after > 0 and self._task is None:
-            self._task = asyncio.ensure_future(self._watch())
+        if self._after > 0 and self._tick is None:
+            self._seen, self._since = -1, asyncio.get_running_loop().time()
+            self._tick = ticker.every(min(1.0, self._after / 4), self._look)
 
     def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        if self._tick is not None:
+            self._tick.cancel()
 
-    async def _watch(self) -> None:
-        loop = asyncio.get_running_loop()
-        period = min(1.0, self._after / 4)
-        seen, since = -1, loop.time()
-        while True:
-            await asyncio.sleep(period)
-            now = loop.time()
-            if self._pc.connectionState != "connected":
-                if self._pc.connectionState in GONE_STATES:
-                    return
-                seen, since = -1, now  # connecting: nothing is due yet
-                continue
-            count = _aiortc.datagrams_received(self._pc)
-            if count != seen:
-                seen, since = count, now
-            elif now - since >= self._after:
-                self._on_dead()
-                return
+    def _look(self, now: float) -> None:
+        state = self._pc.connectionState
+        if state != "connected":
+            if state in GONE_STATES:
+                self.stop()
+            else:
+                self._seen, self._since = -1, now  # connecting: nothing is due yet
+            return
+        count = _aiortc.datagrams_received(self._pc)
+        if count != self._seen:
+            self._seen, self._since = count, now
+        elif now - self._since >= self._after:
+            self.stop()
+            self._on_dead()
 
 
 class TrickledCandidates:

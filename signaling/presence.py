@@ -9,17 +9,21 @@ and ``connection_quality`` (good / fair / poor).
 - Quality is the worst of the participant's legs (what it sends, what it receives), scored
   like the reports do (:mod:`relay.quality`) over the last :data:`QUALITY_INTERVAL` seconds.
 
-One :class:`Presence` per session polls the relay's counters every :data:`TICK` seconds (off
-the packet path: the per-packet work is the tracker's O(1) ``on_level``) and sends on change.
+One :class:`Presence` per session looks at the relay's counters every :data:`TICK` seconds
+while anybody publishes audio levels, and at the quality every :data:`QUALITY_INTERVAL` (off the
+packet path: the per-packet work is the tracker's O(1) ``on_level``), on timers the whole
+process shares (:mod:`relay.ticker`), and sends on change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from parley.relay import ticker
 from parley.relay.quality import LegScore, grade
 
 from .messages import SOURCES
@@ -58,7 +62,10 @@ class Presence:
         """participant_id -> the grade last sent."""
         self._states: dict[str, dict[str, bool]] = {}
         self._legs: dict[str, LegScore] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._quality_tick: ticker.Tick | None = None
+        self._speaking_tick: ticker.Tick | None = None
+        self._outbox: collections.deque[dict[str, Any]] = collections.deque()
+        self._sender: asyncio.Future[None] | None = None
         self._spoken_at = -1e9
 
     # --- participant_state ------------------------------------------------------------------
@@ -70,6 +77,7 @@ class Presence:
 
     async def state_changed(self, participant: Participant) -> None:
         """Tell everyone the participant's state if it differs from what they were told."""
+        self._watch_speech()
         state = state_of(participant)
         if self._states.get(participant.id) == state:
             return
@@ -81,31 +89,67 @@ class Presence:
         participant.muted.clear()
         self._states[participant.id] = state_of(participant)
         self.quality.pop(participant.id, None)
-        if self._task is None or self._task.done():
+        if self._quality_tick is None or not self._quality_tick.active:
             try:
-                loop = asyncio.get_running_loop()
+                asyncio.get_running_loop()
             except RuntimeError:  # the loop-free session tests drive coroutines by hand
                 return
-            self._task = loop.create_task(self._run())
+            self._quality_tick = ticker.every(QUALITY_INTERVAL, self._quality_due)
+        self._watch_speech()
 
-    # --- the loop ---------------------------------------------------------------------------
+    # --- the looks, on the process's shared timers (relay/ticker.py) ---------------------------
 
-    async def _run(self) -> None:
-        next_quality = time.monotonic() + QUALITY_INTERVAL
-        while self.session.connected():
-            await asyncio.sleep(TICK)
+    def _watch_speech(self) -> None:
+        """Look at who is speaking every :data:`TICK` only while somebody may be: a session
+        with no audio level to read (nobody publishes a microphone) costs no 10 Hz wakeup. Run
+        on every published or turned-off track and at every quality look."""
+        needed = bool(self.speaking) or any(
+            producer.quality.speech is not None
+            for participant in self.session.connected()
+            if participant.peer is not None
+            for producer in participant.peer.producers
+        )
+        if needed and self._speaking_tick is None and self._quality_tick is not None:
+            self._speaking_tick = ticker.every(TICK, self._speaking_due)
+        elif not needed and self._speaking_tick is not None:
+            self._speaking_tick.cancel()
+            self._speaking_tick = None
+
+    def _speaking_due(self, now: float) -> None:
+        if not self.session.connected():
+            self.close()
+            return
+        # the tick's clock is the loop's; speech trackers use time.monotonic()
+        message = self._check_speaking(time.monotonic())
+        if message is not None:
+            self._post(message)
+
+    def _quality_due(self, now: float) -> None:
+        if not self.session.connected():
+            self.close()
+            return
+        for message in self._check_quality():
+            self._post(message)
+        self._watch_speech()
+
+    def _post(self, message: dict[str, Any]) -> None:
+        """Broadcast off the tick, in order: one sender per session drains the outbox (a slow
+        page delays its own session's news only)."""
+        self._outbox.append(message)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.ensure_future(self._send_all())
+
+    async def _send_all(self) -> None:
+        while self._outbox:
+            message = self._outbox.popleft()
             try:
-                now = time.monotonic()
-                await self._check_speaking(now)
-                if now >= next_quality:
-                    next_quality = now + QUALITY_INTERVAL
-                    await self._check_quality()
+                await self.session.broadcast(message)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug here must not stop the session
                 logger.exception("[%s] presence update failed", self.session.id)
 
-    async def _check_speaking(self, now: float) -> None:
+    def _check_speaking(self, now: float) -> dict[str, Any] | None:
         talking = set()
         for participant in self.session.connected():
             if participant.peer is None or "microphone" in participant.muted:
@@ -116,15 +160,16 @@ class Presence:
                     talking.add(participant.id)
                     break
         if talking == set(self.speaking) or now - self._spoken_at < SPEAKING_MIN_INTERVAL:
-            return
+            return None
         self.speaking = [p for p in self.speaking if p in talking] + sorted(
             talking.difference(self.speaking)
         )
         self._spoken_at = now
-        await self.session.broadcast({"type": "speaking", "participant_ids": list(self.speaking)})
+        return {"type": "speaking", "participant_ids": list(self.speaking)}
 
-    async def _check_quality(self) -> None:
+    def _check_quality(self) -> list[dict[str, Any]]:
         legs: dict[str, LegScore] = {}
+        messages = []
         for participant in self.session.connected():
             peer = participant.peer
             if peer is None:
@@ -144,7 +189,7 @@ class Presence:
             if quality is None or self.quality.get(participant.id) == quality:
                 continue
             self.quality[participant.id] = quality
-            await self.session.broadcast(
+            messages.append(
                 {
                     "type": "connection_quality",
                     "participant_id": participant.id,
@@ -152,8 +197,14 @@ class Presence:
                 }
             )
         self._legs = legs
+        return messages
 
     def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        for tick in (self._speaking_tick, self._quality_tick):
+            if tick is not None:
+                tick.cancel()
+        self._speaking_tick = self._quality_tick = None
+        self._outbox.clear()
+        if self._sender is not None:
+            self._sender.cancel()
+            self._sender = None
