@@ -183,6 +183,11 @@ class FakeReceiver(SimpleNamespace):
         self.rtcp: list[Any] = []
         self._RTCRtpReceiver__remote_streams: dict[int, Any] = {}
         self._RTCRtpReceiver__rtcp_ssrc = 4321
+        # what the relay's RTCP stand-in reads and keeps (relay/_aiortc.py _ticked_rtcp)
+        self._RTCRtpReceiver__lsr: dict[int, int] = {}
+        self._RTCRtpReceiver__lsr_time: dict[int, float] = {}
+        self._RTCRtpReceiver__rtcp_started = asyncio.Event()
+        self._RTCRtpReceiver__rtcp_exited = asyncio.Event()
 
     async def _handle_rtp_packet(self, packet: Any, arrival_time_ms: int) -> None:
         return None
@@ -229,6 +234,9 @@ def fake_transceiver(
         _handle_rtcp_packet=noop,
         _send_rtcp=noop,
         track=None,
+        _RTCRtpSender__cname="fake",
+        _RTCRtpSender__rtcp_started=asyncio.Event(),
+        _RTCRtpSender__rtcp_exited=asyncio.Event(),
     )
     return SimpleNamespace(
         mid=mid,

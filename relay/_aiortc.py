@@ -46,7 +46,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, NoReturn, Protocol
 
 import pylibsrtp
@@ -66,9 +66,9 @@ from aiortc.exceptions import InvalidStateError
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
-from aiortc.rtp import AnyRtcpPacket, RtcpReceiverInfo, RtcpRrPacket, RtpPacket
+from aiortc.rtp import AnyRtcpPacket, RtcpByePacket, RtcpReceiverInfo, RtcpRrPacket, RtpPacket
 
-from . import accel, udp
+from . import accel, ticker, udp
 from .rtp import RtpIn, parse_rtp
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,18 @@ _RECEIVER_STREAMS = "_RTCRtpReceiver__remote_streams"
 _RECEIVER_STOP_DECODER = "_RTCRtpReceiver__stop_decoder"
 _RECEIVER_RTCP_SSRC = "_RTCRtpReceiver__rtcp_ssrc"
 _RECEIVER_DECODER_THREAD = "_RTCRtpReceiver__decoder_thread"
+_RECEIVER_LSR = "_RTCRtpReceiver__lsr"
+_RECEIVER_LSR_TIME = "_RTCRtpReceiver__lsr_time"
+_RECEIVER_RTCP_STARTED = "_RTCRtpReceiver__rtcp_started"
+_RECEIVER_RTCP_EXITED = "_RTCRtpReceiver__rtcp_exited"
+_SENDER_RTCP_STARTED = "_RTCRtpSender__rtcp_started"
+_SENDER_RTCP_EXITED = "_RTCRtpSender__rtcp_exited"
+_SENDER_CNAME = "_RTCRtpSender__cname"
+RTCP_INTERVAL = 1.0
+"""Seconds between two reports (RR of a publish leg's receivers, SR of a subscribe leg's
+senders), every leg's on the process's one timer of this period (:mod:`relay.ticker`), which the
+dead-leg watchdogs share: one wakeup a second for all of them instead of a task each waking at
+its own random time (aiortc's loops: 0.5-1.5 s)."""
 _PC_ICE_TRANSPORTS = "_RTCPeerConnection__iceTransports"
 _PC_DTLS_TRANSPORTS = "_RTCPeerConnection__dtlsTransports"
 _PC_CONNECT = "_RTCPeerConnection__connect"
@@ -193,6 +205,15 @@ def hook_receiver(
         receiver._handle_rtp_packet = hooks.handle_rtp  # type: ignore[method-assign]
         receiver._handle_rtcp_packet = hooks.handle_rtcp  # type: ignore[method-assign]
         receiver.receive = hooks.receive  # type: ignore[method-assign]
+        for name in (_RECEIVER_LSR, _RECEIVER_LSR_TIME, _RECEIVER_RTCP_SSRC):
+            _attr(receiver, name)
+        receiver._run_rtcp = _ticked_rtcp(  # type: ignore[method-assign]
+            receiver,
+            _attr(receiver, _RECEIVER_RTCP_STARTED),
+            _attr(receiver, _RECEIVER_RTCP_EXITED),
+            lambda send: _send_receiver_report(receiver, send),
+            None,
+        )
         receiver._parley_hooks = hooks  # type: ignore[attr-defined]
     hooks.on_rtp, hooks.on_rtcp = on_rtp, on_rtcp
     if on_fast_rtp is not None:
@@ -202,6 +223,79 @@ def hook_receiver(
     if not isinstance(_attr(receiver, _RECEIVER_STREAMS), dict):
         raise HookError(f"RTCRtpReceiver.{_RECEIVER_STREAMS} is no longer a dict")
     setattr(receiver, _RECEIVER_STREAMS, streams)
+
+
+def _ticked_rtcp(
+    owner: RTCRtpReceiver | RTCRtpSender,
+    started: asyncio.Event,
+    exited: asyncio.Event,
+    report: Callable[[Callable[[bytes], None]], None],
+    bye: Callable[[], Awaitable[None]] | None,
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A stand-in for aiortc's ``_run_rtcp`` of ``owner``: it keeps the events aiortc's
+    ``stop()`` waits for, but the reports go out from the shared tick (``report(send)``,
+    synchronous, with a fast sender on the owner's DTLS transport), and the task only waits to
+    be cancelled; then ``bye`` (a sender's RTCP BYE, as aiortc's loop ends with)."""
+
+    async def run_rtcp() -> None:
+        started.set()
+        sends: list[Callable[[bytes], None]] = []
+
+        def due(now: float) -> None:
+            if not sends:
+                sends.append(fast_sender(_attr(owner, "transport")))
+            try:
+                report(sends[0])
+            except ConnectionError:
+                pass  # not (or no longer) connected: the next tick tries again
+            except accel.SrtpError:
+                pass
+
+        tick = ticker.every(RTCP_INTERVAL, due)
+        try:
+            await asyncio.Event().wait()  # until stop() cancels the task
+        except asyncio.CancelledError:
+            pass
+        finally:
+            tick.cancel()
+        try:
+            if bye is not None:
+                await bye()
+        finally:
+            exited.set()
+
+    return run_rtcp
+
+
+def _send_receiver_report(receiver: RTCRtpReceiver, send: Callable[[bytes], None]) -> None:
+    """The receiver report aiortc's loop builds, from the statistics in ``__remote_streams``
+    (the producer's own) and the last sender report of each SSRC (LSR, DLSR)."""
+    rtcp_ssrc = getattr(receiver, _RECEIVER_RTCP_SSRC)
+    streams = getattr(receiver, _RECEIVER_STREAMS)
+    if rtcp_ssrc is None or not streams:
+        return
+    lsrs, lsr_times = getattr(receiver, _RECEIVER_LSR), getattr(receiver, _RECEIVER_LSR_TIME)
+    now = time.time()
+    reports = []
+    for ssrc, stream in streams.items():
+        lsr = dlsr = 0
+        if ssrc in lsrs:
+            lsr = lsrs[ssrc]
+            delay = now - lsr_times[ssrc]
+            if 0 < delay < 65536:
+                dlsr = int(delay * 65536)
+        reports.append(
+            RtcpReceiverInfo(
+                ssrc=ssrc,
+                fraction_lost=stream.fraction_lost,
+                packets_lost=stream.packets_lost,
+                highest_sequence=stream.max_seq,
+                jitter=stream.jitter,
+                lsr=lsr,
+                dlsr=dlsr,
+            )
+        )
+    send(bytes(RtcpRrPacket(ssrc=rtcp_ssrc, reports=reports)))
 
 
 def stop_decoder(receiver: RTCRtpReceiver) -> None:
@@ -239,13 +333,39 @@ def receiver_rtcp_ssrc(receiver: RTCRtpReceiver) -> int | None:
 # --- sending side (a consumer) ---------------------------------------------------------------
 
 
-def hook_sender(sender: RTCRtpSender, on_rtcp: RtcpHandler, send_reports: RtcpSender) -> None:
+def hook_sender(
+    sender: RTCRtpSender,
+    on_rtcp: RtcpHandler,
+    send_reports: RtcpSender,
+    report: Callable[[Callable[[bytes], None]], None] | None = None,
+) -> None:
     """Answer the subscriber's RTCP ourselves (NACK, PLI, RR) and let ``send_reports`` rewrite
-    what the sender's RTCP loop sends (its SR knows nothing of forwarded packets)."""
+    what the sender's RTCP goes out as (its SR knows nothing of forwarded packets). With
+    ``report``, the sender's reports come from it, on the shared tick (``report(send)``), instead
+    of from aiortc's loop; ``send_reports`` still carries the BYE at the end."""
     _attr(sender, "_handle_rtcp_packet")
     _attr(sender, "_send_rtcp")
     sender._handle_rtcp_packet = on_rtcp  # type: ignore[method-assign,assignment]
     sender._send_rtcp = send_reports  # type: ignore[method-assign,assignment]
+    if report is not None:
+        ssrc = _attr(sender, "_ssrc")
+
+        async def bye() -> None:
+            await send_reports([RtcpByePacket(sources=[ssrc])])
+
+        sender._run_rtcp = _ticked_rtcp(  # type: ignore[method-assign]
+            sender,
+            _attr(sender, _SENDER_RTCP_STARTED),
+            _attr(sender, _SENDER_RTCP_EXITED),
+            report,
+            bye,
+        )
+
+
+def sender_cname(sender: RTCRtpSender) -> str | None:
+    """The CNAME aiortc's SDES carries for ``sender`` (its peer connection's)."""
+    value = _attr(sender, _SENDER_CNAME)
+    return value if isinstance(value, str) else None
 
 
 def set_stream_id(sender: RTCRtpSender, stream_id: str) -> None:

@@ -30,6 +30,7 @@ from aiortc.rtp import (
     RtcpRtpfbPacket,
     RtcpSdesPacket,
     RtcpSenderInfo,
+    RtcpSourceInfo,
     RtcpSrPacket,
     unpack_remb_fci,
 )
@@ -185,7 +186,12 @@ class Consumer:
             abs_send_time_id=ids.get(ABS_SEND_TIME_URI),
             audio_level_id=ids.get(AUDIO_LEVEL_URI),
         )
-        _aiortc.hook_sender(self.transceiver.sender, self.handle_rtcp, self.send_reports)
+        _aiortc.hook_sender(
+            self.transceiver.sender,
+            self.handle_rtcp,
+            self.send_reports,
+            lambda send: self._report(),
+        )
 
     # --- the packet path -------------------------------------------------------------------
 
@@ -327,8 +333,25 @@ class Consumer:
         except accel.SrtpError:
             pass  # a retransmission is best effort
 
+    def _report(self) -> None:
+        """The sender report (and SDES) of this consumer, from the shared RTCP tick."""
+        sender = self.transceiver.sender
+        ssrc = _aiortc.sender_ssrcs(sender)[0]
+        packets: list[AnyRtcpPacket] = [
+            RtcpSrPacket(ssrc=ssrc, sender_info=RtcpSenderInfo(0, 0, 0, 0))
+        ]
+        cname = _aiortc.sender_cname(sender)
+        if cname is not None:
+            item = RtcpSourceInfo(ssrc=ssrc, items=[(1, cname.encode())])
+            packets.append(RtcpSdesPacket(chunks=[item]))
+        self._send_reports(packets)
+
     async def send_reports(self, packets: list[AnyRtcpPacket]) -> None:
-        """Replaces the aiortc sender's RTCP output: its SR would claim nothing was sent."""
+        """Replaces the aiortc sender's RTCP output (its BYE; its SR would claim nothing was
+        sent)."""
+        self._send_reports(packets)
+
+    def _send_reports(self, packets: list[AnyRtcpPacket]) -> None:
         out: list[AnyRtcpPacket] = []
         rewriter = self._rewriter
         for packet in packets:

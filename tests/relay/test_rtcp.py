@@ -1,5 +1,6 @@
 """RTCP through the relay: sender reports carry the publisher's NTP time with translated RTP
-timestamps (lip sync), and subscribers' PLIs reach the publisher debounced."""
+timestamps (lip sync), subscribers' PLIs reach the publisher debounced, and the relay's own
+reports go out from one shared timer."""
 
 from __future__ import annotations
 
@@ -7,8 +8,19 @@ import asyncio
 from collections import defaultdict
 from typing import Any
 
-from aiortc.rtp import RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket, RtcpSrPacket, RtpPacket, is_rtcp
+from aiortc.rtp import (
+    RTCP_PSFB_PLI,
+    RtcpPacket,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpSrPacket,
+    RtpPacket,
+    is_rtcp,
+)
 
+from parley.relay import ticker
+from parley.relay._aiortc import RTCP_INTERVAL
 from tests.media_client import wait_for
 from tests.relay.harness import session
 
@@ -121,3 +133,41 @@ async def test_subscriber_plis_reach_the_publisher_debounced() -> None:
         assert 2 <= plis <= most, (plis, most)
         frames = bob.client.frames_from("ann", "video")
         assert await wait_for(lambda: bob.client.frames_from("ann", "video") > frames + 10, 5)
+
+
+async def test_the_publisher_gets_receiver_reports_from_the_relays_shared_rtcp_tick() -> None:
+    """The relay's receivers (publish legs) and senders (subscribe legs) report from the one
+    process-wide timer of ``RTCP_INTERVAL`` (relay/ticker.py), not a task each: the publisher
+    still gets receiver reports about each of its SSRCs, with the sequence numbers moving on
+    and the delay since its last sender report (RTT), and closing everything unregisters."""
+    async with session("ann", "bob") as (_, p):
+        ann, bob = p["ann"], p["bob"]
+        bob.client.tracks.clear()
+        await ann.publish()
+        assert await wait_for(lambda: bob.client.frames_from("ann", "video") >= 10, timeout=15)
+        # 2 receivers on ann's publish leg, 2 senders on bob's subscribe leg, at least
+        assert ticker.registered(RTCP_INTERVAL) >= 4
+
+        reports: dict[int, list[RtcpReceiverInfo]] = defaultdict(list)
+        senders: list[Any] = [t.sender for t in ann.client.pub.getTransceivers()]
+        for sender in senders:
+            stock = sender._handle_rtcp_packet
+
+            async def handle(packet: Any, _stock: Any = stock) -> None:
+                if isinstance(packet, RtcpRrPacket):
+                    for report in packet.reports:
+                        reports[report.ssrc].append(report)
+                await _stock(packet)
+
+            sender._handle_rtcp_packet = handle
+        ssrcs = {sender._ssrc for sender in senders}
+        assert await wait_for(
+            lambda: all(len(reports[s]) >= 3 and reports[s][-1].dlsr > 0 for s in ssrcs),
+            timeout=10,
+        ), {s: len(reports[s]) for s in ssrcs}
+        for ssrc in ssrcs:
+            seqs = [r.highest_sequence for r in reports[ssrc]]
+            assert seqs == sorted(seqs) and seqs[-1] > seqs[0], seqs
+            assert reports[ssrc][-1].lsr != 0
+    await asyncio.sleep(0)
+    assert ticker.registered(RTCP_INTERVAL) == 0
