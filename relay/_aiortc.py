@@ -25,9 +25,13 @@ What we rely on:
 - ``RTCRtpReceiver``: ``_handle_rtp_packet``, ``_handle_rtcp_packet``, ``receive``,
   ``_send_rtcp``, ``_send_rtcp_nack``, ``_send_rtcp_pli`` (they use the RTCP SSRC the peer
   connection assigned), the name-mangled ``__remote_streams`` (the statistics its RTCP loop turns
-  into receiver reports), ``__rtcp_ssrc`` and ``__stop_decoder`` (we never decode).
+  into receiver reports), ``__rtcp_ssrc`` and ``__stop_decoder`` (we never decode); and, for
+  the stand-in of its RTCP loop (``_run_rtcp``, see :func:`_ticked_rtcp`), ``__lsr`` /
+  ``__lsr_time`` (each SSRC's last sender report) and the ``__rtcp_started`` /
+  ``__rtcp_exited`` events its ``stop()`` waits for.
 - ``RTCRtpSender``: ``_ssrc``, ``_rtx_ssrc``, ``_stream_id``, ``_handle_rtcp_packet`` and
-  ``_send_rtcp`` (its RTCP loop hands sender reports to the latter).
+  ``_send_rtcp`` (the BYE of its RTCP loop goes through the latter); ``_run_rtcp`` (replaced),
+  ``__cname``, ``__rtcp_started`` / ``__rtcp_exited``.
 - ``RTCRtpTransceiver``: ``_codecs``, ``_headerExtensions``, ``_offerDirection``.
 - what aiortc's RTCP loop reads from the objects in ``__remote_streams`` (``fraction_lost``,
   ``packets_lost``, ``max_seq``, ``jitter``, as aiortc's unexported ``StreamStatistics`` has
@@ -968,7 +972,9 @@ async def _probe_pair(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -
     async def reports(packets: list[AnyRtcpPacket]) -> None:
         pass
 
-    hook_sender(sender, on_rtcp, reports)
+    hook_sender(sender, on_rtcp, reports, lambda send: None)
+    if sender_cname(sender) is None:
+        raise HookError(f"RTCRtpSender.{_SENDER_CNAME} is not the connection's CNAME string")
     register_ssrcs(receiver, [ssrc, rtx_ssrc])
 
     # one packet through the fast sender, the socket guard and the fast receive path
