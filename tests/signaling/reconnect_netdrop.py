@@ -115,6 +115,12 @@ def namespace_b() -> subprocess.Popen[bytes]:
     sh("ip", "link", "set", "v0", "up")
     sh("ip", "link", "set", "v1", "netns", str(holder.pid))
     in_b = ["nsenter", f"--net={ns}"]
+    if os.environ.get("PARLEY_NETDROP_IPV6") == "0":
+        # a diagnostic knob, not the test's set-up: without IPv6, v1 coming up brings no
+        # link-local address that finishes duplicate address detection a second later
+        sh(*in_b, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
+        sh(*in_b, "sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1")
+        sh(*in_b, "sysctl", "-q", "-w", "net.ipv6.conf.v1.disable_ipv6=1")
     sh(*in_b, "ip", "link", "set", "lo", "up")
     sh(*in_b, "ip", "addr", "add", f"{CARL_IP}/24", "dev", "v1")
     sh(*in_b, "ip", "link", "set", "v1", "up")
