@@ -72,9 +72,13 @@ async def test_a_session_placed_on_b_survives_kill_9_of_b(cluster: Cluster) -> N
         assert await wait_for(lambda: in_call(a1, a2, frames=5), timeout=15)
         back = time.monotonic() - killed_at
         assert back < 10.0, f"media back after {back:.1f} s"
-        # the session is on node A now, and node B drops out of the registry (5 s expiry)
-        health_a = await a.health(http)
-        assert sum(w["sessions"] for w in health_a["workers"]) >= 1
+
+        # the session is on node A now (its workers' counts are polled every 0.5 s), and node
+        # B drops out of the registry (5 s expiry)
+        async def on_a() -> bool:
+            return sum(w["sessions"] for w in (await a.health(http))["workers"]) >= 1
+
+        assert await wait_until(on_a, 5)
 
         async def b_gone() -> bool:
             return len((await a.health(http))["cluster"]["nodes"]) == 1
