@@ -212,10 +212,9 @@ def hook_receiver(
         for name in (_RECEIVER_LSR, _RECEIVER_LSR_TIME, _RECEIVER_RTCP_SSRC):
             _attr(receiver, name)
         receiver._run_rtcp = _ticked_rtcp(  # type: ignore[method-assign]
-            receiver,
             _attr(receiver, _RECEIVER_RTCP_STARTED),
             _attr(receiver, _RECEIVER_RTCP_EXITED),
-            lambda send: _send_receiver_report(receiver, send),
+            _receiver_reports(receiver),
             None,
         )
         receiver._parley_hooks = hooks  # type: ignore[attr-defined]
@@ -230,26 +229,21 @@ def hook_receiver(
 
 
 def _ticked_rtcp(
-    owner: RTCRtpReceiver | RTCRtpSender,
     started: asyncio.Event,
     exited: asyncio.Event,
-    report: Callable[[Callable[[bytes], None]], None],
+    report: Callable[[], None],
     bye: Callable[[], Awaitable[None]] | None,
 ) -> Callable[[], Coroutine[Any, Any, None]]:
-    """A stand-in for aiortc's ``_run_rtcp`` of ``owner``: it keeps the events aiortc's
-    ``stop()`` waits for, but the reports go out from the shared tick (``report(send)``,
-    synchronous, with a fast sender on the owner's DTLS transport), and the task only waits to
-    be cancelled; then ``bye`` (a sender's RTCP BYE, as aiortc's loop ends with)."""
+    """A stand-in for aiortc's ``_run_rtcp``: it keeps the events aiortc's ``stop()`` waits
+    for, but the reports go out from the shared tick (``report()``, synchronous), and the task
+    only waits to be cancelled; then ``bye`` (a sender's RTCP BYE, as aiortc's loop ends with)."""
 
     async def run_rtcp() -> None:
         started.set()
-        sends: list[Callable[[bytes], None]] = []
 
         def due(now: float) -> None:
-            if not sends:
-                sends.append(fast_sender(_attr(owner, "transport")))
             try:
-                report(sends[0])
+                report()
             except ConnectionError:
                 pass  # not (or no longer) connected: the next tick tries again
             except accel.SrtpError:
@@ -269,6 +263,19 @@ def _ticked_rtcp(
             exited.set()
 
     return run_rtcp
+
+
+def _receiver_reports(receiver: RTCRtpReceiver) -> Callable[[], None]:
+    """Sends ``receiver``'s receiver report through a fast sender on its DTLS transport (made
+    at the first report: the transport is set by then)."""
+    sends: list[Callable[[bytes], None]] = []
+
+    def report() -> None:
+        if not sends:
+            sends.append(fast_sender(_attr(receiver, "transport")))
+        _send_receiver_report(receiver, sends[0])
+
+    return report
 
 
 def _send_receiver_report(receiver: RTCRtpReceiver, send: Callable[[bytes], None]) -> None:
@@ -341,11 +348,11 @@ def hook_sender(
     sender: RTCRtpSender,
     on_rtcp: RtcpHandler,
     send_reports: RtcpSender,
-    report: Callable[[Callable[[bytes], None]], None] | None = None,
+    report: Callable[[], None] | None = None,
 ) -> None:
     """Answer the subscriber's RTCP ourselves (NACK, PLI, RR) and let ``send_reports`` rewrite
     what the sender's RTCP goes out as (its SR knows nothing of forwarded packets). With
-    ``report``, the sender's reports come from it, on the shared tick (``report(send)``), instead
+    ``report``, the sender's reports come from it, on the shared tick (``report()``), instead
     of from aiortc's loop; ``send_reports`` still carries the BYE at the end."""
     _attr(sender, "_handle_rtcp_packet")
     _attr(sender, "_send_rtcp")
@@ -358,7 +365,6 @@ def hook_sender(
             await send_reports([RtcpByePacket(sources=[ssrc])])
 
         sender._run_rtcp = _ticked_rtcp(  # type: ignore[method-assign]
-            sender,
             _attr(sender, _SENDER_RTCP_STARTED),
             _attr(sender, _SENDER_RTCP_EXITED),
             report,
@@ -972,7 +978,7 @@ async def _probe_pair(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -
     async def reports(packets: list[AnyRtcpPacket]) -> None:
         pass
 
-    hook_sender(sender, on_rtcp, reports, lambda send: None)
+    hook_sender(sender, on_rtcp, reports, lambda: None)
     if sender_cname(sender) is None:
         raise HookError(f"RTCRtpSender.{_SENDER_CNAME} is not the connection's CNAME string")
     register_ssrcs(receiver, [ssrc, rtx_ssrc])

@@ -190,7 +190,7 @@ class Consumer:
             self.transceiver.sender,
             self.handle_rtcp,
             self.send_reports,
-            lambda send: self._report(),
+            self._report,
         )
 
     # --- the packet path -------------------------------------------------------------------
