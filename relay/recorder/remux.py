@@ -72,6 +72,8 @@ class Segment:
     clock_rate: int
     packets: list[tuple[int, int, int, bytes, int]] = field(default_factory=list)
     """``(extended seq, extended ts, marker, payload, arrival µs)`` ordered by sequence."""
+    filler: frozenset[int] = frozenset()
+    """Extended sequence numbers of the journal's payload-less (padding) packets: not a loss."""
     sr_ntp: float | None = None
     sr_rtp: int | None = None
     """The first sender report: publisher wall clock (s) at extended RTP time ``sr_rtp``."""
@@ -106,12 +108,15 @@ def build_segments(contents: JournalContents) -> list[Segment]:
     if not contents.packets:
         return []
     by_seq: dict[int, Any] = {}
+    filler: set[int] = set()
     last_seq = contents.packets[0].seq
     ext_seq = last_seq
     for packet in contents.packets:
         ext_seq += _signed(packet.seq - last_seq, 16)
         last_seq = packet.seq
-        if ext_seq not in by_seq and packet.payload:
+        if not packet.payload:
+            filler.add(ext_seq)  # padding (bandwidth probes): its number is used, not lost
+        elif ext_seq not in by_seq:
             by_seq[ext_seq] = packet  # a retransmitted duplicate is never written twice
     if not by_seq:
         return []
@@ -147,8 +152,11 @@ def build_segments(contents: JournalContents) -> list[Segment]:
         best = min(r[0] / 1e6 - ntp_seconds(r[1]) for r in reports)
         reports = [r for r in reports if r[0] / 1e6 - ntp_seconds(r[1]) - best <= RESYNC_GAP]
     segments = []
+    frozen_filler = frozenset(filler)
     for number, run in enumerate(runs):
-        segment = Segment(kind=kind, mime=mime, clock_rate=clock_rate, packets=run)
+        segment = Segment(
+            kind=kind, mime=mime, clock_rate=clock_rate, packets=run, filler=frozen_filler
+        )
         first_arrival = -1 if number == 0 else min(p[4] for p in run)
         last_arrival = max(p[4] for p in run)
         report = next((r for r in reports if first_arrival <= r[0] <= last_arrival), None)
@@ -246,7 +254,9 @@ def audio_frames(segment: Segment, offset: float) -> list[Frame]:
 
 def video_frames(runs: list[tuple[Segment, float]]) -> list[Frame]:
     """Complete frames of one journal's runs (each with its clock offset); after an incomplete
-    frame, nothing until the next keyframe; the journal starts on a keyframe."""
+    frame, or a frame lost whole (a gap in the sequence numbers between two frames that
+    padding does not explain), nothing until the next keyframe; the journal starts on a
+    keyframe."""
     groups: list[tuple[list[tuple[int, int, int, bytes, int]], Segment, float]] = []
     for segment, offset in runs:
         for packet in segment.packets:
@@ -256,9 +266,15 @@ def video_frames(runs: list[tuple[Segment, float]]) -> list[Frame]:
                 groups.append(([packet], segment, offset))
     frames: list[Frame] = []
     need_keyframe = True
+    previous_last: int | None = None
     for index, (group, segment, offset) in enumerate(groups):
         h264 = segment.mime == "video/h264"
         first_seq, last = group[0][0], group[-1]
+        if previous_last is not None and not all(
+            seq in segment.filler for seq in range(previous_last + 1, first_seq)
+        ):
+            need_keyframe = True  # a whole frame (or more) is missing before this one
+        previous_last = last[0]
         complete = last[0] - first_seq + 1 == len(group) and (
             bool(last[2]) or (index + 1 < len(groups) and groups[index + 1][0][0][0] == last[0] + 1)
         )

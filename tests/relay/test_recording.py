@@ -24,8 +24,10 @@ from av import AudioFrame, VideoFrame
 from parley.relay.recorder import SessionRecorder
 from parley.relay.recorder.remux import (
     OPUS_SILENCE,
+    Segment,
     h264_depacketize,
     opus_duration,
+    video_frames,
     vp8_depacketize,
     vp8_size,
 )
@@ -465,6 +467,27 @@ def test_depacketizers_follow_the_payload_formats() -> None:
     assert h264_depacketize(b"\x7c\x85\x11") == (b"\x00\x00\x00\x01\x65\x11", True, True)
     assert h264_depacketize(b"\x7c\x05\x22") == (b"\x22", False, False)
     assert opus_duration(OPUS_SILENCE) == 0.02
+
+
+def test_a_frame_lost_whole_stops_the_video_until_the_next_keyframe() -> None:
+    key, delta = b"\x10\x50\x01\x00", b"\x10\x51\x01\x00"  # VP8 descriptor S=1, then frame tag
+
+    def frame(seq: int, payload: bytes) -> tuple[int, int, int, bytes, int]:
+        return (seq, seq * 3000, 1, payload, seq * 33_000)
+
+    packets = [
+        frame(10, key),
+        frame(11, delta),
+        # 12: lost whole, not one of its packets journaled; 13 refers to it
+        frame(13, delta),
+        frame(14, key),
+        frame(15, delta),
+        # 16: padding, journaled without payload: not a loss
+        frame(17, delta),
+    ]
+    segment = Segment("video", "video/vp8", 90000, packets, filler=frozenset({16}))
+    kept = [round(f.time * 90000 / 3000) for f in video_frames([(segment, 0.0)])]
+    assert kept == [10, 11, 14, 15, 17]
 
 
 async def test_audio_only_participant_is_recorded_into_ogg(tmp_path: Path) -> None:
