@@ -772,6 +772,222 @@ static void out_flush(void) {
     }
 }
 
+/* --- FastIn: the fast receive path of one ICE connection, taken by its Readers ---------------
+ *
+ * relay._aiortc.FastReceive in C, for the datagrams a Reader has in its buffers: an SRTP packet
+ * (RTP, not RTCP) is unprotected in place, parsed into an RtpIn and routed through aiortc's
+ * RtpRouter tables (the SSRC is known and its payload type is the receiver's: route_rtp's first
+ * case) to the receiver's ``_parley_forward``, without a bytes object or a Python frame of ours.
+ * What the tables do not settle goes to ``route(packet)`` (FastReceive.routed: route_rtp itself).
+ * Until FastReceive has set ``session`` (the keys exist) every datagram takes the Python path.
+ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *session;    /* Session, or NULL: the Python path until the keys exist */
+    PyObject *ssrc_table; /* RtpRouter.ssrc_table: {ssrc: receiver} */
+    PyObject *pt_table;   /* RtpRouter.payload_type_table: {pt: {receiver}} */
+    PyObject *route;      /* route(packet): what the tables do not settle */
+    PyObject *failed;     /* failed(addr): a handler raised (DatagramStats.failed) */
+    int audio_level_id;
+    unsigned long long taken, unprotect_errors, malformed, routed;
+} FastIn;
+
+static PyObject *s_parley_forward;
+
+static int FastIn_traverse(FastIn *self, visitproc visit, void *arg) {
+    Py_VISIT(self->session);
+    Py_VISIT(self->ssrc_table);
+    Py_VISIT(self->pt_table);
+    Py_VISIT(self->route);
+    Py_VISIT(self->failed);
+    return 0;
+}
+
+static int FastIn_clear(FastIn *self) {
+    Py_CLEAR(self->session);
+    Py_CLEAR(self->ssrc_table);
+    Py_CLEAR(self->pt_table);
+    Py_CLEAR(self->route);
+    Py_CLEAR(self->failed);
+    return 0;
+}
+
+static void FastIn_dealloc(FastIn *self) {
+    PyObject_GC_UnTrack(self);
+    FastIn_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int FastIn_init(FastIn *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"route", "failed", NULL};
+    PyObject *route, *failed;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO", kwlist, &route, &failed)) {
+        return -1;
+    }
+    if (!PyCallable_Check(route) || !PyCallable_Check(failed)) {
+        PyErr_SetString(PyExc_TypeError, "FastIn(route, failed): both callable");
+        return -1;
+    }
+    FastIn_clear(self);
+    self->route = Py_NewRef(route);
+    self->failed = Py_NewRef(failed);
+    return 0;
+}
+
+/* set_keys(session, ssrc_table, payload_type_table): from now on RTP takes this path */
+static PyObject *FastIn_set_keys(FastIn *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !Py_IS_TYPE(args[0], &SessionType) || !PyDict_Check(args[1]) ||
+        !PyDict_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "set_keys(session: Session, ssrc_table: dict, payload_type_table: dict)");
+        return NULL;
+    }
+    Py_XSETREF(self->session, Py_NewRef(args[0]));
+    Py_XSETREF(self->ssrc_table, Py_NewRef(args[1]));
+    Py_XSETREF(self->pt_table, Py_NewRef(args[2]));
+    Py_RETURN_NONE;
+}
+
+static inline int FastIn_wants(const FastIn *self, const unsigned char *data, unsigned int len) {
+    /* RTP, not RTCP (RFC 5761 §4: payload types 192-223), as DatagramGuard decides */
+    return self->session != NULL && len > 12 && len <= MAX_PACKET + SRTP_MAX_TRAILER_LEN &&
+           data[0] > 127 && data[0] < 192 && !(data[1] > 191 && data[1] < 224);
+}
+
+/* the receiver route_rtp would return without changing its tables, or NULL (borrowed) */
+static PyObject *FastIn_lookup(FastIn *self, uint32_t ssrc, int pt) {
+    PyObject *key = PyLong_FromUnsignedLong(ssrc);
+    if (key == NULL) {
+        return NULL;
+    }
+    PyObject *receiver = PyDict_GetItemWithError(self->ssrc_table, key);
+    Py_DECREF(key);
+    if (receiver == NULL) {
+        return NULL;
+    }
+    key = PyLong_FromLong(pt);
+    if (key == NULL) {
+        return NULL;
+    }
+    PyObject *receivers = PyDict_GetItemWithError(self->pt_table, key);
+    Py_DECREF(key);
+    if (receivers == NULL || !PyAnySet_Check(receivers) ||
+        PySet_Contains(receivers, receiver) != 1) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return receiver;
+}
+
+/* one datagram (modified in place); 0, or -1 with an exception set (a handler raised) */
+static int FastIn_take(FastIn *self, unsigned char *data, unsigned int size) {
+    self->taken++;
+    int len = (int)size;
+    if (srtp_unprotect(((Session *)self->session)->ctx, data, &len) != srtp_err_status_ok) {
+        self->unprotect_errors++;
+        return 0;
+    }
+    int malformed;
+    PyObject *packet = parse_packet(data, len, 0, self->audio_level_id, &malformed);
+    if (packet == NULL) {
+        if (malformed) {
+            self->malformed++;
+            return 0;
+        }
+        return -1;
+    }
+    uint32_t ssrc = (uint32_t)data[8] << 24 | (uint32_t)data[9] << 16 | (uint32_t)data[10] << 8 |
+                    (uint32_t)data[11];
+    PyObject *result = NULL;
+    PyObject *receiver = FastIn_lookup(self, ssrc, data[1] & 0x7F);
+    if (receiver == NULL) {
+        if (PyErr_Occurred()) {
+            Py_DECREF(packet);
+            return -1;
+        }
+        self->routed++;
+        result = PyObject_CallOneArg(self->route, packet);
+    } else {
+        Py_INCREF(receiver);
+        PyObject *forward = PyObject_GetAttr(receiver, s_parley_forward);
+        Py_DECREF(receiver);
+        if (forward == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                Py_DECREF(packet);
+                return -1;
+            }
+            PyErr_Clear(); /* a receiver without the fast path: dropped, as FastReceive does */
+            Py_DECREF(packet);
+            return 0;
+        }
+        result = PyObject_CallOneArg(forward, packet);
+        Py_DECREF(forward);
+    }
+    Py_DECREF(packet);
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+static PyObject *FastIn_get_audio_level_id(FastIn *self, void *closure) {
+    return PyLong_FromLong(self->audio_level_id);
+}
+
+static int FastIn_set_audio_level_id(FastIn *self, PyObject *value, void *closure) {
+    long id = value == NULL ? -1 : PyLong_AsLong(value);
+    if (id == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (id < 0 || id > 255) {
+        PyErr_SetString(PyExc_ValueError, "audio_level_id: 0-255");
+        return -1;
+    }
+    self->audio_level_id = (int)id;
+    return 0;
+}
+
+static PyObject *FastIn_get_keyed(FastIn *self, void *closure) {
+    return PyBool_FromLong(self->session != NULL);
+}
+
+static PyMethodDef FastIn_methods[] = {
+    {"set_keys", (PyCFunction)(void (*)(void))FastIn_set_keys, METH_FASTCALL,
+     "set_keys(session, ssrc_table, payload_type_table): take RTP from now on"},
+    {NULL}};
+
+static PyMemberDef FastIn_members[] = {
+    {"taken", T_ULONGLONG, offsetof(FastIn, taken), READONLY, "datagrams taken"},
+    {"unprotect_errors", T_ULONGLONG, offsetof(FastIn, unprotect_errors), READONLY,
+     "SRTP unprotect failures"},
+    {"malformed", T_ULONGLONG, offsetof(FastIn, malformed), READONLY, "unparseable RTP"},
+    {"routed", T_ULONGLONG, offsetof(FastIn, routed), READONLY,
+     "packets the tables did not settle (given to route)"},
+    {NULL}};
+
+static PyGetSetDef FastIn_getset[] = {
+    {"audio_level_id", (getter)FastIn_get_audio_level_id, (setter)FastIn_set_audio_level_id,
+     "the negotiated audio level extension id (0: none)", NULL},
+    {"keyed", (getter)FastIn_get_keyed, NULL, "whether set_keys was called", NULL},
+    {NULL}};
+
+static PyTypeObject FastInType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "parley.relay._accel.FastIn",
+    .tp_basicsize = sizeof(FastIn),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "FastIn(route, failed): a Reader's fast receive path of one ICE connection.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)FastIn_init,
+    .tp_dealloc = (destructor)FastIn_dealloc,
+    .tp_traverse = (traverseproc)FastIn_traverse,
+    .tp_clear = (inquiry)FastIn_clear,
+    .tp_methods = FastIn_methods,
+    .tp_members = FastIn_members,
+    .tp_getset = FastIn_getset,
+};
+
 /* --- Reader --------------------------------------------------------------------------------
  *
  * The socket callback of a relay media socket (loop.add_reader(fd, reader)): one recvmmsg of up
@@ -794,18 +1010,21 @@ typedef struct {
     struct sockaddr_storage last;
     socklen_t last_len;
     PyObject *last_addr; /* the address tuple of the last sender (almost always the same) */
-    unsigned long long reads, datagrams;
+    PyObject *fast;      /* FastIn or NULL: SRTP packets taken in C */
+    unsigned long long reads, datagrams, taken;
 } Reader;
 
 static int Reader_traverse(Reader *self, visitproc visit, void *arg) {
     Py_VISIT(self->protocol);
     Py_VISIT(self->last_addr);
+    Py_VISIT(self->fast);
     return 0;
 }
 
 static int Reader_clear(Reader *self) {
     Py_CLEAR(self->protocol);
     Py_CLEAR(self->last_addr);
+    Py_CLEAR(self->fast);
     return 0;
 }
 
@@ -899,15 +1118,41 @@ static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds) {
         Py_XDECREF(result);
         Py_RETURN_NONE;
     }
-    /* every datagram out of the shared buffers before any Python code runs */
-    PyObject *items[READ_BATCH][2];
-    int count = 0;
-    for (int i = 0; i < n; i++) {
+    /* in arrival order: SRTP packets through the fast path straight from the buffer, the rest
+     * as bytes to the protocol */
+    PyObject *handler = NULL;
+    defer_depth++;
+    int stop = 0; /* a KeyboardInterrupt or SystemExit goes on to the event loop */
+    for (int i = 0; i < n && !stop && !self->closed; i++) {
         if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
             counters.truncated++;
             continue;
         }
+        counters.datagrams_in++;
+        self->datagrams++;
         unsigned int len = msgs[i].msg_len;
+        FastIn *fast = (FastIn *)self->fast;
+        if (fast != NULL && len <= READ_SMALL && FastIn_wants(fast, read_small[i], len)) {
+            Py_INCREF(fast);
+            self->taken++;
+            if (FastIn_take(fast, read_small[i], len) < 0) {
+                if (PyErr_ExceptionMatches(PyExc_Exception)) {
+                    PyErr_Clear();
+                    PyObject *addr = Reader_address(self, &names[i], msgs[i].msg_hdr.msg_namelen);
+                    PyObject *result =
+                        addr != NULL ? PyObject_CallOneArg(fast->failed, addr) : NULL;
+                    if (result == NULL) {
+                        PyErr_WriteUnraisable(fast->failed);
+                    }
+                    Py_XDECREF(result);
+                    Py_XDECREF(addr);
+                } else {
+                    stop = 1;
+                }
+            }
+            Py_DECREF(fast);
+            continue;
+        }
         PyObject *data;
         if (len <= READ_SMALL) {
             data = PyBytes_FromStringAndSize((char *)read_small[i], len);
@@ -925,21 +1170,14 @@ static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds) {
             PyErr_WriteUnraisable((PyObject *)self);
             continue;
         }
-        items[count][0] = data;
-        items[count][1] = addr;
-        count++;
-    }
-    counters.datagrams_in += (unsigned long long)count;
-    self->datagrams += (unsigned long long)count;
-    PyObject *handler = PyObject_GetAttr(self->protocol, s_datagram_received);
-    if (handler == NULL) {
-        PyErr_WriteUnraisable(self->protocol);
-    }
-    defer_depth++;
-    int stop = 0; /* a KeyboardInterrupt or SystemExit goes on to the event loop */
-    for (int i = 0; i < count; i++) {
-        if (handler != NULL && !self->closed && !stop) {
-            PyObject *result = PyObject_Vectorcall(handler, items[i], 2, NULL);
+        if (handler == NULL) {
+            handler = PyObject_GetAttr(self->protocol, s_datagram_received);
+        }
+        if (handler == NULL) {
+            PyErr_WriteUnraisable(self->protocol);
+        } else {
+            PyObject *item[2] = {data, addr};
+            PyObject *result = PyObject_Vectorcall(handler, item, 2, NULL);
             if (result == NULL) {
                 if (PyErr_ExceptionMatches(PyExc_Exception)) {
                     PyErr_WriteUnraisable(handler);
@@ -949,8 +1187,8 @@ static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds) {
             }
             Py_XDECREF(result);
         }
-        Py_DECREF(items[i][0]);
-        Py_DECREF(items[i][1]);
+        Py_DECREF(data);
+        Py_DECREF(addr);
     }
     defer_depth--;
     out_flush();
@@ -973,7 +1211,27 @@ static PyMethodDef Reader_methods[] = {
 
 static PyMemberDef Reader_members[] = {
     {"reads", T_ULONGLONG, offsetof(Reader, reads), READONLY, "recvmmsg calls"},
-    {"datagrams", T_ULONGLONG, offsetof(Reader, datagrams), READONLY, "datagrams delivered"},
+    {"datagrams", T_ULONGLONG, offsetof(Reader, datagrams), READONLY, "datagrams read"},
+    {"taken", T_ULONGLONG, offsetof(Reader, taken), READONLY,
+     "datagrams its FastIn took (the others went to the protocol)"},
+    {NULL}};
+
+static PyObject *Reader_get_fast(Reader *self, void *closure) {
+    return Py_NewRef(self->fast != NULL ? self->fast : Py_None);
+}
+
+static int Reader_set_fast(Reader *self, PyObject *value, void *closure) {
+    if (value != NULL && value != Py_None && !Py_IS_TYPE(value, &FastInType)) {
+        PyErr_SetString(PyExc_TypeError, "Reader.fast must be a FastIn or None");
+        return -1;
+    }
+    Py_XSETREF(self->fast, value != NULL && value != Py_None ? Py_NewRef(value) : NULL);
+    return 0;
+}
+
+static PyGetSetDef Reader_getset[] = {
+    {"fast", (getter)Reader_get_fast, (setter)Reader_set_fast,
+     "the FastIn that takes this socket's SRTP packets, or None", NULL},
     {NULL}};
 
 static PyTypeObject ReaderType = {
@@ -990,6 +1248,7 @@ static PyTypeObject ReaderType = {
     .tp_call = (ternaryfunc)Reader_call,
     .tp_methods = Reader_methods,
     .tp_members = Reader_members,
+    .tp_getset = Reader_getset,
 };
 
 /* --- Route -------------------------------------------------------------------------------- */
@@ -2184,6 +2443,7 @@ PyMODINIT_FUNC PyInit__accel(void) {
     }
     if (PyType_Ready(&SessionType) < 0 || PyType_Ready(&TxType) < 0 ||
         PyType_Ready(&RouteType) < 0 || PyType_Ready(&ReaderType) < 0 ||
+        PyType_Ready(&FastInType) < 0 ||
         PyType_Ready(&ReceiveStatisticsType) < 0 || PyType_Ready(&MissingPacketsType) < 0 ||
         PyType_Ready(&InboundType) < 0) {
         return NULL;
@@ -2202,6 +2462,7 @@ PyMODINIT_FUNC PyInit__accel(void) {
     INTERN(s_tx_srtp, "_tx_srtp");
     INTERN(s_is_closing, "is_closing");
     INTERN(s_datagram_received, "datagram_received");
+    INTERN(s_parley_forward, "_parley_forward");
     INTERN(s_payload_type, "payload_type");
     INTERN(s_ssrc, "ssrc");
     INTERN(s_abs_send_time, "abs_send_time");
@@ -2223,6 +2484,8 @@ PyMODINIT_FUNC PyInit__accel(void) {
     PyModule_AddObject(m, "Route", (PyObject *)&RouteType);
     Py_INCREF(&ReaderType);
     PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType);
+    Py_INCREF(&FastInType);
+    PyModule_AddObject(m, "FastIn", (PyObject *)&FastInType);
     Py_INCREF(&ReceiveStatisticsType);
     PyModule_AddObject(m, "ReceiveStatistics", (PyObject *)&ReceiveStatisticsType);
     Py_INCREF(&MissingPacketsType);

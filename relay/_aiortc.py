@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import random
 import socket
 import struct
@@ -479,32 +480,59 @@ class DatagramStats:
 DATAGRAMS = DatagramStats()
 
 
+FAST_IN = accel.FastIn is not None and os.environ.get("PARLEY_NO_FAST_IN", "") in ("", "0")
+"""Whether batched sockets hand SRTP packets to :class:`accel.FastIn` (``PARLEY_NO_FAST_IN=1``,
+a benchmark's switch, keeps them on the Python receive path)."""
+
+
 class FastReceive:
     """Per ICE connection: SRTP-unprotect, parse and route RTP straight to the receiver's
     ``_parley_forward(packet)``. With the compiled packet path the unprotect runs on the
     relay's own libsrtp context, made from the transport's keying material."""
 
-    __slots__ = ("dtls", "abs_send_time_id", "audio_level_id", "unprotect_errors", "rx")
+    __slots__ = ("dtls", "abs_send_time_id", "_audio_level_id", "_unprotect_errors", "rx", "taker")
 
-    def __init__(self, dtls: RTCDtlsTransport) -> None:
+    def __init__(self, dtls: RTCDtlsTransport, stats: DatagramStats | None = None) -> None:
         self.dtls = dtls
         self.abs_send_time_id = 0
         """Negotiated, but not parsed: nothing reads the publisher's abs-send-time."""
-        self.audio_level_id = 0
-        self.unprotect_errors = 0
+        self._audio_level_id = 0
+        self._unprotect_errors = 0
         self.rx: Any = None
+        self.taker: Any = (
+            accel.FastIn(self.routed, (stats or DATAGRAMS).failed) if FAST_IN else None
+        )
+        """The compiled twin (:class:`accel.FastIn`) that the batched sockets' readers hand
+        SRTP packets to, once the first one here has made the SRTP context; else None."""
+
+    @property
+    def audio_level_id(self) -> int:
+        return self._audio_level_id
+
+    @audio_level_id.setter
+    def audio_level_id(self, value: int) -> None:
+        self._audio_level_id = value
+        if self.taker is not None:
+            self.taker.audio_level_id = value
+
+    @property
+    def unprotect_errors(self) -> int:
+        return self._unprotect_errors + (self.taker.unprotect_errors if self.taker else 0)
 
     def receive(self, data: bytes) -> None:
         dtls = self.dtls
         rx = self.rx
         if rx is None:
             rx = self.rx = rx_session(dtls)
+            if self.taker is not None:
+                router = dtls._rtp_router  # type: ignore[attr-defined]
+                self.taker.set_keys(rx, router.ssrc_table, router.payload_type_table)
         if accel.COMPILED:
             # unprotect and parse in one call, from one stack buffer
             try:
                 packet = rx.unprotect_parse(data, 0, self.audio_level_id)
             except accel.SrtpError:
-                self.unprotect_errors += 1
+                self._unprotect_errors += 1
                 return
             if packet is None:
                 return
@@ -512,13 +540,17 @@ class FastReceive:
             try:
                 plain = rx.unprotect(data)
             except accel.SrtpError:
-                self.unprotect_errors += 1
+                self._unprotect_errors += 1
                 return
             try:
                 packet = parse_rtp(plain, 0, self.audio_level_id)
             except ValueError:
                 return
-        receiver = dtls._rtp_router.route_rtp(packet)  # type: ignore[arg-type]
+        self.routed(packet)
+
+    def routed(self, packet: Any) -> None:
+        """Route a decrypted packet as aiortc does and hand it to its receiver's fast path."""
+        receiver = self.dtls._rtp_router.route_rtp(packet)
         if receiver is not None:
             forward = receiver.__dict__.get("_parley_forward")
             if forward is not None:
@@ -530,7 +562,7 @@ class DatagramGuard:
     drops STUN that aioice cannot parse, feeds RTP to the fast path when installed, and never
     lets an exception escape into aioice or the event loop."""
 
-    __slots__ = ("stock", "fast", "stats", "received")
+    __slots__ = ("stock", "fast", "stats", "_received", "transport")
 
     def __init__(
         self, stock: Callable[[bytes, Any], None], stats: DatagramStats = DATAGRAMS
@@ -538,11 +570,18 @@ class DatagramGuard:
         self.stock = stock
         self.fast: FastReceive | None = None
         self.stats = stats
-        self.received = 0
+        self._received = 0
+        self.transport: Any = None
+        """The batched socket whose reader hands SRTP packets to ``fast.taker``, or None."""
+
+    @property
+    def received(self) -> int:
         """Datagrams that arrived, whatever they were (the dead-leg watchdog reads it)."""
+        transport = self.transport
+        return self._received + (transport.taken if transport is not None else 0)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.received += 1
+        self._received += 1
         try:
             fast = self.fast
             # RTP (not RTCP: RFC 5761 §4 payload types 192-223) once SRTP keys exist
@@ -619,7 +658,12 @@ def install_fast_receive(pc: RTCPeerConnection) -> None:
         fast.abs_send_time_id = ids.get(ABS_SEND_TIME_URI, 0)
         fast.audio_level_id = ids.get(AUDIO_LEVEL_URI, 0)
         for protocol in _attr(connection, "_protocols"):
-            _guard(protocol).fast = fast
+            guard = _guard(protocol)
+            guard.fast = fast
+            transport = getattr(protocol, "transport", None)
+            if fast.taker is not None and isinstance(transport, udp.BatchedDatagramTransport):
+                transport.fast = fast.taker
+                guard.transport = transport
 
 
 def fast_sender(dtls: RTCDtlsTransport) -> Callable[[bytes], None]:

@@ -12,6 +12,9 @@ and uvloop ship an optional accelerator).
   mid / abs-send-time / audio-level extension ids), its NACK history (the forwarded packets,
   by outgoing sequence number), its counters (``packets``, ``octets``, ``last``) and its
   ``tx``. ``remember`` is the one place a forwarded packet is counted.
+- :data:`FastIn` (compiled only, else None): what a :data:`Reader` hands SRTP packets to,
+  straight from its buffer: unprotect in place, parse, route through aiortc's tables, and the
+  receiver's ``_parley_forward``, with no bytes object and no Python frame in between.
 - :data:`Reader` (compiled only, else None): a media socket's callback, one ``recvmmsg`` of up
   to 32 datagrams per wakeup; the fan-outs of a batch are sent at its end with one ``sendmmsg``
   per destination and UDP GSO for runs of equal-size packets (relay/udp.py). ``io_stats()``
@@ -440,6 +443,7 @@ IMPLEMENTATION: Final = "compiled" if COMPILED else "python"
 if _compiled is not None:
     _compiled.set_packet_type(RtpIn)
     Reader: Any = _compiled.Reader
+    FastIn: Any = _compiled.FastIn
     io_stats: Any = _compiled.stats
     if os.environ.get("PARLEY_NO_GSO", "") not in ("", "0"):
         _compiled.set_gso(False)
@@ -455,6 +459,7 @@ if _compiled is not None:
     SrtpError: tuple[type[Exception], ...] = (_compiled.Error, pylibsrtp.Error)
 else:
     Reader = None
+    FastIn = None
     io_stats = dict
     Session = PySession
     Tx = PyTx

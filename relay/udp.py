@@ -43,6 +43,7 @@ class BatchedDatagramTransport(asyncio.DatagramTransport):
         self._protocol = protocol
         self._closing = False
         self._reader: Any = accel.Reader(self._fd, protocol)
+        self._taken_before = 0
         self._extra = {"socket": sock, "sockname": sock.getsockname(), "peername": None}
 
     def _start(self) -> None:
@@ -60,10 +61,26 @@ class BatchedDatagramTransport(asyncio.DatagramTransport):
     def set_protocol(self, protocol: Any) -> None:
         self._protocol = protocol
         reader = accel.Reader(self._fd, protocol)
+        reader.fast = self._reader.fast
         if not self._closing:
             self._loop.add_reader(self._fd, reader)
         self._reader.close()
+        self._taken_before += self._reader.taken
         self._reader = reader
+
+    @property
+    def fast(self) -> Any:
+        """The :class:`accel.FastIn` that takes this socket's SRTP packets, or None."""
+        return self._reader.fast
+
+    @fast.setter
+    def fast(self, fast: Any) -> None:
+        self._reader.fast = fast
+
+    @property
+    def taken(self) -> int:
+        """Datagrams the fast path took, which the protocol never saw."""
+        return int(self._taken_before + self._reader.taken)
 
     def sendto(self, data: Any, addr: Any = None) -> None:
         if self._closing:

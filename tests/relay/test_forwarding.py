@@ -8,6 +8,7 @@ from typing import Any
 
 from pylibsrtp import Policy, Session
 
+from parley.relay import _aiortc, udp
 from tests.media_client import MediaClient, wait_for
 from tests.relay.harness import RouterParticipant, directions, session
 
@@ -27,6 +28,17 @@ async def test_two_participants_receive_and_decode_each_others_audio_and_video()
             timeout=15,
         )
         assert ok, (dict(ann.client.frames), dict(bob.client.frames))
+        for person in (ann, bob):
+            for _, connection in _aiortc._connections(person.peer.publish.pc):
+                fast = connection.__dict__["_parley_fast"]
+                if not _aiortc.FAST_IN or not udp.AVAILABLE:
+                    assert fast.taker is None or fast.taker.taken == 0
+                    continue
+                # the compiled path took the publisher's RTP straight from the socket's reader;
+                # only the first packets (before the SRTP context existed) went through Python
+                assert fast.taker.taken >= 40 and fast.taker.unprotect_errors == 0
+                assert fast.taker.routed <= 4  # first packet of each SSRC, learned by route_rtp
+                assert _aiortc.datagrams_received(person.peer.publish.pc) >= fast.taker.taken
 
 
 async def test_three_participants_each_decode_both_others_audio_and_video() -> None:

@@ -228,3 +228,136 @@ def test_a_batch_goes_out_as_the_same_datagrams_as_one_by_one(
             leg.close()
         inbound.close()
         sender.close()
+
+
+@needs_reader
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("profile", SRTP_PROFILES, ids=lambda p: p.openssl_profile.decode())
+def test_the_reader_hands_srtp_packets_to_its_fast_path_and_the_rest_to_the_protocol(
+    profile: Any,
+) -> None:
+    """``Reader.fast``: RTP unprotected in place, parsed, routed through aiortc's tables (a
+    known SSRC whose payload type is its receiver's) to ``_parley_forward``; what the tables
+    do not settle to ``route``; RTCP, STUN and DTLS to the protocol, in arrival order; a
+    packet that fails SRTP is counted; a handler's exception costs one packet and calls
+    ``failed(addr)``; an interrupt goes on."""
+    key = os.urandom(profile.key_length + profile.salt_length)
+    outbound = accel.Session(profile.libsrtp_profile, key, True)
+    order: list[tuple[str, Any]] = []
+
+    class Receiver:
+        def __init__(self, name: str) -> None:
+            self._parley_forward = lambda packet: order.append((name, packet))
+
+    class Protocol:
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            order.append(("protocol", data))
+
+    video, audio = Receiver("video"), Receiver("audio")
+    silent = object()  # a receiver without the fast path: its packets are dropped
+    ssrc_table: dict[int, Any] = {1234: video, 4321: audio, 77: silent}
+    pt_table: dict[int, set[Any]] = {96: {video, silent}, 111: {audio}}
+    routed: list[Any] = []
+    failed: list[Any] = []
+    taker = accel.FastIn(routed.append, failed.append)
+    taker.audio_level_id = 1
+
+    def rtp(
+        ssrc: int, pt: int, seq: int, payload: bytes, level: tuple[bool, int] | None = None
+    ) -> bytes:
+        packet = RtpIn(
+            payload_type=pt,
+            marker=1,
+            sequence_number=seq,
+            timestamp=90 * seq,
+            ssrc=ssrc,
+            payload=payload,
+            audio_level=level,
+        )
+        return accel.PyRoute(ssrc, pt, b"", 0, 1 if level is not None else 0, 1).rewrite(packet, -1)
+
+    inbound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        inbound.bind(("127.0.0.1", 0))
+        inbound.setblocking(False)
+        sender.bind(("127.0.0.1", 0))
+        reader = accel.Reader(inbound.fileno(), Protocol())
+        assert reader.fast is None
+        reader.fast = taker
+        assert reader.fast is taker and not taker.keyed
+
+        def deliver(*datagrams: bytes) -> None:
+            target = reader.datagrams + len(datagrams)
+            for data in datagrams:
+                sender.sendto(data, inbound.getsockname())
+            for _ in range(1000):
+                if reader.datagrams >= target:
+                    break
+                reader()
+            assert reader.datagrams == target
+
+        # before set_keys every datagram is the protocol's
+        early = outbound.protect(rtp(1234, 96, 1, b"early"))
+        deliver(early)
+        assert order == [("protocol", early)] and reader.taken == 0
+        order.clear()
+
+        taker.set_keys(accel.Session(profile.libsrtp_profile, key, False), ssrc_table, pt_table)
+        rtcp = bytes([0x80, 200, 0, 6]) + bytes(24)
+        stun = bytes([0x00, 0x01, 0x00, 0x00]) + bytes(16)
+        deliver(
+            outbound.protect(rtp(1234, 96, 2, b"v" * 1000)),
+            rtcp,
+            outbound.protect(rtp(4321, 111, 3, b"a" * 80, level=(True, 42))),
+            stun,
+            outbound.protect(rtp(999, 96, 4, b"unknown ssrc")),
+            outbound.protect(rtp(1234, 100, 5, b"not its payload type")),
+            outbound.protect(rtp(77, 96, 6, b"no fast path")),
+            rtp(1234, 96, 7, b"never protected" * 4),
+        )
+        assert [name for name, _ in order] == ["video", "protocol", "audio", "protocol"]
+        assert order[1][1] == rtcp and order[3][1] == stun
+        packet = order[0][1]
+        assert (packet.ssrc, packet.payload_type, packet.sequence_number, packet.marker) == (
+            1234,
+            96,
+            2,
+            1,
+        )
+        assert packet.timestamp == 180 and packet.payload == b"v" * 1000
+        assert (
+            order[2][1].audio_level
+            == parse_rtp(rtp(4321, 111, 3, b"a" * 80, level=(True, 42)), 0, 1).audio_level
+        )
+        assert order[2][1].audio_level is not None and order[2][1].payload == b"a" * 80
+        assert [(p.ssrc, p.payload_type) for p in routed] == [(999, 96), (1234, 100)]
+        assert taker.routed == 2 and taker.unprotect_errors == 1
+        assert reader.taken == taker.taken == 6 and reader.datagrams == 9
+
+        # a handler's bug costs its packet and calls failed(addr); the next one is handled
+        order.clear()
+
+        def buggy(packet: Any) -> None:
+            if packet.sequence_number == 8:
+                raise RuntimeError("a bug in one packet's handling")
+            order.append(("video", packet))
+
+        video._parley_forward = buggy
+        deliver(outbound.protect(rtp(1234, 96, 8, b"x")), outbound.protect(rtp(1234, 96, 9, b"y")))
+        assert failed == [sender.getsockname()]
+        assert [p.sequence_number for _, p in order] == [9]
+
+        def interrupted(packet: Any) -> None:
+            raise KeyboardInterrupt
+
+        video._parley_forward = interrupted
+        sender.sendto(outbound.protect(rtp(1234, 96, 10, b"z")), inbound.getsockname())
+        with pytest.raises(KeyboardInterrupt):
+            for _ in range(1000):
+                reader()
+        reader.close()
+        assert reader.fast is None
+    finally:
+        inbound.close()
+        sender.close()
