@@ -143,6 +143,78 @@ def test_fast_receive_datagram(benchmark: Any, loop: asyncio.AbstractEventLoop) 
     assert consumers[0].packets > 20000, consumers[0].packets  # every datagram was forwarded
 
 
+@pytest.mark.parametrize("path", ["fastin", "guard"])
+def test_reader_burst(benchmark: Any, loop: asyncio.AbstractEventLoop, path: str) -> None:
+    """One wakeup of a media socket's reader with a video frame's 4 SRTP datagrams queued:
+    ``recvmmsg``, then each datagram through ``accel.FastIn`` straight from the buffer
+    (``fastin``) or as bytes through the socket guard and ``FastReceive`` (``guard``, the path
+    before FastIn), the producer and one consumer, and the batch's send (one GSO message to a
+    real loopback socket). The 4 ``sendto`` of the set-up are not timed."""
+    import socket
+
+    from aiortc.rtcdtlstransport import RtpRouter
+
+    from parley.bench.fakes import PUBLISHER_SSRC
+    from parley.relay import accel
+    from parley.relay._aiortc import DatagramGuard, FastReceive
+
+    if accel.Reader is None or accel.FastIn is None:
+        pytest.skip("the compiled path is not built")
+    consumers: list[Any] = []
+
+    async def setup() -> DatagramGuard:
+        producer, outs, _ = _forwarding_setup(1, True)
+        consumers.extend(outs)
+        router = RtpRouter()
+        receiver = _Receiver()
+        receiver._parley_forward = producer._receiver.__dict__["_parley_forward"]
+        router.register_receiver(receiver, ssrcs=[PUBLISHER_SSRC], payload_types=[96])  # type: ignore[arg-type]
+        guard = DatagramGuard(lambda data, addr: None)
+        dtls = SimpleNamespace(
+            _rx_srtp=rx, _rtp_router=router, _ssl=ssl, _role="server", _srtp_profiles=SRTP_PROFILES
+        )
+        guard.fast = FastReceive(dtls)  # type: ignore[arg-type]
+        return guard
+
+    ssl = FakeSsl()
+    tx, rx = srtp_pair(ssl.key(0))
+    ext = HeaderExtensionsMap()
+    ext.configure(RTCRtpParameters(headerExtensions=EXTENSIONS))
+    guard = loop.run_until_complete(setup())
+    datagrams = iter(
+        [tx.protect(video_packet(seq, False).serialize(ext)) for seq in range(3, 40009)]
+    )
+    fast = guard.fast
+    assert fast is not None
+    guard.datagram_received(next(datagrams), ("127.0.0.1", 9))  # makes the SRTP context
+    inbound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    inbound.bind(("127.0.0.1", 0))
+    inbound.setblocking(False)
+    target = inbound.getsockname()
+    protocol = SimpleNamespace(datagram_received=guard.datagram_received)
+    reader = accel.Reader(inbound.fileno(), protocol)
+    if path == "fastin":
+        reader.fast = fast.taker
+
+    def burst() -> None:
+        for _ in range(4):
+            sender.sendto(next(datagrams), target)
+
+    async def main() -> None:
+        benchmark.pedantic(reader, setup=burst, rounds=9000, iterations=1)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        inbound.close()
+        sender.close()
+    assert reader.datagrams == 4 * 9000
+    assert (reader.taken == 4 * 9000) == (path == "fastin")
+    assert consumers[0].packets > 4 * 9000, consumers[0].packets  # every datagram forwarded
+    benchmark.extra_info["path"] = path
+
+
 def test_inbound_srtp_unprotect_and_parse(benchmark: Any) -> None:
     """What aiortc does before the producer sees a packet: SRTP unprotect + RtpPacket.parse."""
     tx, rx = srtp_pair()
