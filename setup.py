@@ -1,17 +1,36 @@
 """The optional compiled packet path (relay/_accel.c), the one thing pyproject.toml cannot
 declare without setuptools' "experimental" warning. ``optional=True``: without a C compiler,
 the Python headers or libsrtp2 the build skips it and relay/accel.py runs its pure-Python twin.
-Everything else is in pyproject.toml."""
+Everything else is in pyproject.toml.
+
+``PARLEY_LIBSRTP=PREFIX`` (scripts/setup.sh sets it): link the static libsrtp that
+scripts/libsrtp.sh built there against OpenSSL, instead of Debian's libsrtp2 (built against
+NSS); ``relay.accel.SRTP_CRYPTO`` then says "openssl"."""
+
+import os
+from pathlib import Path
 
 from setuptools import Extension, setup
 
-setup(
-    ext_modules=[
-        Extension(
-            "parley.relay._accel",
-            sources=["relay/_accel.c"],
-            libraries=["srtp2"],
-            optional=True,
-        )
-    ]
-)
+prefix = Path(os.environ.get("PARLEY_LIBSRTP", "") or "/nonexistent")
+if (prefix / "lib" / "libsrtp2.a").is_file() and (prefix / "include" / "srtp2").is_dir():
+    accel = Extension(
+        "parley.relay._accel",
+        sources=["relay/_accel.c"],
+        include_dirs=[str(prefix / "include")],
+        extra_objects=[str(prefix / "lib" / "libsrtp2.a")],
+        libraries=["crypto"],
+        # libsrtp's symbols stay inside the module (pylibsrtp carries its own copy)
+        extra_link_args=["-Wl,--exclude-libs,ALL"],
+        define_macros=[("PARLEY_SRTP_CRYPTO", '"openssl"')],
+        optional=True,
+    )
+else:
+    accel = Extension(
+        "parley.relay._accel",
+        sources=["relay/_accel.c"],
+        libraries=["srtp2"],
+        optional=True,
+    )
+
+setup(ext_modules=[accel])

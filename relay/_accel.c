@@ -25,6 +25,12 @@
 
 #include <srtp2/srtp.h>
 
+/* who does libsrtp's cryptography: "openssl" when setup.py links the libsrtp that
+ * scripts/libsrtp.sh built, else whatever the system's libsrtp2 was built with */
+#ifndef PARLEY_SRTP_CRYPTO
+#define PARLEY_SRTP_CRYPTO "system libsrtp2"
+#endif
+
 #define MAX_PACKET 2048
 #define BUF_SIZE (MAX_PACKET + SRTP_MAX_TRAILER_LEN + 64)
 
@@ -2493,5 +2499,6 @@ PyMODINIT_FUNC PyInit__accel(void) {
     Py_INCREF(&InboundType);
     PyModule_AddObject(m, "Inbound", (PyObject *)&InboundType);
     PyModule_AddIntConstant(m, "MAX_TRAILER", SRTP_MAX_TRAILER_LEN);
+    PyModule_AddStringConstant(m, "SRTP_CRYPTO", PARLEY_SRTP_CRYPTO);
     return m;
 }

@@ -439,6 +439,9 @@ if os.environ.get("PARLEY_PURE_PYTHON", "") in ("", "0"):
 COMPILED: Final = _compiled is not None
 IMPLEMENTATION: Final = "compiled" if COMPILED else "python"
 """Which packet path runs: "compiled" (relay/_accel.c) or "python"."""
+SRTP_CRYPTO: Final[str] = _compiled.SRTP_CRYPTO if COMPILED else "pylibsrtp"
+"""Whose SRTP the packet path runs: "openssl" (the libsrtp scripts/libsrtp.sh built), "system
+libsrtp2" (Debian's, on NSS), or "pylibsrtp" (the pure-Python twin)."""
 
 if _compiled is not None:
     _compiled.set_packet_type(RtpIn)

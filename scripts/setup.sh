@@ -15,6 +15,10 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v cc >/dev/null || need+=(gcc)
 dpkg -s python3-dev >/dev/null 2>&1 || need+=(python3-dev)
 dpkg -s libsrtp2-dev >/dev/null 2>&1 || need+=(libsrtp2-dev)
+# ... and, for libsrtp on OpenSSL (scripts/libsrtp.sh), make, curl and OpenSSL's headers
+command -v make >/dev/null || need+=(make)
+command -v curl >/dev/null || need+=(curl)
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 if [ "$want_test" = test ]; then
     command -v chromium >/dev/null || need+=(chromium)
     command -v firefox-esr >/dev/null || need+=(firefox-esr)  # the Firefox page tests
@@ -46,6 +50,12 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+# libsrtp on OpenSSL for the compiled packet path; without it, Debian's libsrtp2 (on NSS)
+if scripts/libsrtp.sh "$PWD/.build/libsrtp"; then
+    export PARLEY_LIBSRTP="$PWD/.build/libsrtp"
+else
+    echo "setup: libsrtp on OpenSSL could not be built; the packet path uses Debian's libsrtp2" >&2
+fi
 if [ "$want_test" = test ]; then
     .venv/bin/python -m pip install -q '.[test,bench]'
 else

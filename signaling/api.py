@@ -161,8 +161,10 @@ async def conversation_sessions(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    # which per-packet path runs: "compiled" (relay/_accel.c) or "python"
-    return web.json_response({"status": "ok", "packet_path": accel.IMPLEMENTATION})
+    # which per-packet path runs: "compiled" (relay/_accel.c) or "python", and whose SRTP
+    return web.json_response(
+        {"status": "ok", "packet_path": accel.IMPLEMENTATION, "srtp": accel.SRTP_CRYPTO}
+    )
 
 
 @web.middleware

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, GCCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from parley.relay import _aiortc
@@ -91,6 +91,7 @@ def register(manager: SessionManager, app: web.Application) -> CollectorRegistry
     registry = CollectorRegistry()
     registry.register(RelayCollector(manager, app))
     registry.register(ReportCollector(app))  # issue 9: latency, scores, network paths
+    GCCollector(registry=registry)  # python_gc_*: the interpreter's garbage collections
     app[REGISTRY] = registry
     return registry
 

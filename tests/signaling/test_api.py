@@ -102,9 +102,11 @@ async def test_healthz_and_metrics(service: Service) -> None:
         assert response.status == 200
         health = await response.json()
     assert health["packet_path"] == accel.IMPLEMENTATION in ("compiled", "python")
+    assert health["srtp"] == accel.SRTP_CRYPTO in ("openssl", "system libsrtp2", "pylibsrtp")
     await service.create_session()
     async with service.http.get(f"{service.base_url}/metrics") as response:
         assert response.status == 200
         text = await response.text()
     assert 'parley_sessions{state="waiting"} 1.0' in text
     assert "turn_total_allocations 0.0" in text  # exact names and types: test_metrics.py
+    assert 'python_gc_collections_total{generation="2"}' in text
