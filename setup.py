@@ -19,6 +19,7 @@ if (prefix / "lib" / "libsrtp2.a").is_file() and (prefix / "include" / "srtp2").
         sources=["relay/_accel.c"],
         include_dirs=[str(prefix / "include")],
         extra_objects=[str(prefix / "lib" / "libsrtp2.a")],
+        depends=[str(prefix / "lib" / "libsrtp2.a")],  # relink when it was rebuilt
         libraries=["crypto"],
         # libsrtp's symbols stay inside the module (pylibsrtp carries its own copy)
         extra_link_args=["-Wl,--exclude-libs,ALL"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 import time
@@ -65,6 +66,17 @@ def ice_servers_factory(
         return [{"urls": list(urls), "username": username, "credential": credential}]
 
     return ice_servers
+
+
+def settle_heap() -> None:
+    """Call once the process is serving: what start-up made (modules, the application, its
+    routes: about 100 000 objects) leaves the garbage collector's generations. A full
+    collection, which the end of a session's cyclic objects sets off, then walks only what
+    sessions made since; before, it walked everything (about 40 ms here), and every session's
+    media waited meanwhile. What start-up made and later drops is still freed by reference
+    counting; only a cycle among such objects would stay."""
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(config: ServiceConfig) -> web.Application:

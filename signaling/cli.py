@@ -252,7 +252,7 @@ async def run_until_signalled(
 async def serve(config: ServiceConfig, notes: list[str]) -> None:
     from aiohttp import web
 
-    from .app import create_app, create_metrics_app, shutdown
+    from .app import create_app, create_metrics_app, settle_heap, shutdown
 
     log = logging.getLogger(__name__)
     app = create_app(config)
@@ -279,6 +279,7 @@ async def serve(config: ServiceConfig, notes: list[str]) -> None:
     if port == 0 and server is not None and server.sockets:
         port = server.sockets[0].getsockname()[1]
     print(banner(config, notes, port), flush=True)
+    settle_heap()
 
     async def stop() -> None:
         await shutdown(app)  # still listening: new sessions get 503 meanwhile

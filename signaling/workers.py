@@ -143,7 +143,7 @@ def worker_routes() -> web.RouteTableDef:
 async def run_worker(config: ServiceConfig, socket_path: str) -> None:
     """One media worker: the application on ``socket_path`` until SIGTERM (or the control
     process goes away: its stdin pipe closes)."""
-    from .app import create_app, shutdown
+    from .app import create_app, settle_heap, shutdown
 
     app = create_app(config)
     app.middlewares.append(forwarded_scheme)
@@ -153,6 +153,7 @@ async def run_worker(config: ServiceConfig, socket_path: str) -> None:
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0, access_log=None)
     await runner.setup()
     await web.UnixSite(runner, socket_path).start()
+    settle_heap()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -1048,6 +1049,9 @@ async def serve_control(config: ServiceConfig, notes: list[str]) -> None:
         "; --workers 1: one process)",
     ]
     print(banner(config, notes, config.port), flush=True)
+    from .app import settle_heap
+
+    settle_heap()
 
     async def stop() -> None:
         if config.redis_url:  # leave the cluster first: the pages rejoin onto live nodes
