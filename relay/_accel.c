@@ -857,11 +857,12 @@ static PyObject *FastIn_set_keys(FastIn *self, PyObject *const *args, Py_ssize_t
 
 static inline int FastIn_wants(const FastIn *self, const unsigned char *data, unsigned int len) {
     /* RTP, not RTCP (RFC 5761 §4: payload types 192-223), as DatagramGuard decides */
-    return self->session != NULL && len > 12 && len <= MAX_PACKET + SRTP_MAX_TRAILER_LEN &&
+    return self->session != NULL && self->route != NULL && self->failed != NULL && len > 12 && len <= MAX_PACKET + SRTP_MAX_TRAILER_LEN &&
            data[0] > 127 && data[0] < 192 && !(data[1] > 191 && data[1] < 224);
 }
 
-/* the receiver route_rtp would return without changing its tables, or NULL (borrowed) */
+/* the receiver route_rtp would return without changing its tables (a new reference), or NULL
+ * (with an exception set only when something failed) */
 static PyObject *FastIn_lookup(FastIn *self, uint32_t ssrc, int pt) {
     PyObject *key = PyLong_FromUnsignedLong(ssrc);
     if (key == NULL) {
@@ -872,15 +873,21 @@ static PyObject *FastIn_lookup(FastIn *self, uint32_t ssrc, int pt) {
     if (receiver == NULL) {
         return NULL;
     }
+    Py_INCREF(receiver); /* the set's lookup below may run a __hash__ or __eq__ */
     key = PyLong_FromLong(pt);
     if (key == NULL) {
+        Py_DECREF(receiver);
         return NULL;
     }
     PyObject *receivers = PyDict_GetItemWithError(self->pt_table, key);
     Py_DECREF(key);
-    if (receivers == NULL || !PyAnySet_Check(receivers) ||
-        PySet_Contains(receivers, receiver) != 1) {
-        PyErr_Clear();
+    Py_XINCREF(receivers);
+    int found = receivers != NULL && PyAnySet_Check(receivers) ? PySet_Contains(receivers, receiver)
+                                                               : 0;
+    Py_XDECREF(receivers);
+    if (found != 1) {
+        Py_DECREF(receiver);
+        PyErr_Clear(); /* not settled here: route_rtp decides */
         return NULL;
     }
     return receiver;
@@ -915,7 +922,6 @@ static int FastIn_take(FastIn *self, unsigned char *data, unsigned int size) {
         self->routed++;
         result = PyObject_CallOneArg(self->route, packet);
     } else {
-        Py_INCREF(receiver);
         PyObject *forward = PyObject_GetAttr(receiver, s_parley_forward);
         Py_DECREF(receiver);
         if (forward == NULL) {
