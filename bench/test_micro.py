@@ -99,13 +99,17 @@ class _Receiver:
     _parley_forward: Callable[[Any], None]
 
 
-def test_fast_receive_datagram(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
-    """One SRTP datagram through the socket guard and the fast path: unprotect, parse, aiortc's
-    RtpRouter, Producer.forward and one consumer (rewrite + SRTP protect)."""
+def _guarded_fast_path(loop: asyncio.AbstractEventLoop) -> tuple[Any, Any, list[Any]]:
+    """A socket guard whose FastReceive routes the publisher's SSRC (aiortc's RtpRouter) to a
+    producer with one consumer on a real socket; the publisher's SRTP session; the consumers."""
     from aiortc.rtcdtlstransport import RtpRouter
 
     from parley.bench.fakes import PUBLISHER_SSRC
     from parley.relay._aiortc import DatagramGuard, FastReceive
+
+    consumers: list[Any] = []
+    ssl = FakeSsl()
+    tx, rx = srtp_pair(ssl.key(0))
 
     async def setup() -> DatagramGuard:
         producer, outs, _ = _forwarding_setup(1, True)
@@ -119,15 +123,19 @@ def test_fast_receive_datagram(benchmark: Any, loop: asyncio.AbstractEventLoop) 
             _rx_srtp=rx, _rtp_router=router, _ssl=ssl, _role="server", _srtp_profiles=SRTP_PROFILES
         )
         guard.fast = FastReceive(dtls)  # type: ignore[arg-type]
-        guard.fast.abs_send_time_id = 2
         return guard
 
-    consumers: list[Any] = []
-    ssl = FakeSsl()
-    tx, rx = srtp_pair(ssl.key(0))
+    return loop.run_until_complete(setup()), tx, consumers
+
+
+def test_fast_receive_datagram(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """One SRTP datagram through the socket guard and the fast path: unprotect, parse, aiortc's
+    RtpRouter, Producer.forward and one consumer (rewrite + SRTP protect)."""
+    guard, tx, consumers = _guarded_fast_path(loop)
+    assert guard.fast is not None
+    guard.fast.abs_send_time_id = 2
     ext = HeaderExtensionsMap()
     ext.configure(RTCRtpParameters(headerExtensions=EXTENSIONS))
-    guard = loop.run_until_complete(setup())
     datagrams = iter(
         [tx.protect(video_packet(seq, False).serialize(ext)) for seq in range(3, 20003)]
     )
@@ -152,35 +160,13 @@ def test_reader_burst(benchmark: Any, loop: asyncio.AbstractEventLoop, path: str
     real loopback socket). The 4 ``sendto`` of the set-up are not timed."""
     import socket
 
-    from aiortc.rtcdtlstransport import RtpRouter
-
-    from parley.bench.fakes import PUBLISHER_SSRC
     from parley.relay import accel
-    from parley.relay._aiortc import DatagramGuard, FastReceive
 
     if accel.Reader is None or accel.FastIn is None:
         pytest.skip("the compiled path is not built")
-    consumers: list[Any] = []
-
-    async def setup() -> DatagramGuard:
-        producer, outs, _ = _forwarding_setup(1, True)
-        consumers.extend(outs)
-        router = RtpRouter()
-        receiver = _Receiver()
-        receiver._parley_forward = producer._receiver.__dict__["_parley_forward"]
-        router.register_receiver(receiver, ssrcs=[PUBLISHER_SSRC], payload_types=[96])  # type: ignore[arg-type]
-        guard = DatagramGuard(lambda data, addr: None)
-        dtls = SimpleNamespace(
-            _rx_srtp=rx, _rtp_router=router, _ssl=ssl, _role="server", _srtp_profiles=SRTP_PROFILES
-        )
-        guard.fast = FastReceive(dtls)  # type: ignore[arg-type]
-        return guard
-
-    ssl = FakeSsl()
-    tx, rx = srtp_pair(ssl.key(0))
+    guard, tx, consumers = _guarded_fast_path(loop)
     ext = HeaderExtensionsMap()
     ext.configure(RTCRtpParameters(headerExtensions=EXTENSIONS))
-    guard = loop.run_until_complete(setup())
     datagrams = iter(
         [tx.protect(video_packet(seq, False).serialize(ext)) for seq in range(3, 40009)]
     )
