@@ -46,6 +46,11 @@ RELAY_TYPES = {
     "parley_rate_limited": "counter",
     "parley_relay_forward_latency_seconds": "histogram",
 }
+PROCESS_TYPES = {  # prometheus_client's GCCollector: the interpreter's garbage collections
+    "python_gc_objects_collected": "counter",
+    "python_gc_objects_uncollectable": "counter",
+    "python_gc_collections": "counter",
+}
 
 
 async def scrape(service: Service) -> str:
@@ -75,7 +80,7 @@ async def test_metrics_have_exact_names_and_types_and_turn_is_published_once(
     found = families(text)
 
     assert set(TURN_TYPES) == set(METRICS)  # this table follows turn/metrics.py
-    assert {n: t for n, (t, _) in found.items()} == {**RELAY_TYPES, **TURN_TYPES}
+    assert {n: t for n, (t, _) in found.items()} == {**RELAY_TYPES, **TURN_TYPES, **PROCESS_TYPES}
     for name, kind in TURN_TYPES.items():
         sample = name + "_total" if kind == "counter" else name
         assert list(found[name][1]) == [sample], found[name]
