@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parley.relay import accel, udp
-from parley.relay.rtp import RtpIn, parse_rtp
-from tests.relay.test_accel import _Leg
+from parley.relay.rtp import RtpIn, RtpRewriter, parse_rtp
+from tests.relay.test_accel import _fields, _Leg, packets
 
 needs_reader = pytest.mark.skipif(accel.Reader is None, reason="the compiled path is not built")
 
@@ -361,3 +361,74 @@ def test_the_reader_hands_srtp_packets_to_its_fast_path_and_the_rest_to_the_prot
     finally:
         inbound.close()
         sender.close()
+
+
+@needs_reader
+@settings(max_examples=40, deadline=None)
+@given(
+    stream=st.lists(packets(), min_size=1, max_size=6),
+    profile=st.sampled_from(SRTP_PROFILES),
+    level_id=st.sampled_from([0, 5]),
+)
+def test_fast_in_hands_on_what_the_pure_receive_path_parses(
+    stream: list[RtpIn], profile: Any, level_id: int
+) -> None:
+    """Byte for byte: what a Reader's FastIn forwards from real datagrams is what the pure
+    twin's ``unprotect_parse`` makes of them; a datagram that looks like RTCP (marker set,
+    payload type 64-95) goes to the protocol on both paths, as DatagramGuard decides."""
+    key = os.urandom(profile.key_length + profile.salt_length)
+    sender_srtp = accel.PySession(profile.libsrtp_profile, key, True)
+    pure = accel.PySession(profile.libsrtp_profile, key, False)
+    datagrams = []
+    for i, packet in enumerate(stream):
+        packet.ssrc = 0x1000 + i  # one SRTP stream each: no replay window between them
+        plain = RtpRewriter(
+            ssrc=packet.ssrc,
+            payload_type=packet.payload_type,
+            mid=None,
+            mid_id=None,
+            abs_send_time_id=None,
+            audio_level_id=5,
+        ).rewrite(packet, None, packet.audio_level)
+        datagrams.append(sender_srtp.protect(plain))
+    rtcp_like = [191 < d[1] < 224 for d in datagrams]
+    expected = [
+        None if looks_rtcp else _fields(pure.unprotect_parse(d, 0, level_id))
+        for d, looks_rtcp in zip(datagrams, rtcp_like, strict=True)
+    ]
+
+    forwarded: list[Any] = []
+    protocol = Recorder()
+
+    class Receiver:
+        _parley_forward = staticmethod(forwarded.append)
+
+    receiver = Receiver()
+    taker = accel.FastIn(lambda packet: pytest.fail("routed"), lambda addr: pytest.fail("failed"))
+    taker.audio_level_id = level_id
+    taker.set_keys(
+        accel.Session(profile.libsrtp_profile, key, False),
+        {p.ssrc: receiver for p in stream},
+        {p.payload_type: {receiver} for p in stream},
+    )
+    inbound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        inbound.bind(("127.0.0.1", 0))
+        inbound.setblocking(False)
+        reader = accel.Reader(inbound.fileno(), protocol)
+        reader.fast = taker
+        for data in datagrams:
+            sender.sendto(data, inbound.getsockname())
+        for _ in range(1000):
+            if reader.datagrams >= len(datagrams):
+                break
+            reader()
+    finally:
+        inbound.close()
+        sender.close()
+    assert [_fields(p) for p in forwarded] == [e for e in expected if e is not None]
+    assert [data for data, _ in protocol.got] == [
+        d for d, looks_rtcp in zip(datagrams, rtcp_like, strict=True) if looks_rtcp
+    ]
+    assert taker.unprotect_errors == taker.malformed == 0
