@@ -1004,7 +1004,9 @@ static PyTypeObject FastInType = {
  *
  * The socket callback of a relay media socket (loop.add_reader(fd, reader)): one recvmmsg of up
  * to READ_BATCH datagrams per wakeup, each handed to protocol.datagram_received(data, addr) as
- * uvloop would; what their fan-outs send goes out batched at the end (out_flush).
+ * uvloop would; what their fan-outs send goes out batched at the end (out_flush). The receive
+ * buffers are shared by every Reader and hold the batch while its handlers run, so a Reader called
+ * from inside another's batch (never by the event loop) reads nothing: the socket stays readable.
  */
 
 #define READ_BATCH 32
@@ -1093,7 +1095,7 @@ static PyObject *Reader_address(Reader *self, const struct sockaddr_storage *nam
 }
 
 static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds) {
-    if (self->closed || self->protocol == NULL) {
+    if (self->closed || self->protocol == NULL || defer_depth > 0) {
         Py_RETURN_NONE;
     }
     struct mmsghdr msgs[READ_BATCH];

@@ -432,3 +432,37 @@ def test_fast_in_hands_on_what_the_pure_receive_path_parses(
         d for d, looks_rtcp in zip(datagrams, rtcp_like, strict=True) if looks_rtcp
     ]
     assert taker.unprotect_errors == taker.malformed == 0
+
+
+@needs_reader
+def test_a_reader_called_inside_a_batch_reads_nothing_and_the_batch_stays_whole() -> None:
+    """The receive buffers hold the batch while its handlers run: a nested call must not read
+    over them. Every datagram still arrives once, in order."""
+    inbound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        inbound.bind(("127.0.0.1", 0))
+        inbound.setblocking(False)
+        seen: list[bytes] = []
+
+        sent = [bytes([i]) * (100 + i) for i in range(10)]
+
+        class Nested:
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                seen.append(data)
+                if data == sent[0]:  # more arrive meanwhile, and the handler reads the socket
+                    for later in sent[5:]:
+                        sender.sendto(later, inbound.getsockname())
+                    reader()
+
+        reader = accel.Reader(inbound.fileno(), Nested())
+        for data in sent[:5]:
+            sender.sendto(data, inbound.getsockname())
+        for _ in range(1000):
+            if reader.datagrams >= 10:
+                break
+            reader()
+        assert seen == sent
+    finally:
+        inbound.close()
+        sender.close()
