@@ -151,9 +151,17 @@ def test_fast_receive_datagram(benchmark: Any, loop: asyncio.AbstractEventLoop) 
     assert consumers[0].packets > 20000, consumers[0].packets  # every datagram was forwarded
 
 
+def _frame_packet(seq: int) -> Any:
+    """Packet ``seq`` of 4-packet delta frames, each burst's last the frame's end (marker)."""
+    packet = video_packet(seq, False, timestamp=3000 * (seq // 4))
+    packet.marker = int(seq % 4 == 3)
+    return packet
+
+
 @pytest.mark.parametrize("path", ["fastin", "guard"])
 def test_reader_burst(benchmark: Any, loop: asyncio.AbstractEventLoop, path: str) -> None:
-    """One wakeup of a media socket's reader with a video frame's 4 SRTP datagrams queued:
+    """One wakeup of a media socket's reader with a video frame's 4 SRTP datagrams queued (the
+    last with the frame's marker bit):
     ``recvmmsg``, then each datagram through ``accel.FastIn`` straight from the buffer
     (``fastin``) or as bytes through the socket guard and ``FastReceive`` (``guard``, the path
     before FastIn), the producer and one consumer, and the batch's send (one GSO message to a
@@ -167,9 +175,7 @@ def test_reader_burst(benchmark: Any, loop: asyncio.AbstractEventLoop, path: str
     guard, tx, consumers = _guarded_fast_path(loop)
     ext = HeaderExtensionsMap()
     ext.configure(RTCRtpParameters(headerExtensions=EXTENSIONS))
-    datagrams = iter(
-        [tx.protect(video_packet(seq, False).serialize(ext)) for seq in range(3, 40009)]
-    )
+    datagrams = iter([tx.protect(_frame_packet(seq).serialize(ext)) for seq in range(3, 40009)])
     fast = guard.fast
     assert fast is not None
     guard.datagram_received(next(datagrams), ("127.0.0.1", 9))  # makes the SRTP context

@@ -2041,14 +2041,14 @@ static PyTypeObject MissingPacketsType = {
 
 #define IN_PYTHON 1   /* not the common case: nothing was done, the Python path takes it */
 #define IN_NACK 2     /* packets went missing: send a NACK */
-#define IN_QUALITY 4  /* relay.quality needs this packet (a frame's end, a key frame, a level) */
+#define IN_QUALITY 4  /* relay.quality needs this packet (a key frame's start, a level) */
 #define IN_SLOW 8     /* consumers left to the Python path: ``slow``, with ``abs_send_time`` */
 #define IN_LATENCY 16 /* a sampled forward latency is in ``latency`` */
 #define IN_SINKS 32   /* recorders to write the packet to (from ``extra``) */
 
 #define QUALITY_NONE 0
-#define QUALITY_VIDEO 1 /* frame ends (marker) */
-#define QUALITY_VP8 2   /* frame ends and key frames' first packets (their resolution) */
+#define QUALITY_VIDEO 1 /* frame ends (marker): counted here, in ``frames`` and ``frame_ts`` */
+#define QUALITY_VP8 2   /* frame ends, and key frames' first packets (their resolution) */
 #define QUALITY_AUDIO 3 /* packets with an audio level */
 
 typedef struct {
@@ -2060,6 +2060,8 @@ typedef struct {
     int quality;
     unsigned long latency_every; /* a power of two */
     unsigned long long tick, packets, octets;
+    unsigned long long frames; /* frame ends (marker bits) of video, here and from Python */
+    long long frame_ts;        /* the last one's RTP timestamp; -1: none yet */
     double latency;
     long abs_send_time;
     PyObject *slow;     /* list or None */
@@ -2111,7 +2113,8 @@ static int Inbound_init(Inbound *self, PyObject *args, PyObject *kwds) {
     self->quality = quality;
     self->latency_every = every;
     self->media_ssrc = -1;
-    self->tick = self->packets = self->octets = 0;
+    self->tick = self->packets = self->octets = self->frames = 0;
+    self->frame_ts = -1;
     self->latency = 0.0;
     self->abs_send_time = 0;
     Py_INCREF(Py_None);
@@ -2220,7 +2223,8 @@ static long Inbound_take(Inbound *self, PyObject *packet, PyObject *consumers) {
         /* fall through */
     case QUALITY_VIDEO:
         if (f.marker) {
-            flags |= IN_QUALITY;
+            self->frames++;
+            self->frame_ts = (long long)(f.ts & 0xFFFFFFFFUL);
         }
         break;
     case QUALITY_AUDIO:
@@ -2346,6 +2350,27 @@ static int Inbound_set_object(PyObject **slot, PyObject *value, PyTypeObject *ty
     return 0;
 }
 
+static PyObject *Inbound_get_frame_ts(Inbound *self, void *closure) {
+    return optional_ll(self->frame_ts);
+}
+
+static int Inbound_set_frame_ts(Inbound *self, PyObject *value, void *closure) {
+    if (value == NULL || value == Py_None) {
+        self->frame_ts = -1;
+        return 0;
+    }
+    long long ts = PyLong_AsLongLong(value);
+    if (ts == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (ts < 0 || ts > 0xFFFFFFFFLL) {
+        PyErr_SetString(PyExc_ValueError, "bad RTP timestamp");
+        return -1;
+    }
+    self->frame_ts = ts;
+    return 0;
+}
+
 static PyObject *Inbound_get_stats(Inbound *self, void *closure) {
     return Py_NewRef(self->stats);
 }
@@ -2372,6 +2397,8 @@ static PyMemberDef Inbound_members[] = {
     {"packets", T_ULONGLONG, offsetof(Inbound, packets), READONLY,
      "packets taken by the common case"},
     {"octets", T_ULONGLONG, offsetof(Inbound, octets), READONLY, "their payload octets"},
+    {"frames", T_ULONGLONG, offsetof(Inbound, frames), 0,
+     "video frame ends (marker bits): the common case's, and the Python path's it adds"},
     {"latency", T_DOUBLE, offsetof(Inbound, latency), READONLY,
      "the last sampled forward latency, seconds"},
     {"abs_send_time", T_LONG, offsetof(Inbound, abs_send_time), READONLY,
@@ -2389,6 +2416,8 @@ static PyMemberDef Inbound_members[] = {
 static PyGetSetDef Inbound_getset[] = {
     {"media_ssrc", (getter)Inbound_get_media_ssrc, (setter)Inbound_set_media_ssrc,
      "the SSRC whose media packets take the common case, or None", NULL},
+    {"frame_ts", (getter)Inbound_get_frame_ts, (setter)Inbound_set_frame_ts,
+     "the RTP timestamp of the last frame end counted in ``frames``, or None", NULL},
     {"stats", (getter)Inbound_get_stats, (setter)Inbound_set_stats,
      "the ReceiveStatistics of media_ssrc, or None", NULL},
     {"nack", (getter)Inbound_get_nack, (setter)Inbound_set_nack,

@@ -286,8 +286,8 @@ the producer's Python path takes the packet."""
 IN_NACK: Final = 2
 """Packets went missing before this one: send a NACK (``nack.missing``)."""
 IN_QUALITY: Final = 4
-"""``relay.quality`` needs this packet (a video frame's end, a VP8 key frame's first packet,
-an audio level)."""
+"""``relay.quality`` needs this packet (a VP8 key frame's first packet, an audio level);
+frame ends are counted in the inbound itself."""
 IN_SLOW: Final = 8
 """Consumers were left to the Python path: ``slow``, to be sent with ``abs_send_time``."""
 IN_LATENCY: Final = 16
@@ -297,9 +297,10 @@ IN_SINKS: Final = 32
 
 QUALITY_NONE: Final = 0
 QUALITY_VIDEO: Final = 1
-"""Video: frame ends (marker bit) go to relay.quality."""
+"""Video: frame ends (marker bit), counted in the inbound's ``frames`` and ``frame_ts``."""
 QUALITY_VP8: Final = 2
-"""VP8: frame ends and the first packets of key frames (their resolution)."""
+"""VP8: frame ends counted, and the first packets of key frames (their resolution) to
+relay.quality."""
 QUALITY_AUDIO: Final = 3
 """Audio: packets with an audio level (the speech tracker)."""
 
@@ -320,6 +321,8 @@ class PyInbound:
         "latency_every",
         "packets",
         "octets",
+        "frames",
+        "frame_ts",
         "latency",
         "abs_send_time",
         "slow",
@@ -347,6 +350,10 @@ class PyInbound:
         self.nack: PyMissingPackets | None = None
         self.packets = 0
         self.octets = 0
+        self.frames = 0
+        """Video frame ends (marker bits): the common case's, and the Python path's it adds."""
+        self.frame_ts: int | None = None
+        """The RTP timestamp of the last frame end counted in ``frames``."""
         self.latency = 0.0
         self.abs_send_time = 0
         self.slow: list[Consumer] | None = None
@@ -397,16 +404,17 @@ class PyInbound:
         if quality == QUALITY_AUDIO:
             if packet.audio_level is not None:
                 flags |= IN_QUALITY
-        elif quality and (
-            packet.marker
-            or (
+        elif quality:
+            if packet.marker:
+                self.frames += 1
+                self.frame_ts = packet.timestamp
+            if (
                 quality == QUALITY_VP8
                 and payload
                 and payload[0] & 0x10
                 and vp8_resolution(payload) is not None
-            )
-        ):
-            flags |= IN_QUALITY
+            ):
+                flags |= IN_QUALITY
         self.slow = None
         if consumers:
             abs_send_time = int((now + NTP_EPOCH_OFFSET) * 262144) & 0xFFFFFF

@@ -118,7 +118,7 @@ class Producer:
         """RTX packets received from the publisher (unwrapped and forwarded)."""
         self.sender_report: tuple[int, int] | None = None
         """The publisher's last (NTP, RTP) timestamp pair from its sender report."""
-        self.quality = UpstreamQuality(kind, primary.mimeType, primary.clockRate)
+        self.quality = UpstreamQuality(kind, primary.mimeType, primary.clockRate, self._inbound)
         """Report figures of this upstream leg (relay/quality.py)."""
 
         self._receiver = receiver
@@ -319,7 +319,7 @@ class Producer:
         inbound = self._inbound
         if flags & accel.IN_QUALITY:
             quality = self.quality
-            quality.on_packet(packet, time.monotonic() if quality.speech else 0.0)
+            quality.on_taken(packet, time.monotonic() if quality.speech else 0.0)
         if flags & accel.IN_NACK:
             self._send_nack(packet.ssrc)
         if flags & accel.IN_SLOW:

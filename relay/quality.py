@@ -145,45 +145,67 @@ def vp8_resolution(payload: bytes) -> tuple[int, int] | None:
     return width, height
 
 
+class FrameCount:
+    """Video frame ends (marker bits) and the last one's RTP timestamp. The producer's
+    ``accel.Inbound`` has the same two attributes and counts its common case's itself."""
+
+    __slots__ = ("frames", "frame_ts")
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.frame_ts: int | None = None
+
+
 class UpstreamQuality:
-    """What one producer's packets show (publisher -> relay)."""
+    """What one producer's packets show (publisher -> relay). ``count`` holds the frame ends
+    (a ``FrameCount``, or the producer's ``accel.Inbound``, which counts most of them)."""
 
     __slots__ = (
         "kind",
         "clock_rate",
         "vp8",
-        "frames",
+        "count",
         "keyframes",
         "resolution",
         "speech",
         "_last",
-        "_frame_ts",
         "_sampled_ts",
     )
 
-    def __init__(self, kind: str, mime_type: str, clock_rate: int) -> None:
+    def __init__(
+        self, kind: str, mime_type: str, clock_rate: int, count: Any | None = None
+    ) -> None:
         self.kind = kind
         self.clock_rate = clock_rate
         self.vp8 = mime_type.lower() == "video/vp8"
-        self.frames = 0
+        self.count: Any = FrameCount() if count is None else count
         self.keyframes = 0
         self.resolution: tuple[int, int] | None = None
         self.speech: SpeechTracker | None = SpeechTracker(clock_rate) if kind == "audio" else None
         self._last: dict[str, float] = {"_at": time.monotonic()}
-        self._frame_ts: int | None = None
-        """RTP timestamp of the last frame's end (marker bit), for the frame rate."""
         self._sampled_ts: int | None = None
+
+    @property
+    def frames(self) -> int:
+        """Video frame ends so far."""
+        return int(self.count.frames)
 
     def on_packet(self, packet: Any, now: float) -> None:
         """One forwarded packet (``packet`` is a ``relay.rtp.RtpIn``); ``now`` monotonic."""
+        if self.speech is None and packet.marker:
+            count = self.count
+            count.frames += 1
+            count.frame_ts = packet.timestamp
+        self.on_taken(packet, now)
+
+    def on_taken(self, packet: Any, now: float) -> None:
+        """A packet the compiled common case took and flagged ``IN_QUALITY`` (it counted the
+        frame end itself): an audio level, or a VP8 key frame's first packet."""
         if self.speech is not None:
             level = packet.audio_level
             if level is not None:
                 self.speech.on_level(level[1], packet.timestamp, now, level[0])
             return
-        if packet.marker:
-            self.frames += 1
-            self._frame_ts = packet.timestamp
         if self.vp8:
             payload = packet.payload
             # a key frame starts with S=1, PID=0 and P=0 in the VP8 header (checked in full below)
@@ -197,9 +219,10 @@ class UpstreamQuality:
         """Frames per second of media time (RTP timestamps of the frames' ends), so that a burst
         of late packets after a stall does not read as a high frame rate; arrival time only
         when the window holds fewer than two frame ends."""
-        last, self._sampled_ts = self._sampled_ts, self._frame_ts
-        if last is not None and self._frame_ts is not None and self.clock_rate:
-            span = ((self._frame_ts - last) & 0xFFFFFFFF) / self.clock_rate
+        frame_ts = self.count.frame_ts
+        last, self._sampled_ts = self._sampled_ts, frame_ts
+        if last is not None and frame_ts is not None and self.clock_rate:
+            span = ((frame_ts - last) & 0xFFFFFFFF) / self.clock_rate
             if frames and 0 < span < 3600:
                 return round(frames / span, 1)
         return round(frames / elapsed, 1) if elapsed else 0.0

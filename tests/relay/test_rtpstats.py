@@ -209,6 +209,7 @@ def test_the_compiled_and_pure_common_case_agree(
         sides.append((name, inbound))
     consumer = SlowConsumer()
     consumers = (consumer,) if with_consumer else ()
+    want_frames = 0
     for packet in packets:
         results = []
         for _name, inbound in sides:
@@ -223,6 +224,8 @@ def test_the_compiled_and_pure_common_case_agree(
                     inbound.stats.max_seq,
                     inbound.nack.missing if with_nack else None,
                     None if slow is None else [id(c) for c in slow],
+                    inbound.frames,
+                    inbound.frame_ts,
                 )
             )
             if flags & accel.IN_SLOW:
@@ -238,15 +241,20 @@ def test_the_compiled_and_pure_common_case_agree(
             want_quality = (
                 quality == accel.QUALITY_AUDIO
                 and packet.audio_level is not None
-                or quality in (accel.QUALITY_VIDEO, accel.QUALITY_VP8)
-                and bool(packet.marker)
                 or quality == accel.QUALITY_VP8
                 and vp8_resolution(packet.payload) is not None
             )
             assert bool(flags & accel.IN_QUALITY) is want_quality
+            if packet.marker and quality in (accel.QUALITY_VIDEO, accel.QUALITY_VP8):
+                # a frame end is counted in the inbound itself, not left to Python
+                assert sides[0][1].frame_ts == packet.timestamp
             assert bool(flags & accel.IN_SLOW) is with_consumer
         else:
             assert flags == accel.IN_PYTHON
+        want_frames += bool(
+            common and packet.marker and quality in (accel.QUALITY_VIDEO, accel.QUALITY_VP8)
+        )
+        assert results[0][-2] == want_frames
 
 
 @pytest.mark.parametrize(("name", "inbound_type", "stats_type", "nack_type"), INBOUNDS)
@@ -283,8 +291,9 @@ def test_calling_it_leaves_to_the_fallback_only_what_python_must_do(
         )
 
     assert inbound(packet(1)) is None and left == []  # all done in one call
-    inbound(packet(3, marker=1))  # 2 is missing; a frame ends
-    assert left == [(3, accel.IN_NACK | accel.IN_QUALITY)]
+    inbound(packet(3, marker=1))  # 2 is missing; a frame ends (counted here, not in Python)
+    assert left == [(3, accel.IN_NACK)]
+    assert (inbound.frames, inbound.frame_ts) == (1, 0)
     inbound(packet(4, pt=97))  # not the media payload type
     assert left[-1] == (4, accel.IN_PYTHON)
     inbound.extra = accel.IN_SINKS  # a recorder
