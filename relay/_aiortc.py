@@ -73,7 +73,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
 from aiortc.rtp import AnyRtcpPacket, RtcpByePacket, RtcpReceiverInfo, RtcpRrPacket, RtpPacket
 
-from . import accel, ticker, udp
+from . import accel, icecheck, ticker, udp
 from .rtp import RtpIn, parse_rtp
 
 logger = logging.getLogger(__name__)
@@ -430,9 +430,18 @@ async def dtls_send_rtp(dtls: RTCDtlsTransport, data: bytes) -> None:
 class DatagramStats:
     """What the relay's media sockets refused, process-wide (read by ``/metrics``)."""
 
-    __slots__ = ("empty", "malformed_stun", "errors", "_last_log", "_logged_error")
+    __slots__ = (
+        "empty",
+        "malformed_stun",
+        "errors",
+        "checks_answered",
+        "_last_log",
+        "_logged_error",
+    )
 
     def __init__(self) -> None:
+        self.checks_answered = 0
+        """Connectivity checks of established pairs the guard answered itself (not refused)."""
         self.empty = 0
         """Empty datagrams (aiortc's DTLS transport would fail on them and close the leg)."""
         self.malformed_stun = 0
@@ -557,18 +566,64 @@ class FastReceive:
                 forward(packet)
 
 
+CHECK_ANSWER = os.environ.get("PARLEY_AIOICE_CHECKS", "") in ("", "0")
+"""Whether the socket guard answers the nominated pair's connectivity checks itself
+(``PARLEY_AIOICE_CHECKS=1`` leaves them all to aioice, for measuring only)."""
+
+
+class CheckAnswer:
+    """Answers the connectivity checks (consent, RFC 7675) of one aioice ``StunProtocol``'s
+    nominated pair itself (``relay.icecheck``), as aioice would; every other request, and
+    every check before connect() completes or once the connection closes, stays aioice's."""
+
+    __slots__ = ("protocol", "connection")
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+        self.connection = _attr(protocol, "receiver")
+        for name in ("_nominated", "_closing", "_early_checks_done", "ice_controlling"):
+            _attr(self.connection, name)
+
+    def answer(self, data: bytes, addr: Any) -> bool:
+        """Whether ``data`` from ``addr`` was such a check, and its response is sent."""
+        connection = self.connection
+        if connection._closing or not connection._early_checks_done:
+            return False
+        pair = connection._nominated.get(1)
+        host, port = addr[0], addr[1]
+        if pair is None or pair.protocol is not self.protocol or pair.remote_addr != (host, port):
+            return False
+        remote = connection.remote_username
+        if not remote:
+            return False
+        response = icecheck.binding_response(
+            data,
+            host,
+            port,
+            f"{connection.local_username}:{remote}".encode(),
+            connection.local_password.encode(),
+            connection.ice_controlling,
+        )
+        if response is None:
+            return False
+        self.protocol.transport.sendto(response, addr)
+        return True
+
+
 class DatagramGuard:
     """Wraps one aioice ``StunProtocol.datagram_received``: drops empty datagrams, counts and
-    drops STUN that aioice cannot parse, feeds RTP to the fast path when installed, and never
-    lets an exception escape into aioice or the event loop."""
+    drops STUN that aioice cannot parse, answers the nominated pair's connectivity checks
+    (:class:`CheckAnswer`), feeds RTP to the fast path when installed, and never lets an
+    exception escape into aioice or the event loop."""
 
-    __slots__ = ("stock", "fast", "stats", "_received", "transport")
+    __slots__ = ("stock", "fast", "checks", "stats", "_received", "transport")
 
     def __init__(
         self, stock: Callable[[bytes, Any], None], stats: DatagramStats = DATAGRAMS
     ) -> None:
         self.stock = stock
         self.fast: FastReceive | None = None
+        self.checks: CheckAnswer | None = None
         self.stats = stats
         self._received = 0
         self.transport: Any = None
@@ -596,6 +651,12 @@ class DatagramGuard:
             elif not data:
                 self.stats.empty += 1
                 self.stats.rejected("empty", addr)
+            elif len(data) >= 20 and data[0] == 0 and data[1] == 1 and self.checks is not None:
+                # a STUN Binding request: answered here when it checks the nominated pair
+                if self.checks.answer(data, addr):
+                    self.stats.checks_answered += 1
+                else:
+                    self.stock(data, addr)
             else:
                 self.stock(data, addr)
         except struct.error:
@@ -610,6 +671,7 @@ def _guard(protocol: Any) -> DatagramGuard:
     guard: DatagramGuard | None = protocol.__dict__.get("_parley_guard")
     if guard is None:
         guard = DatagramGuard(_attr(protocol, "datagram_received"))
+        guard.checks = CheckAnswer(protocol) if CHECK_ANSWER else None
         protocol._parley_guard = guard
         protocol.datagram_received = guard.datagram_received
     return guard

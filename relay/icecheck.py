@@ -1,0 +1,115 @@
+"""The answer to a connectivity check of an established ICE pair (a STUN Binding request,
+RFC 8445 §7.3; consent freshness, RFC 7675), without aioice's general message codec.
+
+Every peer sends one every 4-6 s on each leg, and aioice answers it through a general STUN
+parser and encoder that builds the message three times over (integrity, fingerprint, the
+bytes). This answers the steady state itself, byte for byte as aioice would: a well-formed,
+authenticated request carrying nothing that could change the ICE agent's state. Anything else
+(another method, an unknown comprehension-required attribute, USE-CANDIDATE, a role conflict,
+a bad username, integrity or fingerprint, no fingerprint) gets ``None`` and goes to aioice,
+which answers or rejects it as before. Sans-I/O: bytes in, bytes out."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import socket
+import struct
+import zlib
+
+COOKIE = 0x2112A442
+HEADER = struct.Struct("!HHI12s")
+ATTR = struct.Struct("!HH")
+BINDING_REQUEST = 0x0001
+BINDING_SUCCESS = 0x0101
+
+USERNAME = 0x0006
+MESSAGE_INTEGRITY = 0x0008
+XOR_MAPPED_ADDRESS = 0x0020
+PRIORITY = 0x0024
+USE_CANDIDATE = 0x0025
+FINGERPRINT = 0x8028
+ICE_CONTROLLED = 0x8029
+ICE_CONTROLLING = 0x802A
+FINGERPRINT_XOR = 0x5354554E
+
+_COOKIE_BYTES = struct.pack("!I", COOKIE)
+_FIXED_LENGTH = {PRIORITY: 4, ICE_CONTROLLED: 8, ICE_CONTROLLING: 8}
+
+
+def _with_length(data: bytes, length: int) -> bytes:
+    """``data`` (a message's first bytes) with its header's length field set to ``length``."""
+    return data[:2] + length.to_bytes(2, "big") + data[4:]
+
+
+def binding_response(
+    data: bytes, host: str, port: int, username: bytes, key: bytes, controlling: bool
+) -> bytes | None:
+    """The Binding success response to ``data``, a request from ``(host, port)`` that must
+    name ``username`` (``local-ufrag:remote-ufrag``) and be signed with ``key`` (the local
+    password), when the agent (``controlling`` or not) would only answer it; else ``None``."""
+    if len(data) < 20 + 32:  # header, and at least MESSAGE-INTEGRITY and FINGERPRINT
+        return None
+    kind, length, cookie, transaction_id = HEADER.unpack_from(data)
+    end = 20 + length
+    if kind != BINDING_REQUEST or cookie != COOKIE or length & 3 or end != len(data):
+        return None
+    pos = 20
+    named = prioritised = signed = False
+    while pos < end:
+        if end - pos < 4:
+            return None
+        code, size = ATTR.unpack_from(data, pos)
+        value = pos + 4
+        after = value + size
+        if after > end:
+            return None
+        if signed:
+            # only FINGERPRINT may follow MESSAGE-INTEGRITY, and it is last
+            if code != FINGERPRINT or size != 4 or after != end:
+                return None
+            expected = zlib.crc32(_with_length(data[:pos], pos + 8 - 20)) ^ FINGERPRINT_XOR
+            if int.from_bytes(data[value:after], "big") != expected:
+                return None
+            return _response(transaction_id, host, port, key)
+        if code == USERNAME:
+            if data[value:after] != username:
+                return None
+            named = True
+        elif code == MESSAGE_INTEGRITY:
+            if size != 20 or not named or not prioritised:
+                return None
+            mac = hmac.new(key, _with_length(data[:pos], pos + 24 - 20), hashlib.sha1).digest()
+            if not hmac.compare_digest(mac, data[value:after]):
+                return None
+            signed = True
+        elif code in _FIXED_LENGTH:
+            if size != _FIXED_LENGTH[code]:
+                return None
+            if code == PRIORITY:
+                prioritised = True
+            elif (code == ICE_CONTROLLING) is controlling:
+                return None  # both claim the same role: aioice repairs the conflict
+        elif code < 0x8000:
+            return None  # USE-CANDIDATE, or a comprehension-required attribute we do not know
+        pos = value + ((size + 3) & ~3)
+    return None  # unsigned, or no FINGERPRINT
+
+
+def _response(transaction_id: bytes, host: str, port: int, key: bytes) -> bytes:
+    if ":" in host:
+        family, address = 2, socket.inet_pton(socket.AF_INET6, host)
+        pad = _COOKIE_BYTES + transaction_id
+    else:
+        family, address = 1, socket.inet_pton(socket.AF_INET, host)
+        pad = _COOKIE_BYTES
+    xored = (int.from_bytes(address, "big") ^ int.from_bytes(pad, "big")).to_bytes(
+        len(address), "big"
+    )
+    value = struct.pack("!BBH", 0, family, port ^ (COOKIE >> 16)) + xored
+    body = ATTR.pack(XOR_MAPPED_ADDRESS, len(value)) + value
+    signed = HEADER.pack(BINDING_SUCCESS, len(body) + 24, COOKIE, transaction_id) + body
+    mac = hmac.new(key, signed, hashlib.sha1).digest()
+    message = _with_length(signed, len(body) + 32) + ATTR.pack(MESSAGE_INTEGRITY, 20) + mac
+    crc = zlib.crc32(message) ^ FINGERPRINT_XOR
+    return message + ATTR.pack(FINGERPRINT, 4) + crc.to_bytes(4, "big")
