@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from types import SimpleNamespace
 from typing import Any
 
+import aioice
 from aiortc.rtcdtlstransport import SRTP_PROFILES, State
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
 from aiortc.rtp import RtpPacket
@@ -328,3 +329,26 @@ def forwarding_setup(
         drive(producer.handle_rtp(video_packet(seq, key), 0))
     assert all(c.packets == 1 for c in outs), [c.packets for c in outs]
     return producer, outs, video_packet(3, False)
+
+
+async def connected_ice_agents() -> tuple[aioice.Connection, aioice.Connection]:
+    """Two real aioice agents (controlling, controlled) connected on 127.0.0.1."""
+    a = aioice.Connection(ice_controlling=True, components=1, use_ipv6=False)
+    b = aioice.Connection(ice_controlling=False, components=1, use_ipv6=False)
+    for agent in (a, b):
+        # host candidates on loopback (aioice leaves loopback out of its own list)
+        stock = agent.get_component_candidates
+
+        async def loopback(component: int, addresses: Any = None, timeout: int = 5) -> Any:  # noqa: ASYNC109
+            return await stock(component=component, addresses=["127.0.0.1"], timeout=timeout)  # noqa: B023
+
+        agent.get_component_candidates = loopback  # type: ignore[method-assign]
+        await agent.gather_candidates()
+    for mine, other in ((a, b), (b, a)):
+        for candidate in other.local_candidates:
+            await mine.add_remote_candidate(candidate)
+        await mine.add_remote_candidate(None)
+        mine.remote_username = other.local_username
+        mine.remote_password = other.local_password
+    await asyncio.wait_for(asyncio.gather(a.connect(), b.connect()), 10)
+    return a, b

@@ -207,6 +207,46 @@ def test_reader_burst(benchmark: Any, loop: asyncio.AbstractEventLoop, path: str
     benchmark.extra_info["path"] = path
 
 
+@pytest.mark.parametrize("answer", ["guard", "aioice"])
+def test_consent_check(benchmark: Any, loop: asyncio.AbstractEventLoop, answer: str) -> None:
+    """One connectivity check of an established pair (what each peer sends every 4-6 s on
+    each leg, RFC 7675) into the media socket's guard, answered on a real loopback socket:
+    by relay/icecheck.py (``guard``) or by aioice (``aioice``, the path before)."""
+    from parley.bench.fakes import connected_ice_agents
+    from parley.relay import _aiortc
+
+    async def main() -> None:
+        a, b = await connected_ice_agents()
+        try:
+            guard = _aiortc._guard(b._nominated[1].protocol)
+            stats = _aiortc.DatagramStats()
+            guard.stats = stats
+            if answer == "aioice":
+                guard.checks = None
+            pair = a._nominated[1]
+            local = pair.protocol.transport.get_extra_info("sockname")
+            addr = (local[0], local[1])
+            key = a.remote_password.encode()
+            requests = [a.build_request(pair, nominate=False) for _ in range(6000)]
+            for request in requests:
+                request.add_message_integrity(key)  # and FINGERPRINT, as aioice sends it
+            checks = iter([bytes(request) for request in requests])
+            benchmark.pedantic(
+                lambda data: guard.datagram_received(data, addr),
+                setup=lambda: ((next(checks),), {}),
+                rounds=5000,
+                iterations=1,
+            )
+            assert stats.checks_answered == (5000 if answer == "guard" else 0)
+            assert stats.errors == 0
+        finally:
+            await a.close()
+            await b.close()
+
+    loop.run_until_complete(main())
+    benchmark.extra_info["answer"] = answer
+
+
 def test_inbound_srtp_unprotect_and_parse(benchmark: Any) -> None:
     """What aiortc does before the producer sees a packet: SRTP unprotect + RtpPacket.parse."""
     tx, rx = srtp_pair()

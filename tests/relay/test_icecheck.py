@@ -3,19 +3,18 @@ aioice answers, and aioice's own answer for everything else; with real aioice ag
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import struct
 import zlib
 from typing import Any
 
-import aioice
 import pytest
 from aioice import stun
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from parley.bench.fakes import connected_ice_agents
 from parley.relay import _aiortc, icecheck
 
 USERNAME = b"abcd:wxyz"
@@ -141,32 +140,10 @@ def test_an_optional_attribute_is_answered_and_an_unknown_required_one_is_not() 
     assert icecheck.binding_response(required, "127.0.0.1", 5000, USERNAME, KEY, False) is None
 
 
-async def _connected_agents() -> tuple[aioice.Connection, aioice.Connection]:
-    a = aioice.Connection(ice_controlling=True, components=1, use_ipv6=False)
-    b = aioice.Connection(ice_controlling=False, components=1, use_ipv6=False)
-    for agent in (a, b):
-        # host candidates on loopback (aioice leaves loopback out of its own list)
-        stock = agent.get_component_candidates
-
-        async def loopback(component: int, addresses: Any = None, timeout: int = 5) -> Any:  # noqa: ASYNC109
-            return await stock(component=component, addresses=["127.0.0.1"], timeout=timeout)  # noqa: B023
-
-        agent.get_component_candidates = loopback  # type: ignore[method-assign]
-        await agent.gather_candidates()
-    for mine, other in ((a, b), (b, a)):
-        for candidate in other.local_candidates:
-            await mine.add_remote_candidate(candidate)
-        await mine.add_remote_candidate(None)
-        mine.remote_username = other.local_username
-        mine.remote_password = other.local_password
-    await asyncio.wait_for(asyncio.gather(a.connect(), b.connect()), 10)
-    return a, b
-
-
 async def test_a_real_agents_consent_checks_are_answered_by_the_guard() -> None:
     """aioice's controlling agent checks consent of the pair (what query_consent sends) and
     accepts the guard's answer; a nominating check still goes to aioice."""
-    a, b = await _connected_agents()
+    a, b = await connected_ice_agents()
     try:
         relay_pair = b._nominated[1]
         guard = _aiortc._guard(relay_pair.protocol)
