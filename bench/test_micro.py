@@ -226,6 +226,7 @@ def test_consent_check(benchmark: Any, loop: asyncio.AbstractEventLoop, answer: 
             pair = a._nominated[1]
             local = pair.protocol.transport.get_extra_info("sockname")
             addr = (local[0], local[1])
+            assert a.remote_password is not None
             key = a.remote_password.encode()
             requests = [a.build_request(pair, nominate=False) for _ in range(6000)]
             for request in requests:
