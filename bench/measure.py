@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import numpy
 
-from .procstat import cpu_seconds, cpu_times, rss_bytes
+from .procstat import cpu_seconds, cpu_times, rss_bytes, run_seconds, run_times
 from .results import Measurement, Point, added, percentiles, timeline
 from .service import Service, create_session, http_session, relay_service
 from .signaling_client import SignalingClient
@@ -65,12 +65,18 @@ async def measure_window(
     await asyncio.sleep(max(0.0, (start - time.monotonic_ns()) / 1e9))
     pids = [pub.pid, sub.pid] + ([server_pid] if server_pid else [])
     cpu0 = {pid: cpu_seconds(pid) for pid in pids}
+    run0 = {pid: run_times(pid) for pid in pids}
     system0 = cpu_times(server_pid)[1] if server_pid else 0.0
     result.loadavg.append(os.getloadavg()[0])
     t0 = time.monotonic()
     ctx.progress(f"{result.mode} N={result.sessions}: measuring {args.duration:g} s")
     await asyncio.sleep(max(0.0, (end - time.monotonic_ns()) / 1e9))
+    # the scheduler's exact run time where it has it, else clock ticks
     cpu = {pid: cpu_seconds(pid) - cpu0[pid] for pid in pids}
+    for pid in pids:
+        run1 = run_times(pid)
+        if run0[pid] and run1:
+            cpu[pid] = run_seconds(run0[pid], run1)
     system = cpu_times(server_pid)[1] - system0 if server_pid else 0.0
     elapsed = time.monotonic() - t0
     result.loadavg.append(os.getloadavg()[0])

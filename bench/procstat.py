@@ -35,6 +35,32 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return user, system
 
 
+def run_times(pid: int) -> dict[int, int]:
+    """Nanoseconds each thread of ``pid`` and of its child processes has run so far, by thread
+    id (the scheduler's ``sum_exec_runtime`` in ``/proc/<pid>/task/<tid>/schedstat``): exact,
+    where ``utime`` and ``stime`` come in clock ticks (10 ms: ±1 tick of a 10 s window is ±20 %
+    of a server that uses 0.5 % of a core). Empty where schedstat is not available."""
+    out: dict[int, int] = {}
+    for p in tree(pid):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
+                    out[int(tid)] = int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def run_seconds(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU seconds between two :func:`run_times` of the same process tree: every thread alive at
+    the end, from its start if it began meanwhile (a thread that ended meanwhile is missed)."""
+    return sum(ns - before.get(tid, 0) for tid, ns in after.items()) / 1e9
+
+
 def _own_cpu_times(pid: int) -> tuple[float, float]:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -61,3 +61,33 @@ def test_process_tree_includes_children() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_run_times_count_a_child_process_exactly() -> None:
+    """The exact run time (schedstat) of a process tree: a child's main thread, which began
+    after the first reading, counts from zero, and what it ran matches the CPU time the child
+    itself reads (``time.process_time``, which it prints)."""
+    before = procstat.run_times(os.getpid())
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\n"
+            "t = time.process_time()\n"
+            "while time.process_time() - t < 0.3: pass\n"
+            "print(time.process_time(), flush=True); time.sleep(30)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        spent = float(proc.stdout.readline())
+        after = procstat.run_times(os.getpid())
+        assert proc.pid in after and proc.pid not in before
+        seconds = procstat.run_seconds(before, {proc.pid: after[proc.pid]})
+        # the child's print and exit from the loop run after its reading: a little more
+        assert spent - 0.01 <= seconds <= spent + 0.05, (spent, seconds)
+    finally:
+        proc.kill()
+        proc.wait()
