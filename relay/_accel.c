@@ -2320,21 +2320,26 @@ static PyObject *Inbound_get_media_ssrc(Inbound *self, void *closure) {
     return optional_ll(self->media_ssrc);
 }
 
-static int Inbound_set_media_ssrc(Inbound *self, PyObject *value, void *closure) {
+/* a 32-bit field that may be unset (-1, None in Python) */
+static int set_optional_u32(long long *slot, PyObject *value, const char *what) {
     if (value == NULL || value == Py_None) {
-        self->media_ssrc = -1;
+        *slot = -1;
         return 0;
     }
-    long long ssrc = PyLong_AsLongLong(value);
-    if (ssrc == -1 && PyErr_Occurred()) {
+    long long v = PyLong_AsLongLong(value);
+    if (v == -1 && PyErr_Occurred()) {
         return -1;
     }
-    if (ssrc < 0 || ssrc > 0xFFFFFFFFLL) {
-        PyErr_SetString(PyExc_ValueError, "bad SSRC");
+    if (v < 0 || v > 0xFFFFFFFFLL) {
+        PyErr_Format(PyExc_ValueError, "bad %s", what);
         return -1;
     }
-    self->media_ssrc = ssrc;
+    *slot = v;
     return 0;
+}
+
+static int Inbound_set_media_ssrc(Inbound *self, PyObject *value, void *closure) {
+    return set_optional_u32(&self->media_ssrc, value, "SSRC");
 }
 
 static int Inbound_set_object(PyObject **slot, PyObject *value, PyTypeObject *type,
@@ -2355,20 +2360,7 @@ static PyObject *Inbound_get_frame_ts(Inbound *self, void *closure) {
 }
 
 static int Inbound_set_frame_ts(Inbound *self, PyObject *value, void *closure) {
-    if (value == NULL || value == Py_None) {
-        self->frame_ts = -1;
-        return 0;
-    }
-    long long ts = PyLong_AsLongLong(value);
-    if (ts == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (ts < 0 || ts > 0xFFFFFFFFLL) {
-        PyErr_SetString(PyExc_ValueError, "bad RTP timestamp");
-        return -1;
-    }
-    self->frame_ts = ts;
-    return 0;
+    return set_optional_u32(&self->frame_ts, value, "RTP timestamp");
 }
 
 static PyObject *Inbound_get_stats(Inbound *self, void *closure) {
