@@ -6,8 +6,10 @@ the pure-Python fan-out sends one by one. Skipped when the extension was not bui
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,6 +23,20 @@ from parley.relay.rtp import RtpIn, RtpRewriter, parse_rtp
 from tests.relay.test_accel import _fields, _Leg, packets
 
 needs_reader = pytest.mark.skipif(accel.Reader is None, reason="the compiled path is not built")
+
+
+@contextlib.contextmanager
+def loopback_sockets() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A bound, non-blocking socket to read from and one to send to it, on 127.0.0.1."""
+    inbound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        inbound.bind(("127.0.0.1", 0))
+        inbound.setblocking(False)
+        yield inbound, sender
+    finally:
+        inbound.close()
+        sender.close()
 
 
 class Recorder(asyncio.DatagramProtocol):
@@ -103,11 +119,7 @@ async def test_nothing_is_delivered_after_close() -> None:
 @needs_reader
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_an_exception_stays_in_the_reader_but_an_interrupt_goes_on() -> None:
-    inbound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        inbound.bind(("127.0.0.1", 0))
-        inbound.setblocking(False)
+    with loopback_sockets() as (inbound, sender):
         seen: list[bytes] = []
 
         class Raises:
@@ -128,9 +140,6 @@ def test_an_exception_stays_in_the_reader_but_an_interrupt_goes_on() -> None:
         with pytest.raises(KeyboardInterrupt):
             for _ in range(100):
                 reader()
-    finally:
-        inbound.close()
-        sender.close()
 
 
 def _stream(sizes: list[int]) -> list[RtpIn]:
@@ -276,11 +285,7 @@ def test_the_reader_hands_srtp_packets_to_its_fast_path_and_the_rest_to_the_prot
         )
         return accel.PyRoute(ssrc, pt, b"", 0, 1 if level is not None else 0, 1).rewrite(packet, -1)
 
-    inbound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        inbound.bind(("127.0.0.1", 0))
-        inbound.setblocking(False)
+    with loopback_sockets() as (inbound, sender):
         sender.bind(("127.0.0.1", 0))
         reader = accel.Reader(inbound.fileno(), Protocol())
         assert reader.fast is None
@@ -358,9 +363,6 @@ def test_the_reader_hands_srtp_packets_to_its_fast_path_and_the_rest_to_the_prot
                 reader()
         reader.close()
         assert reader.fast is None
-    finally:
-        inbound.close()
-        sender.close()
 
 
 @needs_reader
@@ -411,11 +413,7 @@ def test_fast_in_hands_on_what_the_pure_receive_path_parses(
         {p.ssrc: receiver for p in stream},
         {p.payload_type: {receiver} for p in stream},
     )
-    inbound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        inbound.bind(("127.0.0.1", 0))
-        inbound.setblocking(False)
+    with loopback_sockets() as (inbound, sender):
         reader = accel.Reader(inbound.fileno(), protocol)
         reader.fast = taker
         for data in datagrams:
@@ -424,9 +422,6 @@ def test_fast_in_hands_on_what_the_pure_receive_path_parses(
             if reader.datagrams >= len(datagrams):
                 break
             reader()
-    finally:
-        inbound.close()
-        sender.close()
     assert [_fields(p) for p in forwarded] == [e for e in expected if e is not None]
     assert [data for data, _ in protocol.got] == [
         d for d, looks_rtcp in zip(datagrams, rtcp_like, strict=True) if looks_rtcp
@@ -438,11 +433,7 @@ def test_fast_in_hands_on_what_the_pure_receive_path_parses(
 def test_a_reader_called_inside_a_batch_reads_nothing_and_the_batch_stays_whole() -> None:
     """The receive buffers hold the batch while its handlers run: a nested call must not read
     over them. Every datagram still arrives once, in order."""
-    inbound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        inbound.bind(("127.0.0.1", 0))
-        inbound.setblocking(False)
+    with loopback_sockets() as (inbound, sender):
         seen: list[bytes] = []
 
         sent = [bytes([i]) * (100 + i) for i in range(10)]
@@ -463,6 +454,3 @@ def test_a_reader_called_inside_a_batch_reads_nothing_and_the_batch_stays_whole(
                 break
             reader()
         assert seen == sent
-    finally:
-        inbound.close()
-        sender.close()
