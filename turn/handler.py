@@ -504,7 +504,9 @@ class TurnHandler:
         peer = msg.get(stun.XOR_PEER_ADDRESS)
         if number is None or peer is None:
             raise ProtocolError(400, "Missing CHANNEL-NUMBER or XOR-PEER-ADDRESS")
-        if not 0x4000 <= number <= 0x7FFE:  # RFC 5766 range; RFC 8656 narrowed it to 0x4FFF
+        # RFC 5766 §11 allows 0x4000–0x7FFF (its §11.2 says 0x7FFE, RFC 8656 narrowed it to
+        # 0x4FFF); coturn's clients pick any number up to 0x7FFF, so we accept the whole range.
+        if not 0x4000 <= number <= 0x7FFF:
             raise ProtocolError(400, "Channel number out of range")
         self._check_peer(alloc, peer, with_port=True)
         existing = alloc.channels.get(number)

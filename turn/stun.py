@@ -527,7 +527,7 @@ def is_channel_data(data: bytes) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class ChannelData:
-    """A ChannelData message (RFC 8656 §12.4): channel number 0x4000–0x4FFF and application data."""
+    """A ChannelData message (RFC 8656 §12.4): channel number 0x4000–0x7FFF and application data."""
 
     channel: int
     data: bytes

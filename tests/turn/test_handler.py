@@ -389,6 +389,26 @@ def test_channel_bind_conflicts_get_400() -> None:
         )
         == 400
     )
+    assert (
+        error(
+            d.request(
+                stun.CHANNEL_BIND, {stun.CHANNEL_NUMBER: 0x8000, stun.XOR_PEER_ADDRESS: other}, T0
+            )
+        )
+        == 400
+    )
+
+
+def test_channel_bind_accepts_the_top_of_the_range() -> None:
+    """coturn's turnutils_uclient picks channels from 0x4000–0x7FFF inclusive."""
+    d = Driver(make_handler())
+    d.allocate()
+    resp = d.request(
+        stun.CHANNEL_BIND, {stun.CHANNEL_NUMBER: 0x7FFF, stun.XOR_PEER_ADDRESS: PEER}, T0
+    )
+    assert resp.cls == stun.SUCCESS
+    out = d.handler.peer_data(_relay(d), b"abc", PEER, T0 + 1)
+    assert out == b"\x7f\xff\x00\x03abc"
 
 
 def test_refresh_extends_lifetime_and_zero_deletes() -> None:
