@@ -125,7 +125,7 @@ class PeerConnection(RTCPeerConnection):
     closed") and asyncio logs "Task exception was never retrieved" with a traceback (seen
     about once an hour in the soak when participants leave while connecting). That error
     means only that the close won; any other, or the same on an open connection, still
-    surfaces."""
+    surfaces. Closing also ends the relay's own consent checks of its ICE connections."""
 
     async def _RTCPeerConnection__connect(self) -> None:  # noqa: N802 (aiortc's mangled name)
         try:
@@ -134,6 +134,14 @@ class PeerConnection(RTCPeerConnection):
             if not getattr(self, _PC_IS_CLOSED):
                 raise
             logger.debug("a peer connection closed while connecting")
+
+    async def close(self) -> None:
+        # the relay's consent checks (ConsentFreshness) end now, not at their next look
+        for _, connection in _connections(self):
+            consent = connection.__dict__.get("_parley_consent")
+            if consent is not None:
+                consent.stop()
+        await super().close()
 
 
 def _attr(obj: object, name: str) -> Any:
@@ -435,6 +443,9 @@ class DatagramStats:
         "malformed_stun",
         "errors",
         "checks_answered",
+        "consent_sent",
+        "consent_answered",
+        "consent_expired",
         "_last_log",
         "_logged_error",
     )
@@ -442,6 +453,12 @@ class DatagramStats:
     def __init__(self) -> None:
         self.checks_answered = 0
         """Connectivity checks of established pairs the guard answered itself (not refused)."""
+        self.consent_sent = 0
+        """Consent checks the relay sent itself (:class:`ConsentFreshness`)."""
+        self.consent_answered = 0
+        """Authenticated success responses to them."""
+        self.consent_expired = 0
+        """ICE connections closed because consent expired (RFC 7675 §5.1)."""
         self.empty = 0
         """Empty datagrams (aiortc's DTLS transport would fail on them and close the leg)."""
         self.malformed_stun = 0
@@ -567,8 +584,9 @@ class FastReceive:
 
 
 CHECK_ANSWER = os.environ.get("PARLEY_AIOICE_CHECKS", "") in ("", "0")
-"""Whether the socket guard answers the nominated pair's connectivity checks itself
-(``PARLEY_AIOICE_CHECKS=1`` leaves them all to aioice, for measuring only)."""
+"""Whether the socket guard answers the nominated pair's connectivity checks itself and the
+relay sends its own consent checks (``PARLEY_AIOICE_CHECKS=1`` leaves both to aioice, for
+measuring only)."""
 
 
 class CheckAnswer:
@@ -610,13 +628,175 @@ class CheckAnswer:
         return True
 
 
+CONSENT_INTERVAL = 5.0
+"""Seconds between consent checks, randomised to 0.8-1.2 times (aioice's and RFC 7675's)."""
+CONSENT_EXPIRY = 30.0
+"""Consent expires this long after the last answered check (RFC 7675 §5.1)."""
+
+_closing: set[asyncio.Future[None]] = set()
+"""Connections being closed because their consent expired (kept until closed)."""
+
+
+class ConsentFreshness:
+    """The relay's own consent checks (RFC 7675) of one aioice ``Connection``'s nominated pair,
+    in place of aioice's ``query_consent``: a task per connection that wakes every 4-6 s and
+    builds, signs and parses each check with aioice's general codec. Once connect() has started
+    that task, the first look cancels it and takes over. The looks ride the process's shared
+    timer (:mod:`relay.ticker`); a due one sends :func:`icecheck.binding_request` on the pair's
+    socket and the pair's :class:`DatagramGuard` hands back the answer
+    (:meth:`response_received`). With no authenticated success response for ``expiry``
+    seconds the connection closes, as aioice closes it after its sixth failed check in a row;
+    a response counts until the next check is sent (aioice waits 0.5 s, then counts a
+    failure), and only from the pair's remote address."""
+
+    __slots__ = (
+        "connection",
+        "interval",
+        "expiry",
+        "stats",
+        "due",
+        "last_ok",
+        "pending",
+        "taken",
+        "_tick",
+        "_period",
+    )
+
+    def __init__(
+        self,
+        connection: Any,
+        *,
+        interval: float = CONSENT_INTERVAL,
+        expiry: float = CONSENT_EXPIRY,
+        period: float = 1.0,
+        stats: DatagramStats = DATAGRAMS,
+    ) -> None:
+        for name in (
+            "_query_consent_task",
+            "_nominated",
+            "_closing",
+            "_tie_breaker",
+            "ice_controlling",
+            "local_username",
+            "remote_username",
+            "remote_password",
+        ):
+            _attr(connection, name)
+        self.connection = connection
+        self.interval = interval
+        self.expiry = expiry
+        self.stats = stats
+        self.due = 0.0
+        self.last_ok = 0.0
+        self.pending: tuple[bytes, Any, DatagramGuard] | None = None
+        """(transaction id, the pair it went to, that pair's socket guard) of the check
+        awaiting its answer."""
+        self.taken = False
+        """Whether aioice's consent task is cancelled and the checks are ours."""
+        self._period = period
+        self._tick: ticker.Tick | None = None
+
+    def start(self) -> None:
+        if self._tick is None:
+            self._tick = ticker.every(self._period, self._look)
+
+    def stop(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+        self.pending = None
+
+    def _next(self, now: float) -> float:
+        return now + self.interval * (0.8 + 0.4 * random.random())
+
+    def _look(self, now: float) -> None:
+        connection = self.connection
+        if connection._closing:
+            self.stop()
+            return
+        if not self.taken:
+            task = connection._query_consent_task
+            if task is None:
+                return  # connect() has not completed (or aioice already gave up)
+            if task.done():
+                self.stop()
+                return
+            task.cancel()  # asleep: its first check is 4-6 s after connect()
+            self.taken = True
+            self.last_ok, self.due = now, self._next(now)
+            return
+        if now < self.due:
+            return
+        if now - self.last_ok >= self.expiry:
+            self._expire()
+            return
+        pair = connection._nominated.get(1)
+        password = connection.remote_password
+        if pair is None or not password:
+            self.due = self._next(now)
+            return
+        transaction_id = os.urandom(12)
+        request = icecheck.binding_request(
+            transaction_id,
+            f"{connection.remote_username}:{connection.local_username}".encode(),
+            password.encode(),
+            connection.ice_controlling,
+            connection._tie_breaker,
+            candidate_priority(pair.component, "prflx"),
+        )
+        guard = _guard(pair.protocol)
+        guard.consent = self
+        self.pending = (transaction_id, pair, guard)
+        self.due = self._next(now)
+        self.stats.consent_sent += 1
+        pair.protocol.transport.sendto(request, pair.remote_addr)
+
+    def response_received(self, data: bytes, addr: Any, guard: DatagramGuard) -> bool:
+        """Whether ``data``, which came to ``guard``'s socket from ``addr``, answered the
+        pending check (then it is consumed, success or not)."""
+        pending = self.pending
+        if pending is None:
+            return False
+        transaction_id, pair, sent_on = pending
+        if guard is not sent_on or pair.remote_addr != (addr[0], addr[1]):
+            return False
+        password = self.connection.remote_password
+        if not password:
+            return False
+        verdict = icecheck.response_verdict(data, transaction_id, password.encode())
+        if verdict is None:
+            return False
+        self.pending = None
+        if verdict:
+            self.stats.consent_answered += 1
+            self.last_ok = asyncio.get_running_loop().time()
+        return True
+
+    def _expire(self) -> None:
+        self.stop()
+        self.stats.consent_expired += 1
+        connection = self.connection
+        logger.info("%s consent to send expired (no answer for %.0f s)", connection, self.expiry)
+        connection._query_consent_task = None
+        closing = asyncio.ensure_future(connection.close())
+        _closing.add(closing)
+        closing.add_done_callback(_closing.discard)
+
+
+def _consent(connection: Any) -> None:
+    """Start the relay's own consent checks on ``connection`` (once)."""
+    if CHECK_ANSWER and "_parley_consent" not in connection.__dict__:
+        consent = ConsentFreshness(connection)
+        connection._parley_consent = consent
+        consent.start()
+
+
 class DatagramGuard:
     """Wraps one aioice ``StunProtocol.datagram_received``: drops empty datagrams, counts and
     drops STUN that aioice cannot parse, answers the nominated pair's connectivity checks
     (:class:`CheckAnswer`), feeds RTP to the fast path when installed, and never lets an
     exception escape into aioice or the event loop."""
 
-    __slots__ = ("stock", "fast", "checks", "stats", "_received", "transport")
+    __slots__ = ("stock", "fast", "checks", "consent", "stats", "_received", "transport")
 
     def __init__(
         self, stock: Callable[[bytes, Any], None], stats: DatagramStats = DATAGRAMS
@@ -624,6 +804,8 @@ class DatagramGuard:
         self.stock = stock
         self.fast: FastReceive | None = None
         self.checks: CheckAnswer | None = None
+        self.consent: ConsentFreshness | None = None
+        """The connection's own consent checks, once one went out on this socket."""
         self.stats = stats
         self._received = 0
         self.transport: Any = None
@@ -657,6 +839,14 @@ class DatagramGuard:
                     self.stats.checks_answered += 1
                 else:
                     self.stock(data, addr)
+            elif (
+                len(data) >= 20
+                and data[0] == 1
+                and (data[1] == 1 or data[1] == 0x11)
+                and self.consent is not None
+                and self.consent.response_received(data, addr, self)
+            ):
+                pass  # the answer to our own consent check
             else:
                 self.stock(data, addr)
         except struct.error:
@@ -689,6 +879,7 @@ def guard_datagrams(pc: RTCPeerConnection) -> None:
     for _, connection in _connections(pc):
         for protocol in _attr(connection, "_protocols"):
             _guard(protocol)
+        _consent(connection)
 
 
 def datagrams_received(pc: RTCPeerConnection) -> int:
@@ -719,6 +910,7 @@ def install_fast_receive(pc: RTCPeerConnection) -> None:
             connection._parley_fast = fast
         fast.abs_send_time_id = ids.get(ABS_SEND_TIME_URI, 0)
         fast.audio_level_id = ids.get(AUDIO_LEVEL_URI, 0)
+        _consent(connection)
         for protocol in _attr(connection, "_protocols"):
             guard = _guard(protocol)
             guard.fast = fast

@@ -1,5 +1,6 @@
-"""The answer to a connectivity check of an established ICE pair (a STUN Binding request,
-RFC 8445 §7.3; consent freshness, RFC 7675), without aioice's general message codec.
+"""Connectivity checks of an established ICE pair (STUN Binding requests, RFC 8445 §7.3;
+consent freshness, RFC 7675) without aioice's general message codec: the answer to the peer's,
+and our own request and the verdict on its response.
 
 Every peer sends one every 4-6 s on each leg, and aioice answers it through a general STUN
 parser and encoder that builds the message three times over (integrity, fingerprint, the
@@ -7,7 +8,10 @@ bytes). This answers the steady state itself, byte for byte as aioice would: a w
 authenticated request carrying nothing that could change the ICE agent's state. Anything else
 (another method, an unknown comprehension-required attribute, USE-CANDIDATE, a role conflict,
 a bad username, integrity or fingerprint, no fingerprint) gets ``None`` and goes to aioice,
-which answers or rejects it as before. Sans-I/O: bytes in, bytes out."""
+which answers or rejects it as before. Our own consent check (:func:`binding_request`) is the
+request aioice's ``Connection.query_consent`` sends, byte for byte, and :func:`response_verdict`
+judges a datagram as aioice's transaction would: an authenticated success or error response to
+it, or not an answer to it at all (which stays aioice's). Sans-I/O: bytes in, bytes out."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ HEADER = struct.Struct("!HHI12s")
 ATTR = struct.Struct("!HH")
 BINDING_REQUEST = 0x0001
 BINDING_SUCCESS = 0x0101
+BINDING_ERROR = 0x0111
 
 USERNAME = 0x0006
 MESSAGE_INTEGRITY = 0x0008
@@ -113,3 +118,80 @@ def _response(transaction_id: bytes, host: str, port: int, key: bytes) -> bytes:
     message = _with_length(signed, len(body) + 32) + ATTR.pack(MESSAGE_INTEGRITY, 20) + mac
     crc = zlib.crc32(message) ^ FINGERPRINT_XOR
     return message + ATTR.pack(FINGERPRINT, 4) + crc.to_bytes(4, "big")
+
+
+def binding_request(
+    transaction_id: bytes,
+    username: bytes,
+    key: bytes,
+    controlling: bool,
+    tie_breaker: int,
+    priority: int,
+) -> bytes:
+    """A consent check (RFC 7675 §5.1) as aioice's ``query_consent`` sends it: USERNAME
+    (``remote-ufrag:local-ufrag``), PRIORITY, ICE-CONTROLLING or ICE-CONTROLLED with our
+    ``tie_breaker``, signed with ``key`` (the remote password), and FINGERPRINT."""
+    pad = -len(username) % 4
+    role = ICE_CONTROLLING if controlling else ICE_CONTROLLED
+    body = b"".join(
+        (
+            ATTR.pack(USERNAME, len(username)),
+            username,
+            bytes(pad),
+            ATTR.pack(PRIORITY, 4),
+            priority.to_bytes(4, "big"),
+            ATTR.pack(role, 8),
+            tie_breaker.to_bytes(8, "big"),
+        )
+    )
+    signed = HEADER.pack(BINDING_REQUEST, len(body) + 24, COOKIE, transaction_id) + body
+    mac = hmac.new(key, signed, hashlib.sha1).digest()
+    message = _with_length(signed, len(body) + 32) + ATTR.pack(MESSAGE_INTEGRITY, 20) + mac
+    crc = zlib.crc32(message) ^ FINGERPRINT_XOR
+    return message + ATTR.pack(FINGERPRINT, 4) + crc.to_bytes(4, "big")
+
+
+def response_verdict(data: bytes, transaction_id: bytes, key: bytes) -> bool | None:
+    """Whether ``data`` answers our Binding request ``transaction_id``: ``True`` for a success
+    response, ``False`` for an error response, each signed with ``key`` (the remote password),
+    and ``None`` for anything else (another transaction, a bad or missing MESSAGE-INTEGRITY or
+    FINGERPRINT, a malformed message), which aioice would discard or handle itself."""
+    if len(data) < 20 + 24:
+        return None
+    kind, length, cookie, tid = HEADER.unpack_from(data)
+    end = 20 + length
+    if (
+        (kind != BINDING_SUCCESS and kind != BINDING_ERROR)
+        or cookie != COOKIE
+        or tid != transaction_id
+        or length & 3
+        or end != len(data)
+    ):
+        return None
+    pos = 20
+    signed = False
+    while pos < end:
+        if end - pos < 4:
+            return None
+        code, size = ATTR.unpack_from(data, pos)
+        value = pos + 4
+        after = value + size
+        if after > end:
+            return None
+        if code == FINGERPRINT:
+            if size != 4:
+                return None
+            expected = zlib.crc32(_with_length(data[:pos], pos + 8 - 20)) ^ FINGERPRINT_XOR
+            if int.from_bytes(data[value:after], "big") != expected:
+                return None
+        elif code == MESSAGE_INTEGRITY and not signed:
+            if size != 20:
+                return None
+            mac = hmac.new(key, _with_length(data[:pos], pos + 24 - 20), hashlib.sha1).digest()
+            if not hmac.compare_digest(mac, data[value:after]):
+                return None
+            signed = True
+        pos = value + ((size + 3) & ~3)
+    if not signed:
+        return None
+    return kind == BINDING_SUCCESS
