@@ -15,7 +15,6 @@ it, or not an answer to it at all (which stays aioice's). Sans-I/O: bytes in, by
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import socket
 import struct
@@ -84,7 +83,7 @@ def binding_response(
         elif code == MESSAGE_INTEGRITY:
             if size != 20 or not named or not prioritised:
                 return None
-            mac = hmac.new(key, _with_length(data[:pos], pos + 24 - 20), hashlib.sha1).digest()
+            mac = hmac.digest(key, _with_length(data[:pos], pos + 24 - 20), "sha1")
             if not hmac.compare_digest(mac, data[value:after]):
                 return None
             signed = True
@@ -114,7 +113,7 @@ def _response(transaction_id: bytes, host: str, port: int, key: bytes) -> bytes:
     value = struct.pack("!BBH", 0, family, port ^ (COOKIE >> 16)) + xored
     body = ATTR.pack(XOR_MAPPED_ADDRESS, len(value)) + value
     signed = HEADER.pack(BINDING_SUCCESS, len(body) + 24, COOKIE, transaction_id) + body
-    mac = hmac.new(key, signed, hashlib.sha1).digest()
+    mac = hmac.digest(key, signed, "sha1")
     message = _with_length(signed, len(body) + 32) + ATTR.pack(MESSAGE_INTEGRITY, 20) + mac
     crc = zlib.crc32(message) ^ FINGERPRINT_XOR
     return message + ATTR.pack(FINGERPRINT, 4) + crc.to_bytes(4, "big")
@@ -145,7 +144,7 @@ def binding_request(
         )
     )
     signed = HEADER.pack(BINDING_REQUEST, len(body) + 24, COOKIE, transaction_id) + body
-    mac = hmac.new(key, signed, hashlib.sha1).digest()
+    mac = hmac.digest(key, signed, "sha1")
     message = _with_length(signed, len(body) + 32) + ATTR.pack(MESSAGE_INTEGRITY, 20) + mac
     crc = zlib.crc32(message) ^ FINGERPRINT_XOR
     return message + ATTR.pack(FINGERPRINT, 4) + crc.to_bytes(4, "big")
@@ -187,7 +186,7 @@ def response_verdict(data: bytes, transaction_id: bytes, key: bytes) -> bool | N
         elif code == MESSAGE_INTEGRITY and not signed:
             if size != 20:
                 return None
-            mac = hmac.new(key, _with_length(data[:pos], pos + 24 - 20), hashlib.sha1).digest()
+            mac = hmac.digest(key, _with_length(data[:pos], pos + 24 - 20), "sha1")
             if not hmac.compare_digest(mac, data[value:after]):
                 return None
             signed = True
