@@ -83,6 +83,20 @@ class RelayCollector:
         for reason, count in _aiortc.DATAGRAMS.as_dict().items():
             rejected.add_metric([reason], count)
         yield rejected
+        consent = CounterMetricFamily(
+            "parley_ice_consent_checks",
+            "The relay's own ICE consent checks (RFC 7675): sent, answered, and connections "
+            "closed because consent expired",
+            labels=["result"],
+        )
+        stats = _aiortc.DATAGRAMS
+        for result, count in (
+            ("sent", stats.consent_sent),
+            ("answered", stats.consent_answered),
+            ("expired", stats.consent_expired),
+        ):
+            consent.add_metric([result], count)
+        yield consent
 
 
 def register(manager: SessionManager, app: web.Application) -> CollectorRegistry:

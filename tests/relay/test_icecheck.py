@@ -342,3 +342,30 @@ async def test_a_late_or_foreign_answer_is_not_taken() -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_relayed_calls_legs_check_consent_themselves() -> None:
+    """In a real call through a Router, every leg of the relay takes its consent checks over
+    from aioice, and the clients (aioice agents) answer them."""
+    from tests.relay.harness import session
+
+    async with session("ann", "bob") as (_, p):
+        ann, bob = p["ann"], p["bob"]
+        await ann.publish()
+        assert await wait_for(lambda: bob.client.frames_from("ann", "video") >= 5, timeout=15)
+        legs = [ann.peer.publish.pc, ann.peer.subscribe.pc, bob.peer.subscribe.pc]
+        consents = [
+            connection.__dict__["_parley_consent"]
+            for pc in legs
+            for _, connection in _aiortc._connections(pc)
+        ]
+        assert consents and await wait_for(lambda: all(c.taken for c in consents), timeout=3)
+        for consent in consents:
+            task = consent.connection._query_consent_task
+            assert task is not None and task.cancelled()
+        before = _aiortc.DATAGRAMS.consent_answered
+        # the first check of each leg is due 4-6 s after it was taken over
+        assert await wait_for(
+            lambda: _aiortc.DATAGRAMS.consent_answered >= before + len(consents), timeout=8
+        )
+        assert all(not c.connection._closing for c in consents)

@@ -43,6 +43,7 @@ RELAY_TYPES = {
     "parley_rtx_sent_packets": "gauge",
     "parley_keyframe_requests": "gauge",
     "parley_media_rejected_datagrams": "counter",
+    "parley_ice_consent_checks": "counter",
     "parley_rate_limited": "counter",
     "parley_relay_forward_latency_seconds": "histogram",
 }
@@ -90,6 +91,9 @@ async def test_metrics_have_exact_names_and_types_and_turn_is_published_once(
     assert set(found["parley_media_rejected_datagrams"][1]) == {
         f"parley_media_rejected_datagrams_total{{reason={r}}}"
         for r in ("empty", "malformed_stun", "errors")
+    }
+    assert set(found["parley_ice_consent_checks"][1]) == {
+        f"parley_ice_consent_checks_total{{result={r}}}" for r in ("sent", "answered", "expired")
     }
 
 
