@@ -46,6 +46,50 @@ def _with_length(data: bytes, length: int) -> bytes:
     return data[:2] + length.to_bytes(2, "big") + data[4:]
 
 
+def _attributes(data: bytes, end: int) -> list[tuple[int, int, int, int]] | None:
+    """(type, start, value start, value end) of each attribute of the message in ``data[:end]``
+    in order, or None when one runs past ``end``."""
+    out = []
+    pos = 20
+    while pos < end:
+        if end - pos < 4:
+            return None
+        code, size = ATTR.unpack_from(data, pos)
+        value = pos + 4
+        after = value + size
+        if after > end:
+            return None
+        out.append((code, pos, value, after))
+        pos = value + ((size + 3) & ~3)
+    return out
+
+
+def _integrity_ok(data: bytes, key: bytes, pos: int, value: int, after: int) -> bool:
+    """Whether the MESSAGE-INTEGRITY at ``pos`` signs ``data[:pos]`` with ``key``."""
+    if after - value != 20:
+        return False
+    mac = hmac.digest(key, _with_length(data[:pos], pos + 24 - 20), "sha1")
+    return hmac.compare_digest(mac, data[value:after])
+
+
+def _fingerprint_ok(data: bytes, pos: int, value: int, after: int) -> bool:
+    """Whether the FINGERPRINT at ``pos`` is that of ``data[:pos]``."""
+    if after - value != 4:
+        return False
+    expected = zlib.crc32(_with_length(data[:pos], pos + 8 - 20)) ^ FINGERPRINT_XOR
+    return int.from_bytes(data[value:after], "big") == expected
+
+
+def _signed(kind: int, transaction_id: bytes, body: bytes, key: bytes) -> bytes:
+    """The message of ``kind`` with ``body``, then MESSAGE-INTEGRITY (``key``) and FINGERPRINT,
+    as aioice's ``add_message_integrity`` makes it."""
+    signed = HEADER.pack(kind, len(body) + 24, COOKIE, transaction_id) + body
+    mac = hmac.digest(key, signed, "sha1")
+    message = _with_length(signed, len(body) + 32) + ATTR.pack(MESSAGE_INTEGRITY, 20) + mac
+    crc = zlib.crc32(message) ^ FINGERPRINT_XOR
+    return message + ATTR.pack(FINGERPRINT, 4) + crc.to_bytes(4, "big")
+
+
 def binding_response(
     data: bytes, host: str, port: int, username: bytes, key: bytes, controlling: bool
 ) -> bytes | None:
@@ -58,22 +102,14 @@ def binding_response(
     end = 20 + length
     if kind != BINDING_REQUEST or cookie != COOKIE or length & 3 or end != len(data):
         return None
-    pos = 20
+    attributes = _attributes(data, end)
+    if attributes is None:
+        return None
     named = prioritised = signed = False
-    while pos < end:
-        if end - pos < 4:
-            return None
-        code, size = ATTR.unpack_from(data, pos)
-        value = pos + 4
-        after = value + size
-        if after > end:
-            return None
+    for code, pos, value, after in attributes:
         if signed:
             # only FINGERPRINT may follow MESSAGE-INTEGRITY, and it is last
-            if code != FINGERPRINT or size != 4 or after != end:
-                return None
-            expected = zlib.crc32(_with_length(data[:pos], pos + 8 - 20)) ^ FINGERPRINT_XOR
-            if int.from_bytes(data[value:after], "big") != expected:
+            if code != FINGERPRINT or after != end or not _fingerprint_ok(data, pos, value, after):
                 return None
             return _response(transaction_id, host, port, key)
         if code == USERNAME:
@@ -81,14 +117,11 @@ def binding_response(
                 return None
             named = True
         elif code == MESSAGE_INTEGRITY:
-            if size != 20 or not named or not prioritised:
-                return None
-            mac = hmac.digest(key, _with_length(data[:pos], pos + 24 - 20), "sha1")
-            if not hmac.compare_digest(mac, data[value:after]):
+            if not named or not prioritised or not _integrity_ok(data, key, pos, value, after):
                 return None
             signed = True
         elif code in _FIXED_LENGTH:
-            if size != _FIXED_LENGTH[code]:
+            if after - value != _FIXED_LENGTH[code]:
                 return None
             if code == PRIORITY:
                 prioritised = True
@@ -96,7 +129,6 @@ def binding_response(
                 return None  # both claim the same role: aioice repairs the conflict
         elif code < 0x8000:
             return None  # USE-CANDIDATE, or a comprehension-required attribute we do not know
-        pos = value + ((size + 3) & ~3)
     return None  # unsigned, or no FINGERPRINT
 
 
@@ -112,11 +144,7 @@ def _response(transaction_id: bytes, host: str, port: int, key: bytes) -> bytes:
     )
     value = struct.pack("!BBH", 0, family, port ^ (COOKIE >> 16)) + xored
     body = ATTR.pack(XOR_MAPPED_ADDRESS, len(value)) + value
-    signed = HEADER.pack(BINDING_SUCCESS, len(body) + 24, COOKIE, transaction_id) + body
-    mac = hmac.digest(key, signed, "sha1")
-    message = _with_length(signed, len(body) + 32) + ATTR.pack(MESSAGE_INTEGRITY, 20) + mac
-    crc = zlib.crc32(message) ^ FINGERPRINT_XOR
-    return message + ATTR.pack(FINGERPRINT, 4) + crc.to_bytes(4, "big")
+    return _signed(BINDING_SUCCESS, transaction_id, body, key)
 
 
 def binding_request(
@@ -130,24 +158,19 @@ def binding_request(
     """A consent check (RFC 7675 §5.1) as aioice's ``query_consent`` sends it: USERNAME
     (``remote-ufrag:local-ufrag``), PRIORITY, ICE-CONTROLLING or ICE-CONTROLLED with our
     ``tie_breaker``, signed with ``key`` (the remote password), and FINGERPRINT."""
-    pad = -len(username) % 4
     role = ICE_CONTROLLING if controlling else ICE_CONTROLLED
     body = b"".join(
         (
             ATTR.pack(USERNAME, len(username)),
             username,
-            bytes(pad),
+            bytes(-len(username) % 4),
             ATTR.pack(PRIORITY, 4),
             priority.to_bytes(4, "big"),
             ATTR.pack(role, 8),
             tie_breaker.to_bytes(8, "big"),
         )
     )
-    signed = HEADER.pack(BINDING_REQUEST, len(body) + 24, COOKIE, transaction_id) + body
-    mac = hmac.digest(key, signed, "sha1")
-    message = _with_length(signed, len(body) + 32) + ATTR.pack(MESSAGE_INTEGRITY, 20) + mac
-    crc = zlib.crc32(message) ^ FINGERPRINT_XOR
-    return message + ATTR.pack(FINGERPRINT, 4) + crc.to_bytes(4, "big")
+    return _signed(BINDING_REQUEST, transaction_id, body, key)
 
 
 def response_verdict(data: bytes, transaction_id: bytes, key: bytes) -> bool | None:
@@ -167,30 +190,18 @@ def response_verdict(data: bytes, transaction_id: bytes, key: bytes) -> bool | N
         or end != len(data)
     ):
         return None
-    pos = 20
+    attributes = _attributes(data, end)
+    if attributes is None:
+        return None
     signed = False
-    while pos < end:
-        if end - pos < 4:
-            return None
-        code, size = ATTR.unpack_from(data, pos)
-        value = pos + 4
-        after = value + size
-        if after > end:
-            return None
+    for code, pos, value, after in attributes:
         if code == FINGERPRINT:
-            if size != 4:
-                return None
-            expected = zlib.crc32(_with_length(data[:pos], pos + 8 - 20)) ^ FINGERPRINT_XOR
-            if int.from_bytes(data[value:after], "big") != expected:
+            if not _fingerprint_ok(data, pos, value, after):
                 return None
         elif code == MESSAGE_INTEGRITY and not signed:
-            if size != 20:
-                return None
-            mac = hmac.digest(key, _with_length(data[:pos], pos + 24 - 20), "sha1")
-            if not hmac.compare_digest(mac, data[value:after]):
+            if not _integrity_ok(data, key, pos, value, after):
                 return None
             signed = True
-        pos = value + ((size + 3) & ~3)
     if not signed:
         return None
     return kind == BINDING_SUCCESS
