@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -56,8 +57,15 @@ async def test_a_session_placed_on_b_survives_kill_9_of_b(cluster: Cluster) -> N
     a, b = cluster.a, cluster.b
     async with aiohttp.ClientSession() as http, call_on(http, a, b) as (session, a1, a2):
         sid = session["session_id"]
-        health_b = await b.health(http)
-        assert sum(w["sessions"] for w in health_b["workers"]) >= 1
+
+        # the control process polls its workers' counts every 0.5 s: a quick call can be up
+        # before the first poll after the session was placed
+        async def on_b() -> dict[str, Any] | None:
+            health = await b.health(http)
+            return health if sum(w["sessions"] for w in health["workers"]) >= 1 else None
+
+        health_b = await wait_until(on_b, 3)
+        assert health_b is not None
         assert health_b["cluster"]["node_id"] != (await a.health(http))["cluster"]["node_id"]
         async with http.get(f"{b.base_url}/api/v1/sessions/{sid}", headers=b.auth()) as r:
             assert r.status == 200 and (await r.json())["state"] == "active"
