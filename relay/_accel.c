@@ -130,20 +130,83 @@ static PyObject *Session_apply(Session *self, PyObject *arg, srtp_transform tran
  * parse_rtp does; NULL without an exception when the packet is malformed (parse_rtp raises
  * ValueError there). */
 
+/* what the packet path reads of an RTP packet: filled by parse_packet (the fast receive path)
+ * or read back from a packet object (Fields_read) */
+typedef struct {
+    PyObject *payload; /* bytes, owned */
+    PyObject *csrc;    /* owned */
+    int marker;
+    unsigned long seq, ts;
+    int padding;
+    int has_level;
+    int level_voice, level;
+    Py_ssize_t cc;
+} Fields;
+
+static void Fields_release(Fields *f) {
+    Py_CLEAR(f->payload);
+    Py_CLEAR(f->csrc);
+}
+
 static PyTypeObject *packet_type = NULL;
 static PyObject *s_payload_type, *s_ssrc, *s_abs_send_time, *s_consumers, *empty_tuple;
 
-static int set_slot(PyObject *obj, PyObject *name, PyObject *value) {
+/* Where packet_type's __slots__ keep each attribute (its member descriptors' offsets), so that
+ * parse_packet fills a new packet, and the packet path reads one, without an attribute lookup
+ * per field; 0 when packet_type is not a plain slotted class (then getattr / setattr). */
+static Py_ssize_t packet_slot_offset(PyObject *name) {
+    if (packet_type == NULL || packet_type->tp_dictoffset != 0) {
+        return 0;
+    }
+    PyObject *descr = PyObject_GetAttr((PyObject *)packet_type, name);
+    if (descr == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_ssize_t offset = 0;
+    if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type == T_OBJECT_EX && !(member->flags & READONLY) &&
+            PyDescr_TYPE(descr) == packet_type) {
+            offset = member->offset;
+        }
+    }
+    Py_DECREF(descr);
+    return offset;
+}
+
+static Py_ssize_t o_payload_type, o_marker, o_sequence_number, o_timestamp, o_ssrc, o_csrc,
+    o_payload, o_padding_size, o_abs_send_time, o_audio_level;
+
+/* store a new packet's attribute (a new reference, or NULL: failed) */
+static int set_slot(PyObject *obj, PyObject *name, Py_ssize_t offset, PyObject *value) {
     if (value == NULL) {
         return -1;
+    }
+    if (offset > 0 && Py_IS_TYPE(obj, packet_type)) {
+        Py_XSETREF(*(PyObject **)((char *)obj + offset), value);
+        return 0;
     }
     int rc = PyObject_GenericSetAttr(obj, name, value);
     Py_DECREF(value);
     return rc;
 }
 
+/* getattr(obj, name), straight from the slot when obj is a packet_type (a new reference) */
+static PyObject *get_slot(PyObject *obj, PyObject *name, Py_ssize_t offset) {
+    if (offset > 0 && Py_IS_TYPE(obj, packet_type)) {
+        PyObject *value = *(PyObject **)((char *)obj + offset);
+        if (value != NULL) {
+            return Py_NewRef(value);
+        }
+    }
+    return PyObject_GetAttr(obj, name); /* (an unset slot raises AttributeError there) */
+}
+
+/* ``fields`` (may be NULL): also filled with what Fields_read would read from the packet, with
+ * new references the caller releases (Fields_release) */
 static PyObject *parse_packet(const unsigned char *data, Py_ssize_t length, int ast_id,
-                              int level_id, int *malformed) {
+                              int level_id, int *malformed, Fields *fields) {
     *malformed = 0;
     if (packet_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "the packet type was not set");
@@ -264,29 +327,54 @@ static PyObject *parse_packet(const unsigned char *data, Py_ssize_t length, int 
         Py_INCREF(Py_None);
         ast_value = Py_None;
     }
+    PyObject *payload =
+        PyBytes_FromStringAndSize((const char *)data + pos, length - padding - pos);
+    if (payload == NULL) {
+        Py_DECREF(csrc);
+        Py_DECREF(level_value);
+        Py_DECREF(ast_value);
+        goto fail;
+    }
     unsigned long seq = ((unsigned long)data[2] << 8) | data[3];
     unsigned long ts = ((unsigned long)data[4] << 24) | ((unsigned long)data[5] << 16) |
                        ((unsigned long)data[6] << 8) | data[7];
     unsigned long ssrc = ((unsigned long)data[8] << 24) | ((unsigned long)data[9] << 16) |
                          ((unsigned long)data[10] << 8) | data[11];
-    if (set_slot(packet, s_payload_type, PyLong_FromLong(second & 0x7F)) < 0 ||
-        set_slot(packet, s_marker, PyLong_FromLong(second >> 7)) < 0 ||
-        set_slot(packet, s_sequence_number, PyLong_FromUnsignedLong(seq)) < 0 ||
-        set_slot(packet, s_timestamp, PyLong_FromUnsignedLong(ts)) < 0 ||
-        set_slot(packet, s_ssrc, PyLong_FromUnsignedLong(ssrc)) < 0 ||
-        set_slot(packet, s_csrc, csrc) < 0 ||
-        set_slot(packet, s_payload,
-                 PyBytes_FromStringAndSize((const char *)data + pos, length - padding - pos)) <
+    if (set_slot(packet, s_payload_type, o_payload_type, PyLong_FromLong(second & 0x7F)) < 0 ||
+        set_slot(packet, s_marker, o_marker, PyLong_FromLong(second >> 7)) < 0 ||
+        set_slot(packet, s_sequence_number, o_sequence_number, PyLong_FromUnsignedLong(seq)) <
             0 ||
-        set_slot(packet, s_padding_size, PyLong_FromLong(padding)) < 0 ||
-        set_slot(packet, s_abs_send_time, ast_value) < 0 ||
-        set_slot(packet, s_audio_level, level_value) < 0) {
+        set_slot(packet, s_timestamp, o_timestamp, PyLong_FromUnsignedLong(ts)) < 0 ||
+        set_slot(packet, s_ssrc, o_ssrc, PyLong_FromUnsignedLong(ssrc)) < 0 ||
+        set_slot(packet, s_csrc, o_csrc, csrc) < 0 ||
+        set_slot(packet, s_payload, o_payload, Py_NewRef(payload)) < 0 ||
+        set_slot(packet, s_padding_size, o_padding_size, PyLong_FromLong(padding)) < 0 ||
+        set_slot(packet, s_abs_send_time, o_abs_send_time, ast_value) < 0 ||
+        set_slot(packet, s_audio_level, o_audio_level, level_value) < 0) {
+        Py_DECREF(payload);
         goto fail;
     }
     /* Only ints, bytes, None and tuples of those: it can be in no reference cycle, and the
      * thousands the NACK histories keep would otherwise be walked by every full collection. */
     if (PyObject_IS_GC(packet)) {
         PyObject_GC_UnTrack(packet);
+    }
+    if (fields != NULL) {
+        memset(fields, 0, sizeof(*fields));
+        fields->marker = second >> 7;
+        fields->seq = seq;
+        fields->ts = ts;
+        fields->padding = padding;
+        fields->cc = cc;
+        if (level >= 0) {
+            fields->has_level = 1;
+            fields->level_voice = (level & 0x80) ? 1 : 0;
+            fields->level = level & 0x7F;
+        }
+        fields->csrc = Py_NewRef(csrc); /* the packet holds one */
+        fields->payload = payload;
+    } else {
+        Py_DECREF(payload);
     }
     return packet;
 fail:
@@ -301,7 +389,7 @@ static PyObject *parse_py(PyObject *module, PyObject *args) {
         return NULL;
     }
     PyObject *packet =
-        parse_packet((const unsigned char *)in.buf, in.len, ast_id, level_id, &malformed);
+        parse_packet((const unsigned char *)in.buf, in.len, ast_id, level_id, &malformed, NULL);
     PyBuffer_Release(&in);
     if (packet == NULL && malformed) {
         Py_RETURN_NONE;
@@ -316,6 +404,16 @@ static PyObject *set_packet_type_py(PyObject *module, PyObject *arg) {
     }
     Py_INCREF(arg);
     Py_XSETREF(packet_type, (PyTypeObject *)arg);
+    o_payload_type = packet_slot_offset(s_payload_type);
+    o_marker = packet_slot_offset(s_marker);
+    o_sequence_number = packet_slot_offset(s_sequence_number);
+    o_timestamp = packet_slot_offset(s_timestamp);
+    o_ssrc = packet_slot_offset(s_ssrc);
+    o_csrc = packet_slot_offset(s_csrc);
+    o_payload = packet_slot_offset(s_payload);
+    o_padding_size = packet_slot_offset(s_padding_size);
+    o_abs_send_time = packet_slot_offset(s_abs_send_time);
+    o_audio_level = packet_slot_offset(s_audio_level);
     Py_RETURN_NONE;
 }
 
@@ -349,7 +447,7 @@ static PyObject *Session_unprotect_parse(Session *self, PyObject *const *args,
         return NULL;
     }
     int malformed;
-    PyObject *packet = parse_packet(buf, len, ast_id, level_id, &malformed);
+    PyObject *packet = parse_packet(buf, len, ast_id, level_id, &malformed, NULL);
     if (packet == NULL && malformed) {
         Py_RETURN_NONE;
     }
@@ -400,7 +498,18 @@ typedef struct {
     PyObject *pair;
     PyObject *transport; /* not transport.is_closing() */
     unsigned long long sent, errors;
+    unsigned long long checked; /* the python_epoch of checked_valid (inside a Reader's batch) */
+    int checked_valid;
 } Tx;
+
+/* Python code may have changed what Tx_valid reads whenever it ran: python_ran() counts those
+ * moments (every call out of C into Python, every entry from Python) so that inside one Reader
+ * batch a leg is checked once until Python runs again, not once per packet. */
+static unsigned long long python_epoch = 1;
+
+static inline void python_ran(void) {
+    python_epoch++;
+}
 
 static int Tx_traverse(Tx *self, visitproc visit, void *arg) {
     Py_VISIT(self->session);
@@ -472,6 +581,7 @@ static int Tx_init(Tx *self, PyObject *args, PyObject *kwds) {
     self->pair = pair;
     Py_INCREF(transport);
     self->transport = transport;
+    self->checked = 0;
     return 0;
 }
 
@@ -529,6 +639,23 @@ static OutEntry out_entries[OUT_SLOTS];
 static unsigned char out_bufs[OUT_SLOTS][BUF_SIZE];
 static int out_count = 0;
 static int defer_depth = 0; /* > 0 while a Reader drains */
+
+/* Tx_valid, remembered inside a Reader's batch until Python runs again (python_ran) */
+static int Tx_valid_in_batch(Tx *self) {
+    if (self->session == NULL || self->dtls == NULL) {
+        return 0; /* cleared (tp_clear) */
+    }
+    if (defer_depth > 0 && self->checked == python_epoch) {
+        return self->checked_valid;
+    }
+    int valid = Tx_valid(self);
+    if (valid >= 0 && defer_depth > 0) {
+        /* (is_closing() is Python, but only a question) */
+        self->checked = python_epoch;
+        self->checked_valid = valid;
+    }
+    return valid;
+}
 static int gso_enabled = 1;
 static struct {
     unsigned long long reads, datagrams_in, sends, datagrams_out, gso_messages, gso_failures,
@@ -788,6 +915,11 @@ static void out_flush(void) {
  * Until FastReceive has set ``session`` (the keys exist) every datagram takes the Python path.
  */
 
+typedef struct Inbound Inbound;
+static PyTypeObject InboundType;
+static PyObject *Inbound_forward(Inbound *self, PyObject *packet, long long pt, long long ssrc,
+                                 Fields *f);
+
 typedef struct {
     PyObject_HEAD
     PyObject *session;    /* Session, or NULL: the Python path until the keys exist */
@@ -796,6 +928,8 @@ typedef struct {
     PyObject *route;      /* route(packet): what the tables do not settle */
     PyObject *failed;     /* failed(addr): a handler raised (DatagramStats.failed) */
     int audio_level_id;
+    uint32_t last_ssrc;
+    PyObject *last_key; /* the int of last_ssrc, or NULL: one allocation less per packet */
     unsigned long long taken, unprotect_errors, malformed, routed;
 } FastIn;
 
@@ -807,6 +941,7 @@ static int FastIn_traverse(FastIn *self, visitproc visit, void *arg) {
     Py_VISIT(self->pt_table);
     Py_VISIT(self->route);
     Py_VISIT(self->failed);
+    Py_VISIT(self->last_key);
     return 0;
 }
 
@@ -816,6 +951,7 @@ static int FastIn_clear(FastIn *self) {
     Py_CLEAR(self->pt_table);
     Py_CLEAR(self->route);
     Py_CLEAR(self->failed);
+    Py_CLEAR(self->last_key);
     return 0;
 }
 
@@ -864,10 +1000,15 @@ static inline int FastIn_wants(const FastIn *self, const unsigned char *data, un
 /* the receiver route_rtp would return without changing its tables (a new reference), or NULL
  * (with an exception set only when something failed) */
 static PyObject *FastIn_lookup(FastIn *self, uint32_t ssrc, int pt) {
-    PyObject *key = PyLong_FromUnsignedLong(ssrc);
-    if (key == NULL) {
-        return NULL;
+    if (self->last_key == NULL || self->last_ssrc != ssrc) {
+        PyObject *new_key = PyLong_FromUnsignedLong(ssrc);
+        if (new_key == NULL) {
+            return NULL;
+        }
+        Py_XSETREF(self->last_key, new_key);
+        self->last_ssrc = ssrc;
     }
+    PyObject *key = Py_NewRef(self->last_key);
     PyObject *receiver = PyDict_GetItemWithError(self->ssrc_table, key);
     Py_DECREF(key);
     if (receiver == NULL) {
@@ -902,7 +1043,8 @@ static int FastIn_take(FastIn *self, unsigned char *data, unsigned int size) {
         return 0;
     }
     int malformed;
-    PyObject *packet = parse_packet(data, len, 0, self->audio_level_id, &malformed);
+    Fields f;
+    PyObject *packet = parse_packet(data, len, 0, self->audio_level_id, &malformed, &f);
     if (packet == NULL) {
         if (malformed) {
             self->malformed++;
@@ -912,19 +1054,23 @@ static int FastIn_take(FastIn *self, unsigned char *data, unsigned int size) {
     }
     uint32_t ssrc = (uint32_t)data[8] << 24 | (uint32_t)data[9] << 16 | (uint32_t)data[10] << 8 |
                     (uint32_t)data[11];
+    int pt = data[1] & 0x7F;
     PyObject *result = NULL;
-    PyObject *receiver = FastIn_lookup(self, ssrc, data[1] & 0x7F);
+    PyObject *receiver = FastIn_lookup(self, ssrc, pt);
     if (receiver == NULL) {
+        Fields_release(&f);
         if (PyErr_Occurred()) {
             Py_DECREF(packet);
             return -1;
         }
         self->routed++;
         result = PyObject_CallOneArg(self->route, packet);
+        python_ran();
     } else {
         PyObject *forward = PyObject_GetAttr(receiver, s_parley_forward);
         Py_DECREF(receiver);
         if (forward == NULL) {
+            Fields_release(&f);
             if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
                 Py_DECREF(packet);
                 return -1;
@@ -933,7 +1079,14 @@ static int FastIn_take(FastIn *self, unsigned char *data, unsigned int size) {
             Py_DECREF(packet);
             return 0;
         }
-        result = PyObject_CallOneArg(forward, packet);
+        if (Py_IS_TYPE(forward, &InboundType)) {
+            /* the producer's own: its common case without a call through Python */
+            result = Inbound_forward((Inbound *)forward, packet, pt, ssrc, &f);
+        } else {
+            Fields_release(&f);
+            result = PyObject_CallOneArg(forward, packet);
+            python_ran();
+        }
         Py_DECREF(forward);
     }
     Py_DECREF(packet);
@@ -1112,6 +1265,7 @@ static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds) {
         msgs[i].msg_hdr.msg_iov = iov[i];
         msgs[i].msg_hdr.msg_iovlen = 2;
     }
+    python_ran(); /* the event loop ran Python since the last batch */
     int n = recvmmsg(self->fd, msgs, READ_BATCH, MSG_DONTWAIT, NULL);
     counters.reads++;
     self->reads++;
@@ -1155,6 +1309,7 @@ static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds) {
                     PyObject *addr = Reader_address(self, &names[i], msgs[i].msg_hdr.msg_namelen);
                     PyObject *result =
                         addr != NULL ? PyObject_CallOneArg(fast->failed, addr) : NULL;
+                    python_ran();
                     if (result == NULL) {
                         PyErr_WriteUnraisable(fast->failed);
                     }
@@ -1192,6 +1347,7 @@ static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwds) {
         } else {
             PyObject *item[2] = {data, addr};
             PyObject *result = PyObject_Vectorcall(handler, item, 2, NULL);
+            python_ran();
             if (result == NULL) {
                 if (PyErr_ExceptionMatches(PyExc_Exception)) {
                     PyErr_WriteUnraisable(handler);
@@ -1356,25 +1512,8 @@ static int Route_init(Route *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
-/* the fields of a packet the rewrite reads, fetched once per fan-out */
-typedef struct {
-    PyObject *payload; /* bytes, owned */
-    PyObject *csrc;    /* owned */
-    int marker;
-    unsigned long seq, ts;
-    int padding;
-    int has_level;
-    int level_voice, level;
-    Py_ssize_t cc;
-} Fields;
-
-static void Fields_release(Fields *f) {
-    Py_CLEAR(f->payload);
-    Py_CLEAR(f->csrc);
-}
-
-static int get_long(PyObject *obj, PyObject *name, unsigned long *out) {
-    PyObject *value = PyObject_GetAttr(obj, name);
+static int get_long(PyObject *obj, PyObject *name, Py_ssize_t offset, unsigned long *out) {
+    PyObject *value = get_slot(obj, name, offset);
     if (value == NULL) {
         return -1;
     }
@@ -1383,18 +1522,19 @@ static int get_long(PyObject *obj, PyObject *name, unsigned long *out) {
     return PyErr_Occurred() ? -1 : 0;
 }
 
+/* the fields of a packet the rewrite reads, fetched once per fan-out */
 static int Fields_read(Fields *f, PyObject *packet) {
     unsigned long marker, padding;
     memset(f, 0, sizeof(*f));
-    if (get_long(packet, s_marker, &marker) < 0 ||
-        get_long(packet, s_sequence_number, &f->seq) < 0 ||
-        get_long(packet, s_timestamp, &f->ts) < 0 ||
-        get_long(packet, s_padding_size, &padding) < 0) {
+    if (get_long(packet, s_marker, o_marker, &marker) < 0 ||
+        get_long(packet, s_sequence_number, o_sequence_number, &f->seq) < 0 ||
+        get_long(packet, s_timestamp, o_timestamp, &f->ts) < 0 ||
+        get_long(packet, s_padding_size, o_padding_size, &padding) < 0) {
         return -1;
     }
     f->marker = marker ? 1 : 0;
     f->padding = (int)(padding & 0xFF);
-    f->payload = PyObject_GetAttr(packet, s_payload);
+    f->payload = get_slot(packet, s_payload, o_payload);
     if (f->payload == NULL) {
         return -1;
     }
@@ -1402,7 +1542,7 @@ static int Fields_read(Fields *f, PyObject *packet) {
         PyErr_SetString(PyExc_TypeError, "packet.payload must be bytes");
         goto fail;
     }
-    f->csrc = PyObject_GetAttr(packet, s_csrc);
+    f->csrc = get_slot(packet, s_csrc, o_csrc);
     if (f->csrc == NULL) {
         goto fail;
     }
@@ -1414,7 +1554,7 @@ static int Fields_read(Fields *f, PyObject *packet) {
         PyErr_SetString(PyExc_ValueError, "more than 15 CSRCs");
         goto fail;
     }
-    PyObject *level = PyObject_GetAttr(packet, s_audio_level);
+    PyObject *level = get_slot(packet, s_audio_level, o_audio_level);
     if (level == NULL) {
         goto fail;
     }
@@ -1587,7 +1727,7 @@ static PyObject *Route_history(Route *self, PyObject *arg) {
         Py_RETURN_NONE;
     }
     unsigned long in_seq;
-    if (get_long(packet, s_sequence_number, &in_seq) < 0) {
+    if (get_long(packet, s_sequence_number, o_sequence_number, &in_seq) < 0) {
         return NULL;
     }
     if (((in_seq + self->seq_offset) & 0xFFFF) != seq) {
@@ -1655,7 +1795,7 @@ static int fan_out_fields(PyObject *packet, const Fields *f, PyObject *consumers
         if (Py_IS_TYPE(obj, &RouteType)) {
             Route *route = (Route *)obj;
             if (Py_IS_TYPE(route->tx, &TxType)) {
-                int valid = Tx_valid((Tx *)route->tx);
+                int valid = Tx_valid_in_batch((Tx *)route->tx);
                 if (valid < 0) {
                     Py_DECREF(obj);
                     return -1;
@@ -1690,6 +1830,7 @@ static PyObject *fan_out(PyObject *module, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_TypeError, "fan_out(packet, consumers, abs_send_time)");
         return NULL;
     }
+    python_ran(); /* called from Python: what it did since is unseen */
     PyObject *packet = args[0], *consumers = args[1];
     long abs_send_time = PyLong_AsLong(args[2]);
     if (abs_send_time == -1 && PyErr_Occurred()) {
@@ -2051,7 +2192,7 @@ static PyTypeObject MissingPacketsType = {
 #define QUALITY_VP8 2   /* frame ends, and key frames' first packets (their resolution) */
 #define QUALITY_AUDIO 3 /* packets with an audio level */
 
-typedef struct {
+struct Inbound {
     PyObject_HEAD
     long payload_type;
     long long media_ssrc; /* -1: none yet */
@@ -2069,7 +2210,7 @@ typedef struct {
     PyObject *fallback; /* fallback(packet, flags): what __call__ leaves to Python */
     char hold;          /* __call__ hands every packet to fallback(packet, IN_PYTHON) */
     long extra;         /* flags __call__ adds to every packet's (IN_SINKS) */
-} Inbound;
+};
 
 static int Inbound_traverse(Inbound *self, visitproc visit, void *arg) {
     Py_VISIT(self->stats);
@@ -2175,8 +2316,8 @@ static int vp8_keyframe_start(const unsigned char *p, Py_ssize_t n) {
     return !(h[0] & 0x01) && h[3] == 0x9d && h[4] == 0x01 && h[5] == 0x2a;
 }
 
-static int get_small(PyObject *obj, PyObject *name, long long *out) {
-    PyObject *value = PyObject_GetAttr(obj, name);
+static int get_small(PyObject *obj, PyObject *name, Py_ssize_t offset, long long *out) {
+    PyObject *value = get_slot(obj, name, offset);
     if (value == NULL) {
         return -1;
     }
@@ -2185,50 +2326,41 @@ static int get_small(PyObject *obj, PyObject *name, long long *out) {
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
-/* the common case of one packet: its IN_* flags, or -1 with an exception */
-static long Inbound_take(Inbound *self, PyObject *packet, PyObject *consumers) {
-    long long pt, ssrc;
-    if (get_small(packet, s_payload_type, &pt) < 0 || get_small(packet, s_ssrc, &ssrc) < 0) {
-        return -1;
-    }
-    if (pt != self->payload_type || ssrc != self->media_ssrc ||
-        !Py_IS_TYPE(self->stats, &ReceiveStatisticsType)) {
-        return IN_PYTHON;
-    }
-    Fields f;
-    if (Fields_read(&f, packet) < 0) {
-        if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
-            return -1;
-        }
-        PyErr_Clear(); /* too large or too many CSRCs: the Python path says so */
-        return IN_PYTHON;
-    }
+/* whether the rewrite of a packet with these fields fits a buffer (Fields_read refuses the rest) */
+static inline int Fields_fit(const Fields *f) {
+    return f->cc <= 15 &&
+           12 + 4 * f->cc + 4 + 24 + PyBytes_GET_SIZE(f->payload) + f->padding <= MAX_PACKET;
+}
+
+/* the common case of one packet whose fields are read (and released here): its IN_* flags, or
+ * -1 with an exception */
+static long Inbound_take_fields(Inbound *self, PyObject *packet, Fields *f, PyObject *consumers) {
     long flags = 0;
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
-    ReceiveStatistics_update((ReceiveStatistics *)self->stats, (long)(f.seq & 0xFFFF),
-                             (long long)(f.ts & 0xFFFFFFFFUL), timespec_seconds(&now));
+    ReceiveStatistics_update((ReceiveStatistics *)self->stats, (long)(f->seq & 0xFFFF),
+                             (long long)(f->ts & 0xFFFFFFFFUL), timespec_seconds(&now));
     if (Py_IS_TYPE(self->nack, &MissingPacketsType) &&
-        MissingPackets_update((MissingPackets *)self->nack, (long)(f.seq & 0xFFFF))) {
+        MissingPackets_update((MissingPackets *)self->nack, (long)(f->seq & 0xFFFF))) {
         flags |= IN_NACK;
     }
-    Py_ssize_t size = PyBytes_GET_SIZE(f.payload);
+    Py_ssize_t size = PyBytes_GET_SIZE(f->payload);
     self->packets++;
     self->octets += (unsigned long long)size;
     switch (self->quality) {
     case QUALITY_VP8:
-        if (vp8_keyframe_start((const unsigned char *)PyBytes_AS_STRING(f.payload), size)) {
+        if (vp8_keyframe_start((const unsigned char *)PyBytes_AS_STRING(f->payload), size)) {
             flags |= IN_QUALITY;
         }
         /* fall through */
     case QUALITY_VIDEO:
-        if (f.marker) {
+        if (f->marker) {
             self->frames++;
-            self->frame_ts = (long long)(f.ts & 0xFFFFFFFFUL);
+            self->frame_ts = (long long)(f->ts & 0xFFFFFFFFUL);
         }
         break;
     case QUALITY_AUDIO:
-        if (f.has_level) {
+        if (f->has_level) {
             flags |= IN_QUALITY;
         }
         break;
@@ -2239,10 +2371,10 @@ static long Inbound_take(Inbound *self, PyObject *packet, PyObject *consumers) {
     if (PyTuple_GET_SIZE(consumers) > 0) {
         long ast = abs_send_time_of(&now);
         PyObject *slow = NULL;
-        int rc = fan_out_fields(packet, &f, consumers, ast, &slow);
+        int rc = fan_out_fields(packet, f, consumers, ast, &slow);
         if (rc < 0) {
             Py_XDECREF(slow);
-            Fields_release(&f);
+            Fields_release(f);
             return -1;
         }
         if (slow != NULL) {
@@ -2251,7 +2383,7 @@ static long Inbound_take(Inbound *self, PyObject *packet, PyObject *consumers) {
             flags |= IN_SLOW;
         }
     }
-    Fields_release(&f);
+    Fields_release(f);
     if ((++self->tick & (self->latency_every - 1)) == 0) {
         struct timespec end;
         clock_gettime(CLOCK_REALTIME, &end);
@@ -2262,11 +2394,97 @@ static long Inbound_take(Inbound *self, PyObject *packet, PyObject *consumers) {
     return flags;
 }
 
+/* whether a packet of this payload type and SSRC is the common case */
+static inline int Inbound_expects(const Inbound *self, long long pt, long long ssrc) {
+    return pt == self->payload_type && ssrc == self->media_ssrc &&
+           Py_IS_TYPE(self->stats, &ReceiveStatisticsType);
+}
+
+/* the common case of one packet: its IN_* flags, or -1 with an exception */
+static long Inbound_take(Inbound *self, PyObject *packet, PyObject *consumers) {
+    long long pt, ssrc;
+    if (get_small(packet, s_payload_type, o_payload_type, &pt) < 0 ||
+        get_small(packet, s_ssrc, o_ssrc, &ssrc) < 0) {
+        return -1;
+    }
+    if (!Inbound_expects(self, pt, ssrc)) {
+        return IN_PYTHON;
+    }
+    Fields f;
+    if (Fields_read(&f, packet) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
+            return -1;
+        }
+        PyErr_Clear(); /* too large or too many CSRCs: the Python path says so */
+        return IN_PYTHON;
+    }
+    return Inbound_take_fields(self, packet, &f, consumers);
+}
+
+/* the consumers of the view (a new reference to a tuple), or NULL with an exception */
+static PyObject *Inbound_consumers(Inbound *self) {
+    PyObject *consumers = PyObject_GetAttr(self->view, s_consumers);
+    if (consumers != NULL && !PyTuple_Check(consumers)) {
+        Py_DECREF(consumers);
+        PyErr_SetString(PyExc_TypeError, "view.consumers must be a tuple");
+        return NULL;
+    }
+    return consumers;
+}
+
+/* what __call__ returns once the flags are known: None, or fallback(packet, flags) */
+static PyObject *Inbound_finish(Inbound *self, PyObject *packet, long flags) {
+    if (flags == 0) {
+        Py_RETURN_NONE;
+    }
+    PyObject *value = PyLong_FromLong(flags);
+    if (value == NULL) {
+        return NULL;
+    }
+    PyObject *out = PyObject_CallFunctionObjArgs(self->fallback, packet, value, NULL);
+    python_ran();
+    Py_DECREF(value);
+    return out;
+}
+
+/* __call__(packet) for a packet FastIn has parsed (its payload type, SSRC and fields, released
+ * here): the same, without reading them back from the packet object */
+static PyObject *Inbound_forward(Inbound *self, PyObject *packet, long long pt, long long ssrc,
+                                 Fields *f) {
+    if (self->view == NULL || self->fallback == NULL) {
+        Fields_release(f);
+        PyErr_SetString(PyExc_TypeError, "Inbound has no view or fallback");
+        return NULL;
+    }
+    long flags = IN_PYTHON;
+    if (!self->hold) {
+        PyObject *consumers = Inbound_consumers(self);
+        if (consumers == NULL) {
+            Fields_release(f);
+            return NULL;
+        }
+        if (Inbound_expects(self, pt, ssrc) && Fields_fit(f)) {
+            flags = Inbound_take_fields(self, packet, f, consumers);
+        } else {
+            Fields_release(f); /* the Python path says what is wrong with it */
+        }
+        Py_DECREF(consumers);
+        if (flags < 0) {
+            return NULL;
+        }
+        flags |= self->extra;
+    } else {
+        Fields_release(f);
+    }
+    return Inbound_finish(self, packet, flags);
+}
+
 static PyObject *Inbound_receive(Inbound *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 || !PyTuple_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError, "receive(packet, consumers: tuple)");
         return NULL;
     }
+    python_ran();
     long flags = Inbound_take(self, args[0], args[1]);
     return flags < 0 ? NULL : PyLong_FromLong(flags);
 }
@@ -2282,19 +2500,15 @@ static PyObject *Inbound_call(Inbound *self, PyObject *args, PyObject *kwds) {
         }
         return NULL;
     }
+    python_ran(); /* called from Python: what it did since is unseen */
     if (self->view == NULL || self->fallback == NULL) {
         PyErr_SetString(PyExc_TypeError, "Inbound has no view or fallback");
         return NULL;
     }
     long flags = IN_PYTHON;
     if (!self->hold) {
-        PyObject *consumers = PyObject_GetAttr(self->view, s_consumers);
+        PyObject *consumers = Inbound_consumers(self);
         if (consumers == NULL) {
-            return NULL;
-        }
-        if (!PyTuple_Check(consumers)) {
-            Py_DECREF(consumers);
-            PyErr_SetString(PyExc_TypeError, "view.consumers must be a tuple");
             return NULL;
         }
         flags = Inbound_take(self, packet, consumers);
@@ -2304,16 +2518,7 @@ static PyObject *Inbound_call(Inbound *self, PyObject *args, PyObject *kwds) {
         }
         flags |= self->extra;
     }
-    if (flags == 0) {
-        Py_RETURN_NONE;
-    }
-    PyObject *value = PyLong_FromLong(flags);
-    if (value == NULL) {
-        return NULL;
-    }
-    PyObject *out = PyObject_CallFunctionObjArgs(self->fallback, packet, value, NULL);
-    Py_DECREF(value);
-    return out;
+    return Inbound_finish(self, packet, flags);
 }
 
 static PyObject *Inbound_get_media_ssrc(Inbound *self, void *closure) {

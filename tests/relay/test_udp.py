@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from parley.relay import accel, udp
 from parley.relay.rtp import RtpIn, RtpRewriter, parse_rtp
 from tests.relay.test_accel import _fields, _Leg, packets
+from tests.relay.test_rtpstats import inbound_packets
 
 needs_reader = pytest.mark.skipif(accel.Reader is None, reason="the compiled path is not built")
 
@@ -454,3 +455,186 @@ def test_a_reader_called_inside_a_batch_reads_nothing_and_the_batch_stays_whole(
                 break
             reader()
         assert seen == sent
+
+
+# --- FastIn straight into the producer's compiled Inbound --------------------------------------
+
+
+def _inbound_side(quality: int, with_nack: bool, key: bytes, profile: Any) -> Any:
+    """A compiled Inbound like a producer's, whose one consumer sends on a real loopback leg."""
+    from parley.relay import _accel  # type: ignore[attr-defined]
+
+    leg = _Leg()
+    route = _accel.Route(5678, 100, b"", 0, 7, 64)
+    route.seq_offset, route.ts_offset = 1000, 5
+    route.tx = leg.tx(_accel.Tx, _accel.Session(profile.libsrtp_profile, key, True))
+    inbound = _accel.Inbound(96, quality, 4)
+    inbound.media_ssrc = 1234
+    inbound.stats = _accel.ReceiveStatistics(90000)
+    inbound.nack = _accel.MissingPackets() if with_nack else None
+    left: list[tuple[Any, int]] = []
+    inbound.view = SimpleNamespace(consumers=(SimpleNamespace(_route=route),))
+    inbound.fallback = lambda packet, flags: left.append((_fields(packet), flags))
+    return SimpleNamespace(inbound=inbound, leg=leg, route=route, left=left)
+
+
+class _Receiver:
+    """An aiortc receiver as RtpRouter keeps it (hashable), with the producer's fast path."""
+
+    def __init__(self, forward: Any) -> None:
+        self._parley_forward = forward
+
+
+def _state(side: Any) -> tuple[Any, ...]:
+    inbound = side.inbound
+    return (
+        inbound.packets,
+        inbound.octets,
+        inbound.frames,
+        inbound.frame_ts,
+        inbound.stats.packets_received,
+        inbound.stats.max_seq,
+        None if inbound.nack is None else inbound.nack.missing,
+        side.route.packets,
+        side.route.octets,
+        side.route.tx.sent,
+        side.left,
+    )
+
+
+@needs_reader
+@settings(max_examples=60, deadline=None)
+@given(
+    stream=inbound_packets(),
+    extras=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 40)), min_size=40, max_size=40),
+    quality=st.sampled_from(
+        [accel.QUALITY_NONE, accel.QUALITY_VIDEO, accel.QUALITY_VP8, accel.QUALITY_AUDIO]
+    ),
+    with_nack=st.booleans(),
+    profile=st.sampled_from(SRTP_PROFILES),
+)
+def test_fast_in_gives_the_producers_inbound_what_calling_it_gives(
+    stream: list[RtpIn], extras: list[tuple[int, int]], quality: int, with_nack: bool, profile: Any
+) -> None:
+    """A Reader's FastIn hands a producer's compiled Inbound the fields it parsed, without the
+    Inbound reading them back from the packet object: the counts, statistics, NACK state, what
+    is left to the fallback (with the same flags) and the bytes sent to the consumer are what
+    calling the Inbound with the parsed packet gives."""
+    seen: set[tuple[int, int]] = set()
+    packets = []
+    for packet, (csrcs, padding) in zip(stream, extras, strict=False):
+        if (packet.ssrc, packet.sequence_number) in seen:
+            continue  # SRTP refuses a replay; the reference would take it
+        seen.add((packet.ssrc, packet.sequence_number))
+        packet.csrc = tuple(range(1, csrcs + 1))
+        packet.padding_size = padding
+        packets.append(packet)
+    key = os.urandom(profile.key_length + profile.salt_length)
+    out_key = os.urandom(profile.key_length + profile.salt_length)
+    sender_srtp = accel.PySession(profile.libsrtp_profile, key, True)
+    datagrams = [
+        sender_srtp.protect(
+            RtpRewriter(
+                ssrc=p.ssrc,
+                payload_type=p.payload_type,
+                mid=None,
+                mid_id=None,
+                abs_send_time_id=None,
+                audio_level_id=5,
+            ).rewrite(p, None, p.audio_level)
+        )
+        for p in packets
+    ]
+    direct = _inbound_side(quality, with_nack, out_key, profile)
+    called = _inbound_side(quality, with_nack, out_key, profile)
+    receiver = _Receiver(direct.inbound)
+    taker = accel.FastIn(lambda packet: pytest.fail("routed"), lambda addr: pytest.fail("failed"))
+    taker.audio_level_id = 5
+    taker.set_keys(
+        accel.Session(profile.libsrtp_profile, key, False),
+        {1234: receiver, 99: receiver},
+        {96: {receiver}, 97: {receiver}},
+    )
+    reference = accel.PySession(profile.libsrtp_profile, key, False)
+    try:
+        with loopback_sockets() as (inbound, sender):
+            reader = accel.Reader(inbound.fileno(), Recorder())
+            reader.fast = taker
+            for data in datagrams:
+                sender.sendto(data, inbound.getsockname())
+            for _ in range(1000):
+                if reader.datagrams >= len(datagrams):
+                    break
+                reader()
+        for data in datagrams:
+            assert called.inbound(reference.unprotect_parse(data, 0, 5)) is None
+        assert taker.taken == len(datagrams) and taker.unprotect_errors == 0
+        assert _state(direct) == _state(called)
+        sent = direct.route.tx.sent
+        assert direct.leg.received(sent) == called.leg.received(sent)
+    finally:
+        direct.leg.close()
+        called.leg.close()
+
+
+@needs_reader
+def test_a_leg_python_closes_inside_a_batch_is_not_sent_on_for_the_rest_of_it() -> None:
+    """Inside one Reader batch a leg is checked once until Python runs again: when the protocol's
+    handler of a datagram, or a producer's fallback, closes the leg between two packets of the
+    same batch, the later packet is handed back (IN_SLOW) instead of sent on it."""
+    profile = SRTP_PROFILES[0]
+    key = os.urandom(profile.key_length + profile.salt_length)
+    out_key = os.urandom(profile.key_length + profile.salt_length)
+    sender_srtp = accel.PySession(profile.libsrtp_profile, key, True)
+
+    def datagram(seq: int) -> bytes:
+        packet = RtpIn(
+            payload_type=96, marker=0, sequence_number=seq, timestamp=0, ssrc=1234, payload=b"m"
+        )
+        return sender_srtp.protect(accel.PyRoute(1234, 96, b"", 0, 0, 1).rewrite(packet, -1))
+
+    side = _inbound_side(accel.QUALITY_NONE, False, out_key, profile)
+    receiver = _Receiver(side.inbound)
+    taker = accel.FastIn(lambda packet: pytest.fail("routed"), lambda addr: pytest.fail("failed"))
+    taker.set_keys(
+        accel.Session(profile.libsrtp_profile, key, False), {1234: receiver}, {96: {receiver}}
+    )
+    stun = bytes([0x00, 0x01, 0x00, 0x00]) + bytes(16)
+
+    class Closer:
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            side.leg.closing = True  # e.g. aiortc's DTLS handling a close_notify
+
+    def slow_seqs() -> list[int]:
+        return [fields[2] for fields, flags in side.left if flags & accel.IN_SLOW]
+
+    try:
+        with loopback_sockets() as (inbound, sender):
+            reader = accel.Reader(inbound.fileno(), Closer())
+            reader.fast = taker
+
+            def batch(*datagrams: bytes) -> None:
+                target = reader.datagrams + len(datagrams)
+                for data in datagrams:
+                    sender.sendto(data, inbound.getsockname())
+                for _ in range(1000):
+                    if reader.datagrams >= target:
+                        break
+                    reader()
+                assert reader.datagrams == target
+
+            batch(datagram(1), datagram(2), stun, datagram(3))
+            assert side.route.tx.sent == 2 and slow_seqs() == [3]
+            side.leg.closing = False
+            side.left.clear()
+
+            def closing_fallback(packet: Any, flags: int) -> None:
+                side.left.append((_fields(packet), flags))
+                side.leg.closing = True  # what the Python path did closed the leg
+
+            side.inbound.fallback = closing_fallback
+            side.inbound.extra = accel.IN_SINKS  # every packet goes on to Python (a recorder)
+            batch(datagram(4), datagram(5))
+            assert side.route.tx.sent == 3 and slow_seqs() == [5]
+    finally:
+        side.leg.close()
