@@ -16,7 +16,15 @@ from typing import Any
 import aiohttp
 import numpy
 
-from .procstat import cpu_seconds, cpu_times, rss_bytes, run_seconds, run_times
+from .procstat import (
+    cpu_seconds,
+    cpu_times,
+    machine_ticks,
+    rss_bytes,
+    run_seconds,
+    run_times,
+    steal_pct,
+)
 from .results import Measurement, Point, added, percentiles, timeline
 from .service import Service, create_session, http_session, relay_service
 from .signaling_client import SignalingClient
@@ -68,6 +76,7 @@ async def measure_window(
     run0 = {pid: run_times(pid) for pid in pids}
     system0 = cpu_times(server_pid)[1] if server_pid else 0.0
     result.loadavg.append(os.getloadavg()[0])
+    ticks0 = machine_ticks()
     t0 = time.monotonic()
     ctx.progress(f"{result.mode} N={result.sessions}: measuring {args.duration:g} s")
     await asyncio.sleep(max(0.0, (end - time.monotonic_ns()) / 1e9))
@@ -79,6 +88,7 @@ async def measure_window(
             cpu[pid] = run_seconds(run0[pid], run1)
     system = cpu_times(server_pid)[1] - system0 if server_pid else 0.0
     elapsed = time.monotonic() - t0
+    result.steal_pct = steal_pct(ticks0, machine_ticks())
     result.loadavg.append(os.getloadavg()[0])
     rss = rss_bytes(server_pid) if server_pid else 0
     return Window(start, end, cpu, elapsed, system, rss)

@@ -33,6 +33,7 @@ TABLE_COLUMNS = [
     "RSS MB",
     "pub CPU %",
     "sub CPU %",
+    "steal %",
 ]
 
 
@@ -57,6 +58,7 @@ def table_rows(points: list[Point], baseline: list[Measurement]) -> list[list[st
             fmt(m.server_rss_mb, 0),
             f"{m.publisher_cpu_pct:.1f}",
             f"{m.subscriber_cpu_pct:.1f}",
+            fmt(m.steal_pct, 1),
         ]
 
     for point in points:
@@ -78,7 +80,11 @@ def print_table(points: list[Point], baseline: list[Measurement], title: str) ->
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title, caption="latency in ms (one-way, per packet); CPU 100 % = one core")
+    table = Table(
+        title=title,
+        caption="latency in ms (one-way, per packet); CPU 100 % = one core; steal: "
+        "CPU time the hypervisor gave other machines during the window",
+    )
     for column in TABLE_COLUMNS:
         table.add_column(column, justify="left" if column == "mode" else "right")
     for r in table_rows(points, baseline):

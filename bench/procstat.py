@@ -61,6 +61,25 @@ def run_seconds(before: dict[int, int], after: dict[int, int]) -> float:
     return sum(ns - before.get(tid, 0) for tid, ns in after.items()) / 1e9
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(steal, all) clock ticks of every CPU so far, from ``/proc/stat``: on a virtual machine
+    ``steal`` is the time the hypervisor ran someone else while a CPU here wanted to run, the
+    one disturbance that no process list on this machine shows ((0, 0) where unreadable)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    # user nice system idle iowait irq softirq steal guest guest_nice; guests are in user
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """The share of all CPU time stolen between two :func:`machine_ticks` (None: unknown)."""
+    total = after[1] - before[1]
+    return 100.0 * (after[0] - before[0]) / total if total > 0 else None
+
+
 def _own_cpu_times(pid: int) -> tuple[float, float]:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -43,6 +43,9 @@ class Measurement:
     setup_s: float = 0.0
     loadavg: list[float] = field(default_factory=list)
     """The machine's 1-minute load average before and after the window (others' work shows)."""
+    steal_pct: float | None = None
+    """CPU time the hypervisor gave to other machines during the window, % of all of this
+    machine's (a neighbour's load, which ``loadavg`` does not show)."""
     notes: list[str] = field(default_factory=list)
 
 

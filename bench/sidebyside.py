@@ -311,6 +311,7 @@ COLUMNS = [
     "sub CPU %",
     "threads",
     "load",
+    "steal %",
 ]
 
 
@@ -341,6 +342,7 @@ def table_rows(rows: list[Row]) -> list[list[str]]:
                 f"{m.subscriber_cpu_pct:.1f}",
                 str(r.server_threads) if r.server_threads else "-",
                 fmt(max(m.loadavg) if m.loadavg else None, 1),
+                fmt(m.steal_pct, 1),
             ]
         )
     return out
@@ -372,7 +374,8 @@ def print_table(rows: list[Row], title: str) -> None:
         title=title,
         caption="latency in ms (one-way, per packet; added = minus the direct floor); "
         "CPU 100 % = one core, all threads and children of the server; load: the machine's "
-        "1-minute load average around the window",
+        "1-minute load average around the window; steal: CPU time the hypervisor gave other "
+        "machines during the window",
     )
     for column in COLUMNS:
         table.add_column(column, justify="left" if column == "server" else "right")

@@ -70,6 +70,7 @@ def test_parley_and_janus_forward_the_same_pair_and_every_figure_is_measured(
         assert m["loss_pct"] < 5.0, m
         assert set(m["latency_ms"]) == {"p50", "p95", "p99", "max"}, m
         assert m["latency_ms"]["p50"] > 0, m
+        assert m["steal_pct"] is not None and 0.0 <= m["steal_pct"] <= 100.0, m
     for server in ("parley", "janus"):
         m = rows[server]["measurement"]
         for figure in FIGURES:

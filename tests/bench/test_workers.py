@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,17 @@ def test_run_times_count_a_child_process_exactly() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_machine_ticks_cover_every_cpu_and_steal_is_a_share_of_them() -> None:
+    """``/proc/stat``'s first line counts every CPU's ticks (busy, idle and stolen): over a
+    0.5 s sleep they grow by about CPUs × 0.5 s, and the stolen share is a percentage."""
+    cpus = os.cpu_count() or 1
+    before = procstat.machine_ticks()
+    time.sleep(0.5)
+    after = procstat.machine_ticks()
+    elapsed = (after[1] - before[1]) / procstat.CLOCK_TICKS
+    assert 0.5 * cpus * 0.5 <= elapsed <= 1.5 * cpus * 0.5 + 0.1, (before, after, cpus)
+    share = procstat.steal_pct(before, after)
+    assert share is not None and 0.0 <= share <= 100.0, share
+    assert procstat.steal_pct(after, after) is None
