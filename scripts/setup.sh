@@ -31,6 +31,7 @@ if [ "$want_test" = test ]; then
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)  # store tests
     command -v redis-server >/dev/null || need+=(redis-server)  # cluster tests (--redis-url)
     command -v janus >/dev/null || need+=(janus)  # bench/sidebyside.py: parley against Janus
+    command -v valgrind >/dev/null || need+=(valgrind)  # bench/instructions.py: cachegrind counts
     command -v openssl >/dev/null || need+=(openssl)
     command -v ip >/dev/null || need+=(iproute2)
     command -v unshare >/dev/null || need+=(util-linux)
