@@ -23,7 +23,7 @@ if (prefix / "lib" / "libsrtp2.a").is_file() and (prefix / "include" / "srtp2").
         libraries=["crypto"],
         # libsrtp's symbols stay inside the module (pylibsrtp carries its own copy)
         extra_link_args=["-Wl,--exclude-libs,ALL"],
-        define_macros=[("PARLEY_SRTP_CRYPTO", '"openssl"')],
+        define_macros=[("PARLEY_SRTP_CRYPTO", '"openssl"'), ("PARLEY_SRTP_OPENSSL", "1")],
         optional=True,
     )
 else:

@@ -31,6 +31,180 @@
 #define PARLEY_SRTP_CRYPTO "system libsrtp2"
 #endif
 
+/* --- AES-GCM for libsrtp, with fewer OpenSSL 3 calls per packet ---------------------------
+ *
+ * libsrtp's own OpenSSL AES-GCM makes OpenSSL 3 translate a legacy control into parameters
+ * three times per unprotect (the IV length it never changes, a placeholder tag before the
+ * AAD, the tag) and twice per protect (the IV length, the tag); each is a walk of the
+ * provider's parameter names with strcmp, about a tenth of a wakeup's instructions. This
+ * cipher type does the same AEAD with the IV set by one EVP_CipherInit_ex (GCM's default IV
+ * length is SRTP's 12 bytes) and the tag read or set with one parameter, and takes libsrtp's
+ * place for SRTP_AES_GCM_128/256 through srtp_replace_cipher_type, which first runs it against
+ * libsrtp's own test vectors (and ours: tests/relay/test_accel*.py compare it with pylibsrtp
+ * byte for byte). Only with the libsrtp scripts/libsrtp.sh built on OpenSSL 3
+ * (PARLEY_SRTP_OPENSSL); PARLEY_LIBSRTP_GCM=1 in the environment keeps libsrtp's. */
+#ifdef PARLEY_SRTP_OPENSSL
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <srtp2/cipher.h>
+
+extern const srtp_cipher_test_case_t srtp_aes_gcm_128_test_case_0;
+extern const srtp_cipher_test_case_t srtp_aes_gcm_256_test_case_0;
+extern const srtp_cipher_type_t srtp_aes_gcm_128; /* libsrtp's, to put back */
+static const srtp_cipher_type_t gcm_128_type, gcm_256_type;
+
+typedef struct {
+    EVP_CIPHER_CTX *ctx;
+    int key_size, tag_len;
+    srtp_cipher_direction_t dir;
+} Gcm;
+
+static srtp_err_status_t gcm_alloc(srtp_cipher_t **out, int key_len, int tag_len) {
+    const srtp_cipher_type_t *type;
+    int key_size, algorithm;
+    if (key_len == SRTP_AES_GCM_128_KEY_LEN_WSALT) {
+        type = &gcm_128_type, key_size = SRTP_AES_128_KEY_LEN, algorithm = SRTP_AES_GCM_128;
+    } else if (key_len == SRTP_AES_GCM_256_KEY_LEN_WSALT) {
+        type = &gcm_256_type, key_size = SRTP_AES_256_KEY_LEN, algorithm = SRTP_AES_GCM_256;
+    } else {
+        return srtp_err_status_bad_param;
+    }
+    if (tag_len != 16 && tag_len != 8) {
+        return srtp_err_status_bad_param;
+    }
+    srtp_cipher_t *cipher = calloc(1, sizeof(*cipher));
+    Gcm *gcm = calloc(1, sizeof(*gcm));
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    if (cipher == NULL || gcm == NULL || ctx == NULL) {
+        free(cipher);
+        free(gcm);
+        EVP_CIPHER_CTX_free(ctx);
+        return srtp_err_status_alloc_fail;
+    }
+    gcm->ctx = ctx;
+    gcm->key_size = key_size;
+    gcm->tag_len = tag_len;
+    gcm->dir = srtp_direction_any;
+    cipher->type = type;
+    cipher->state = gcm;
+    cipher->key_len = key_len;
+    cipher->algorithm = algorithm;
+    *out = cipher;
+    return srtp_err_status_ok;
+}
+
+static srtp_err_status_t gcm_dealloc(srtp_cipher_t *cipher) {
+    Gcm *gcm = cipher->state;
+    if (gcm != NULL) {
+        EVP_CIPHER_CTX_free(gcm->ctx); /* clears its key schedule */
+        free(gcm);
+    }
+    free(cipher);
+    return srtp_err_status_ok;
+}
+
+static srtp_err_status_t gcm_init(void *state, const uint8_t *key) {
+    Gcm *gcm = state;
+    const EVP_CIPHER *evp = gcm->key_size == SRTP_AES_256_KEY_LEN ? EVP_aes_256_gcm()
+                                                                  : EVP_aes_128_gcm();
+    gcm->dir = srtp_direction_any;
+    if (!EVP_CIPHER_CTX_reset(gcm->ctx) || !EVP_CipherInit_ex(gcm->ctx, evp, NULL, key, NULL, 0) ||
+        EVP_CIPHER_CTX_get_iv_length(gcm->ctx) != 12) {
+        return srtp_err_status_init_fail;
+    }
+    return srtp_err_status_ok;
+}
+
+static srtp_err_status_t gcm_set_iv(void *state, uint8_t *iv, srtp_cipher_direction_t dir) {
+    Gcm *gcm = state;
+    if (dir != srtp_direction_encrypt && dir != srtp_direction_decrypt) {
+        return srtp_err_status_bad_param;
+    }
+    gcm->dir = dir;
+    if (!EVP_CipherInit_ex(gcm->ctx, NULL, NULL, NULL, iv, dir == srtp_direction_encrypt)) {
+        return srtp_err_status_init_fail;
+    }
+    return srtp_err_status_ok;
+}
+
+static srtp_err_status_t gcm_set_aad(void *state, const uint8_t *aad, uint32_t len) {
+    Gcm *gcm = state;
+    int done = EVP_Cipher(gcm->ctx, NULL, aad, len);
+    return done >= 0 && (uint32_t)done == len ? srtp_err_status_ok : srtp_err_status_algo_fail;
+}
+
+static srtp_err_status_t gcm_encrypt(void *state, uint8_t *buf, unsigned int *len) {
+    Gcm *gcm = state;
+    if (gcm->dir != srtp_direction_encrypt && gcm->dir != srtp_direction_decrypt) {
+        return srtp_err_status_bad_param;
+    }
+    return EVP_Cipher(gcm->ctx, buf, buf, *len) < 0 ? srtp_err_status_cipher_fail
+                                                   : srtp_err_status_ok;
+}
+
+static srtp_err_status_t gcm_get_tag(void *state, uint8_t *tag, uint32_t *len) {
+    Gcm *gcm = state;
+    OSSL_PARAM params[2] = {
+        OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, (size_t)gcm->tag_len),
+        OSSL_PARAM_construct_end()};
+    if (EVP_Cipher(gcm->ctx, NULL, NULL, 0) < 0 || !EVP_CIPHER_CTX_get_params(gcm->ctx, params)) {
+        return srtp_err_status_algo_fail;
+    }
+    *len = (uint32_t)gcm->tag_len;
+    return srtp_err_status_ok;
+}
+
+static srtp_err_status_t gcm_decrypt(void *state, uint8_t *buf, unsigned int *len) {
+    Gcm *gcm = state;
+    if (gcm->dir != srtp_direction_encrypt && gcm->dir != srtp_direction_decrypt) {
+        return srtp_err_status_bad_param;
+    }
+    if (*len < (unsigned int)gcm->tag_len) {
+        return srtp_err_status_auth_fail;
+    }
+    unsigned int data = *len - (unsigned int)gcm->tag_len;
+    OSSL_PARAM params[2] = {
+        OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, buf + data,
+                                          (size_t)gcm->tag_len),
+        OSSL_PARAM_construct_end()};
+    if (!EVP_CIPHER_CTX_set_params(gcm->ctx, params) ||
+        EVP_Cipher(gcm->ctx, buf, buf, data) < 0 || EVP_Cipher(gcm->ctx, NULL, NULL, 0) != 0) {
+        return srtp_err_status_auth_fail; /* the tag did not match */
+    }
+    *len = data;
+    return srtp_err_status_ok;
+}
+
+static const srtp_cipher_type_t gcm_128_type = {
+    gcm_alloc, gcm_dealloc, gcm_init, gcm_set_aad, gcm_encrypt, gcm_decrypt, gcm_set_iv,
+    gcm_get_tag, "AES-128 GCM (parley, OpenSSL 3)", &srtp_aes_gcm_128_test_case_0,
+    SRTP_AES_GCM_128};
+static const srtp_cipher_type_t gcm_256_type = {
+    gcm_alloc, gcm_dealloc, gcm_init, gcm_set_aad, gcm_encrypt, gcm_decrypt, gcm_set_iv,
+    gcm_get_tag, "AES-256 GCM (parley, OpenSSL 3)", &srtp_aes_gcm_256_test_case_0,
+    SRTP_AES_GCM_256};
+
+/* "parley" when ours took libsrtp's place (its test vectors passed), else "libsrtp" */
+static const char *install_gcm(void) {
+    const char *keep = getenv("PARLEY_LIBSRTP_GCM");
+    if (keep != NULL && strcmp(keep, "1") == 0) {
+        return "libsrtp";
+    }
+    if (srtp_replace_cipher_type(&gcm_128_type, SRTP_AES_GCM_128) != srtp_err_status_ok) {
+        return "libsrtp";
+    }
+    if (srtp_replace_cipher_type(&gcm_256_type, SRTP_AES_GCM_256) != srtp_err_status_ok) {
+        srtp_replace_cipher_type(&srtp_aes_gcm_128, SRTP_AES_GCM_128); /* both or neither */
+        return "libsrtp";
+    }
+    return "parley";
+}
+#else
+static const char *install_gcm(void) {
+    return "libsrtp";
+}
+#endif
+
 #define MAX_PACKET 2048
 #define BUF_SIZE (MAX_PACKET + SRTP_MAX_TRAILER_LEN + 64)
 
@@ -497,6 +671,8 @@ typedef struct {
     PyObject *nominated; /* nominated.get(1) is pair */
     PyObject *pair;
     PyObject *transport; /* not transport.is_closing() */
+    PyObject *reader;    /* or, when the transport is read by this Reader: not its closed */
+    const int *reader_closed;
     unsigned long long sent, errors;
     unsigned long long checked; /* the python_epoch of checked_valid (inside a Reader's batch) */
     int checked_valid;
@@ -519,6 +695,7 @@ static int Tx_traverse(Tx *self, visitproc visit, void *arg) {
     Py_VISIT(self->nominated);
     Py_VISIT(self->pair);
     Py_VISIT(self->transport);
+    Py_VISIT(self->reader);
     return 0;
 }
 
@@ -530,6 +707,8 @@ static int Tx_clear(Tx *self) {
     Py_CLEAR(self->nominated);
     Py_CLEAR(self->pair);
     Py_CLEAR(self->transport);
+    self->reader_closed = NULL;
+    Py_CLEAR(self->reader);
     return 0;
 }
 
@@ -538,6 +717,8 @@ static void Tx_dealloc(Tx *self) {
     Tx_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
+
+static PyObject *transport_reader(PyObject *transport, const int **closed);
 
 static int Tx_init(Tx *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"session",   "fd",       "host",      "port", "dtls",
@@ -581,6 +762,10 @@ static int Tx_init(Tx *self, PyObject *args, PyObject *kwds) {
     self->pair = pair;
     Py_INCREF(transport);
     self->transport = transport;
+    self->reader = transport_reader(transport, &self->reader_closed);
+    if (self->reader == NULL && PyErr_Occurred()) {
+        return -1;
+    }
     self->checked = 0;
     return 0;
 }
@@ -608,6 +793,9 @@ static int Tx_valid(Tx *self) {
     }
     if (PyDict_GetItemWithError(self->nominated, one) != self->pair) {
         return PyErr_Occurred() ? -1 : 0;
+    }
+    if (self->reader_closed != NULL) {
+        return !*self->reader_closed;
     }
     PyObject *closing = PyObject_CallMethodNoArgs(self->transport, s_is_closing);
     if (closing == NULL) {
@@ -930,6 +1118,12 @@ typedef struct {
     int audio_level_id;
     uint32_t last_ssrc;
     PyObject *last_key; /* the int of last_ssrc, or NULL: one allocation less per packet */
+    /* the last lookup's receiver, while no Python has run since (python_epoch): the tables
+     * only change when Python runs, so the rest of a frame's packets skip the two lookups */
+    PyObject *found;
+    uint32_t found_ssrc;
+    int found_pt;
+    unsigned long long found_epoch;
     unsigned long long taken, unprotect_errors, malformed, routed;
 } FastIn;
 
@@ -942,6 +1136,7 @@ static int FastIn_traverse(FastIn *self, visitproc visit, void *arg) {
     Py_VISIT(self->route);
     Py_VISIT(self->failed);
     Py_VISIT(self->last_key);
+    Py_VISIT(self->found);
     return 0;
 }
 
@@ -952,6 +1147,7 @@ static int FastIn_clear(FastIn *self) {
     Py_CLEAR(self->route);
     Py_CLEAR(self->failed);
     Py_CLEAR(self->last_key);
+    Py_CLEAR(self->found);
     return 0;
 }
 
@@ -1000,6 +1196,10 @@ static inline int FastIn_wants(const FastIn *self, const unsigned char *data, un
 /* the receiver route_rtp would return without changing its tables (a new reference), or NULL
  * (with an exception set only when something failed) */
 static PyObject *FastIn_lookup(FastIn *self, uint32_t ssrc, int pt) {
+    if (self->found != NULL && self->found_epoch == python_epoch && self->found_ssrc == ssrc &&
+        self->found_pt == pt) {
+        return Py_NewRef(self->found);
+    }
     if (self->last_key == NULL || self->last_ssrc != ssrc) {
         PyObject *new_key = PyLong_FromUnsignedLong(ssrc);
         if (new_key == NULL) {
@@ -1030,6 +1230,17 @@ static PyObject *FastIn_lookup(FastIn *self, uint32_t ssrc, int pt) {
         Py_DECREF(receiver);
         PyErr_Clear(); /* not settled here: route_rtp decides */
         return NULL;
+    }
+    PyObject *old = self->found;
+    self->found = Py_NewRef(receiver);
+    self->found_ssrc = ssrc;
+    self->found_pt = pt;
+    self->found_epoch = python_epoch;
+    if (old != NULL && old != receiver && Py_REFCNT(old) == 1) {
+        Py_DECREF(old); /* its finalizer may run Python */
+        python_ran();
+    } else {
+        Py_XDECREF(old);
     }
     return receiver;
 }
@@ -1420,6 +1631,27 @@ static PyTypeObject ReaderType = {
     .tp_members = Reader_members,
     .tp_getset = Reader_getset,
 };
+
+/* relay/udp.py's BatchedDatagramTransport is closing exactly when its Reader (``_reader``) is
+ * closed (its close() does both, with no packet path in between): a Tx on such a transport
+ * reads that flag instead of calling is_closing() through Python. NULL (no error set) for any
+ * other transport. */
+static PyObject *transport_reader(PyObject *transport, const int **closed) {
+    *closed = NULL;
+    PyObject *reader = PyObject_GetAttrString(transport, "_reader");
+    if (reader == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+        }
+        return NULL;
+    }
+    if (!Py_IS_TYPE(reader, &ReaderType)) {
+        Py_DECREF(reader);
+        return NULL;
+    }
+    *closed = &((Reader *)reader)->closed;
+    return reader;
+}
 
 /* --- Route -------------------------------------------------------------------------------- */
 
@@ -2681,6 +2913,7 @@ PyMODINIT_FUNC PyInit__accel(void) {
         PyErr_SetString(PyExc_ImportError, "srtp_init failed");
         return NULL;
     }
+    const char *gcm = install_gcm();
     if (PyType_Ready(&SessionType) < 0 || PyType_Ready(&TxType) < 0 ||
         PyType_Ready(&RouteType) < 0 || PyType_Ready(&ReaderType) < 0 ||
         PyType_Ready(&FastInType) < 0 ||
@@ -2734,5 +2967,6 @@ PyMODINIT_FUNC PyInit__accel(void) {
     PyModule_AddObject(m, "Inbound", (PyObject *)&InboundType);
     PyModule_AddIntConstant(m, "MAX_TRAILER", SRTP_MAX_TRAILER_LEN);
     PyModule_AddStringConstant(m, "SRTP_CRYPTO", PARLEY_SRTP_CRYPTO);
+    PyModule_AddStringConstant(m, "SRTP_GCM", gcm);
     return m;
 }

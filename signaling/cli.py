@@ -168,7 +168,8 @@ def banner(config: ServiceConfig, notes: list[str], port: int) -> str:
         f"  agent console   {base}/",
         f"  HTTP API        {base}/api/v1/sessions",
         f"  media address   {', '.join(config.media.addresses)}",
-        f"  packet path     {accel.IMPLEMENTATION} (SRTP: {accel.SRTP_CRYPTO})",
+        f"  packet path     {accel.IMPLEMENTATION} (SRTP: {accel.SRTP_CRYPTO}, AES-GCM: "
+        f"{accel.SRTP_GCM})",
         f"  {turn_line}",
         *(f"  {n}" for n in notes),
         "create a session:",

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -230,17 +232,42 @@ def test_compiled_unprotect_parse_matches_unprotect_then_parse(
 
 
 @needs_compiled
-def test_compiled_unprotect_rejects_a_forged_packet() -> None:
-    profile = PROFILES[0]
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.openssl_profile.decode())
+def test_compiled_unprotect_rejects_a_forged_packet(profile: Any) -> None:
     key = os.urandom(profile.key_length + profile.salt_length)
     tx = _accel.Session(profile.libsrtp_profile, key, True)
-    rx = _accel.Session(profile.libsrtp_profile, key, False)
-    data = bytearray(tx.protect(bytes([0x80, 96, 0, 1]) + bytes(8) + b"payload"))
-    data[-1] ^= 1
-    with pytest.raises(_accel.Error):
-        rx.unprotect(bytes(data))
+    plain = bytes([0x80, 96, 0, 1]) + bytes(8) + b"payload of some length"
+    protected = tx.protect(plain)
+    forgeries = []
+    for at in (1, 5, 12, 20, len(protected) - 1):  # header (AAD), payload, tag
+        data = bytearray(protected)
+        data[at] ^= 1
+        forgeries.append(bytes(data))
+    forgeries += [protected[:-1], protected[:12]]
+    for forged in forgeries:
+        rx = _accel.Session(profile.libsrtp_profile, key, False)
+        with pytest.raises(_accel.Error):
+            rx.unprotect(forged)
+        assert rx.unprotect(protected) == plain  # a forgery leaves the session as it was
+        with pytest.raises(_accel.Error):
+            rx.unprotect(protected)  # a replay
     with pytest.raises(ValueError):
         _accel.Session(profile.libsrtp_profile, b"short", True)
+
+
+@needs_compiled
+def test_the_aes_gcm_in_use_is_named_and_libsrtps_can_be_kept() -> None:
+    """With libsrtp on OpenSSL the relay's own AES-GCM takes libsrtp's place (it passed
+    libsrtp's test vectors; the tests above compare its bytes with pylibsrtp's);
+    PARLEY_LIBSRTP_GCM=1 keeps libsrtp's, for measuring."""
+    expected = "parley" if _accel.SRTP_CRYPTO == "openssl" else "libsrtp"
+    assert _accel.SRTP_GCM == expected
+    code = "from parley.relay import _accel; print(_accel.SRTP_GCM)"
+    env = dict(os.environ, PARLEY_LIBSRTP_GCM="1")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.strip() == "libsrtp", out.stderr
 
 
 class _Leg:

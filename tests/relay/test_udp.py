@@ -118,6 +118,43 @@ async def test_nothing_is_delivered_after_close() -> None:
 
 
 @needs_reader
+async def test_a_leg_on_a_batched_socket_is_no_longer_sent_on_once_it_closes() -> None:
+    """A Tx on a BatchedDatagramTransport reads its Reader's closed flag rather than calling
+    is_closing(): the two agree, before and after close()."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await udp.create_batched_endpoint(loop, Recorder, ("127.0.0.1", 0))
+    leg = _Leg()
+    profile = SRTP_PROFILES[0]
+    key = os.urandom(profile.key_length + profile.salt_length)
+    packet = RtpIn(payload_type=96, marker=0, sequence_number=1, timestamp=1, ssrc=1, payload=b"x")
+    try:
+        host, port = leg.sink.getsockname()
+        route = accel.Route(1, 96, b"", 0, 0, 16)
+        route.tx = accel.Tx(
+            accel.Session(profile.libsrtp_profile, key, True),
+            transport.get_extra_info("socket").fileno(),
+            host,
+            port,
+            leg.dtls,
+            leg.dtls._state,
+            leg.srtp,
+            leg.nominated,
+            leg.pair,
+            transport,
+        )
+        consumer = SimpleNamespace(_route=route)
+        assert not transport.is_closing()
+        assert accel.fan_out(packet, (consumer,), -1) is None
+        assert len(leg.received(1)) == 1
+        transport.close()
+        assert transport.is_closing()
+        assert accel.fan_out(packet, (consumer,), -1) == [consumer]
+    finally:
+        leg.close()
+        transport.close()
+
+
+@needs_reader
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_an_exception_stays_in_the_reader_but_an_interrupt_goes_on() -> None:
     with loopback_sockets() as (inbound, sender):
@@ -636,5 +673,52 @@ def test_a_leg_python_closes_inside_a_batch_is_not_sent_on_for_the_rest_of_it() 
             side.inbound.extra = accel.IN_SINKS  # every packet goes on to Python (a recorder)
             batch(datagram(4), datagram(5))
             assert side.route.tx.sent == 3 and slow_seqs() == [5]
+    finally:
+        side.leg.close()
+
+
+@needs_reader
+def test_fast_in_sees_a_table_python_changes_inside_a_batch() -> None:
+    """FastIn remembers its last lookup of the router's tables only until Python runs: when the
+    protocol's handler of a datagram in the middle of a batch takes the SSRC out of the table
+    (its producer went away), the packets after it go to route() instead."""
+    profile = SRTP_PROFILES[0]
+    key = os.urandom(profile.key_length + profile.salt_length)
+    out_key = os.urandom(profile.key_length + profile.salt_length)
+    sender_srtp = accel.PySession(profile.libsrtp_profile, key, True)
+
+    def datagram(seq: int) -> bytes:
+        packet = RtpIn(
+            payload_type=96, marker=0, sequence_number=seq, timestamp=0, ssrc=1234, payload=b"m"
+        )
+        return sender_srtp.protect(accel.PyRoute(1234, 96, b"", 0, 0, 1).rewrite(packet, -1))
+
+    side = _inbound_side(accel.QUALITY_NONE, False, out_key, profile)
+    receiver = _Receiver(side.inbound)
+    routed: list[int] = []
+    taker = accel.FastIn(
+        lambda packet: routed.append(packet.sequence_number), lambda addr: pytest.fail("failed")
+    )
+    ssrc_table = {1234: receiver}
+    taker.set_keys(accel.Session(profile.libsrtp_profile, key, False), ssrc_table, {96: {receiver}})
+    stun = bytes([0x00, 0x01, 0x00, 0x00]) + bytes(16)
+
+    class Remover:
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            ssrc_table.pop(1234, None)
+
+    try:
+        with loopback_sockets() as (inbound, sender):
+            reader = accel.Reader(inbound.fileno(), Remover())
+            reader.fast = taker
+            datagrams = (datagram(1), datagram(2), stun, datagram(3), datagram(4))
+            for data in datagrams:
+                sender.sendto(data, inbound.getsockname())
+            for _ in range(1000):
+                if reader.datagrams >= len(datagrams):
+                    break
+                reader()
+            assert reader.datagrams == len(datagrams)
+            assert side.route.tx.sent == 2 and routed == [3, 4]
     finally:
         side.leg.close()
