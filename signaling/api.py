@@ -163,7 +163,12 @@ async def conversation_sessions(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     # which per-packet path runs: "compiled" (relay/_accel.c) or "python", and whose SRTP
     return web.json_response(
-        {"status": "ok", "packet_path": accel.IMPLEMENTATION, "srtp": accel.SRTP_CRYPTO}
+        {
+            "status": "ok",
+            "packet_path": accel.IMPLEMENTATION,
+            "srtp": accel.SRTP_CRYPTO,
+            "srtp_gcm": accel.SRTP_GCM,
+        }
     )
 
 

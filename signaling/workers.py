@@ -829,6 +829,7 @@ async def healthz_handler(request: web.Request) -> web.Response:
             "status": "ok" if live else "degraded",
             "packet_path": accel.IMPLEMENTATION,
             "srtp": accel.SRTP_CRYPTO,
+            "srtp_gcm": accel.SRTP_GCM,
             "workers": [w.to_json() for w in control.workers],
         }
     )

@@ -103,6 +103,7 @@ async def test_healthz_and_metrics(service: Service) -> None:
         health = await response.json()
     assert health["packet_path"] == accel.IMPLEMENTATION in ("compiled", "python")
     assert health["srtp"] == accel.SRTP_CRYPTO in ("openssl", "system libsrtp2", "pylibsrtp")
+    assert health["srtp_gcm"] == accel.SRTP_GCM in ("parley", "libsrtp", "pylibsrtp")
     await service.create_session()
     async with service.http.get(f"{service.base_url}/metrics") as response:
         assert response.status == 200
