@@ -614,6 +614,20 @@ def test_fast_in_gives_the_producers_inbound_what_calling_it_gives(
         called.leg.close()
 
 
+def _srtp_sender(profile: Any, key: bytes) -> Any:
+    """seq -> one SRTP datagram of SSRC 1234, payload type 96, as a publisher sends it."""
+    srtp = accel.PySession(profile.libsrtp_profile, key, True)
+    route = accel.PyRoute(1234, 96, b"", 0, 0, 1)
+
+    def datagram(seq: int) -> bytes:
+        packet = RtpIn(
+            payload_type=96, marker=0, sequence_number=seq, timestamp=0, ssrc=1234, payload=b"m"
+        )
+        return srtp.protect(route.rewrite(packet, -1))
+
+    return datagram
+
+
 @needs_reader
 def test_a_leg_python_closes_inside_a_batch_is_not_sent_on_for_the_rest_of_it() -> None:
     """Inside one Reader batch a leg is checked once until Python runs again: when the protocol's
@@ -622,13 +636,7 @@ def test_a_leg_python_closes_inside_a_batch_is_not_sent_on_for_the_rest_of_it() 
     profile = SRTP_PROFILES[0]
     key = os.urandom(profile.key_length + profile.salt_length)
     out_key = os.urandom(profile.key_length + profile.salt_length)
-    sender_srtp = accel.PySession(profile.libsrtp_profile, key, True)
-
-    def datagram(seq: int) -> bytes:
-        packet = RtpIn(
-            payload_type=96, marker=0, sequence_number=seq, timestamp=0, ssrc=1234, payload=b"m"
-        )
-        return sender_srtp.protect(accel.PyRoute(1234, 96, b"", 0, 0, 1).rewrite(packet, -1))
+    datagram = _srtp_sender(profile, key)
 
     side = _inbound_side(accel.QUALITY_NONE, False, out_key, profile)
     receiver = _Receiver(side.inbound)
@@ -685,13 +693,7 @@ def test_fast_in_sees_a_table_python_changes_inside_a_batch() -> None:
     profile = SRTP_PROFILES[0]
     key = os.urandom(profile.key_length + profile.salt_length)
     out_key = os.urandom(profile.key_length + profile.salt_length)
-    sender_srtp = accel.PySession(profile.libsrtp_profile, key, True)
-
-    def datagram(seq: int) -> bytes:
-        packet = RtpIn(
-            payload_type=96, marker=0, sequence_number=seq, timestamp=0, ssrc=1234, payload=b"m"
-        )
-        return sender_srtp.protect(accel.PyRoute(1234, 96, b"", 0, 0, 1).rewrite(packet, -1))
+    datagram = _srtp_sender(profile, key)
 
     side = _inbound_side(accel.QUALITY_NONE, False, out_key, profile)
     receiver = _Receiver(side.inbound)
