@@ -233,7 +233,9 @@ def main() -> int:
                     last[key] = count
 
             seen_by_sue: list[tuple[float, bool, bool]] = []
-            """(time, Carl listed, Carl reconnecting) as Sue's page shows them during the drop."""
+            """(time, Carl listed, Carl reconnecting) as Sue's page shows them, about once a second
+            from the drop until Carl's media is back. The relay notices a silent leg after
+            ``dead_leg_after`` (8 s): in a 10 s drop, Sue may see it only as Carl comes back."""
 
             def sue_sees_carl() -> None:
                 listed, away = pages["Sue"].evaluate(SEES_JS, ids["Carl"])
@@ -261,6 +263,8 @@ def main() -> int:
                 sample()
                 if all(media_back(rises[k], down_at, up_at) is not None for k in watched):
                     break
+                if not seen_by_sue or time.monotonic() - seen_by_sue[-1][0] > 1.0:
+                    sue_sees_carl()  # the relay may tell the others while Carl comes back
                 pages["Sue"].wait_for_timeout(100)
             signaling_back = None
             for _ in range(20):  # bounded: 20 questions of at most 1.5 s
