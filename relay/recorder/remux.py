@@ -43,8 +43,13 @@ HELD_FRAME_AFTER = 0.05
 RESYNC_GAP = 0.3
 """Seconds the arrival of a frame may lag its RTP time beyond the best so far before the RTP
 clock counts as paused (a new run, re-anchored by its own sender report)."""
+SENDER_REPORT_WINDOW = 10.0
+"""Seconds of a run's first sender reports among which the best mapping is chosen (longer
+would let the sender's RTP clock drift against its wall clock into the choice)."""
 MAX_CLOCK_DISAGREEMENT = 0.5
 """Seconds two tracks of one publisher may disagree on its clock before one is not trusted."""
+MAX_AUDIO_PUSH = 0.04
+"""Seconds an audio frame may be played after its own time to keep the timeline gapless."""
 ANNEX_B = b"\x00\x00\x00\x01"
 
 Progress = Callable[[float], None]
@@ -76,7 +81,8 @@ class Segment:
     """Extended sequence numbers of the journal's payload-less (padding) packets: not a loss."""
     sr_ntp: float | None = None
     sr_rtp: int | None = None
-    """The first sender report: publisher wall clock (s) at extended RTP time ``sr_rtp``."""
+    """The run's sender report (the best of its first ones, see :func:`build_segments`):
+    publisher wall clock (s) at extended RTP time ``sr_rtp``."""
 
     def sender_time(self, ext_ts: int) -> float:
         if self.sr_ntp is not None and self.sr_rtp is not None:
@@ -129,22 +135,7 @@ def build_segments(contents: JournalContents) -> list[Segment]:
         ext_ts += _signed(packet.ts - last_ts, 32)
         last_ts = packet.ts
         packets.append((seq, ext_ts, packet.marker, packet.payload, packet.arrival_us))
-    # cut where (arrival - RTP time) of a frame's first packet jumps up: the RTP clock paused
-    runs: list[list[tuple[int, int, int, bytes, int]]] = [[]]
-    floor: float | None = None
-    index = 0
-    while index < len(packets):
-        end = index
-        while end < len(packets) and packets[end][1] == packets[index][1]:
-            end += 1
-        group = packets[index:end]
-        lag = min(p[4] for p in group) / 1e6 - group[0][1] / clock_rate
-        if floor is not None and lag - floor > RESYNC_GAP:
-            runs.append([])
-            floor = lag
-        floor = lag if floor is None else min(floor, lag)
-        runs[-1].extend(group)
-        index = end
+    runs = _runs(packets, clock_rate)
     # a sender report before the first packet was sent carries NTP 0 (aiortc): unusable; one
     # sent during a pause repeats the last packet's clocks and arrives late for them: stale
     reports = [r for r in contents.sender_reports if r[1] >> 32]
@@ -159,13 +150,55 @@ def build_segments(contents: JournalContents) -> list[Segment]:
         )
         first_arrival = -1 if number == 0 else min(p[4] for p in run)
         last_arrival = max(p[4] for p in run)
-        report = next((r for r in reports if first_arrival <= r[0] <= last_arrival), None)
-        if report is not None:
-            _, ntp, rtp = report
-            segment.sr_ntp = ntp_seconds(ntp)
-            segment.sr_rtp = run[0][1] + _signed(rtp - run[0][1], 32)
+        own = [r for r in reports if first_arrival <= r[0] <= last_arrival]
+        # the report whose RTP time maps earliest: a sender that stamps a report with its last
+        # packet's RTP time and that packet's send time (aiortc) is late by however long the
+        # packet waited to be sent, and that wait varies from report to report (a loaded
+        # publisher: 100 ms and more); a sender that extrapolates (libwebrtc) agrees with itself
+        mappings = []
+        for arrival, ntp, rtp in own:
+            if arrival - own[0][0] > SENDER_REPORT_WINDOW * 1e6:
+                break
+            rtp_ext = run[0][1] + _signed(rtp - run[0][1], 32)
+            mappings.append((ntp_seconds(ntp) - rtp_ext / clock_rate, ntp_seconds(ntp), rtp_ext))
+        if mappings:
+            _, segment.sr_ntp, segment.sr_rtp = min(mappings)
         segments.append(segment)
     return segments
+
+
+def _runs(
+    packets: list[tuple[int, int, int, bytes, int]], clock_rate: int
+) -> list[list[tuple[int, int, int, bytes, int]]]:
+    """Cut where (arrival - RTP time) of a frame's first packet jumps up by more than
+    :data:`RESYNC_GAP`: the publisher's RTP clock paused while its timestamps ran on. A run whose
+    lag comes back down to within :data:`RESYNC_GAP` of the run before it was a late delivery
+    (the publisher or the network stalled, then caught up), not a pause: it joins that run."""
+    runs: list[list[tuple[int, int, int, bytes, int]]] = [[]]
+    floors: list[float] = []
+    index = 0
+    while index < len(packets):
+        end = index
+        while end < len(packets) and packets[end][1] == packets[index][1]:
+            end += 1
+        group = packets[index:end]
+        lag = min(p[4] for p in group) / 1e6 - group[0][1] / clock_rate
+        if not floors:
+            floors.append(lag)
+        elif lag - floors[-1] > RESYNC_GAP:
+            if len(runs) > 1 and floors[-1] - floors[-2] <= RESYNC_GAP:
+                runs[-2].extend(runs.pop())  # the run before caught up: one run
+                caught_up = floors.pop()
+                floors[-1] = min(floors[-1], caught_up)
+            if lag - floors[-1] > RESYNC_GAP:
+                runs.append([])
+                floors.append(lag)
+        floors[-1] = min(floors[-1], lag)
+        runs[-1].extend(group)
+        index = end
+    if len(runs) > 1 and floors[-1] - floors[-2] <= RESYNC_GAP:
+        runs[-2].extend(runs.pop())
+    return runs
 
 
 # --- depacketizers --------------------------------------------------------------------------
@@ -307,11 +340,16 @@ def video_frames(runs: list[tuple[Segment, float]]) -> list[Frame]:
 
 
 def _place_audio(frames: list[Frame], start: float) -> list[Frame]:
-    """Audio on one continuous timeline from ``start``: silence where nothing was sent."""
+    """Audio on one continuous timeline from ``start``: silence where nothing was sent. Frames
+    never overlap: one that starts before the end of the timeline so far is played right after
+    it, or, when that would put it more than :data:`MAX_AUDIO_PUSH` late (two runs of one
+    track, or two tracks, that claim the same time), left out, so that audio stays in sync."""
     out: list[Frame] = []
     end = start
     for frame in frames:
-        missing = int((frame.time - end) / AUDIO_FRAME)
+        if frame.time < end - MAX_AUDIO_PUSH:
+            continue
+        missing = max(0, int((frame.time - end) / AUDIO_FRAME))
         for i in range(missing):
             out.append(Frame(end + i * AUDIO_FRAME, OPUS_SILENCE, True, AUDIO_FRAME))
         end += missing * AUDIO_FRAME

@@ -22,14 +22,23 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame, VideoFrame
 
 from parley.relay.recorder import SessionRecorder
+from parley.relay.recorder.journal import JournalContents, JournalPacket
 from parley.relay.recorder.remux import (
+    AUDIO_FRAME,
+    MAX_AUDIO_PUSH,
+    NTP_EPOCH_OFFSET,
     OPUS_SILENCE,
+    Frame,
     Segment,
+    Tracks,
+    _place_audio,
+    build_segments,
     h264_depacketize,
     opus_duration,
     video_frames,
     vp8_depacketize,
     vp8_size,
+    write_file,
 )
 from tests.media_client import MediaClient, PatternVideoTrack, wait_for
 from tests.relay.harness import RouterParticipant, session
@@ -494,6 +503,68 @@ def test_a_frame_lost_whole_stops_the_video_until_the_next_keyframe() -> None:
     segment = Segment("video", "video/vp8", 90000, packets, filler=frozenset({16}))
     kept = [round(f.time * 90000 / 3000) for f in video_frames([(segment, 0.0)])]
     assert kept == [10, 11, 14, 15, 17]
+
+
+def audio_journal(
+    lags: list[float],
+    reports: list[tuple[float, float, int]] = (),  # type: ignore[assignment]
+) -> JournalContents:
+    """An Opus journal of 20 ms packets, packet ``i`` arriving ``lags[i]`` s after its RTP
+    time; ``reports``: ``(arrival s, NTP wall clock s, RTP timestamp)``."""
+    packets = [
+        JournalPacket(round((i * AUDIO_FRAME + lag) * 1e6), i, i * 960, 0, OPUS_SILENCE)
+        for i, lag in enumerate(lags)
+    ]
+
+    def ntp(seconds: float) -> int:
+        return round((seconds + NTP_EPOCH_OFFSET) * 2**32)
+
+    return JournalContents(
+        header={"kind": "audio", "mime": "audio/opus", "clock_rate": 48000},
+        packets=packets,
+        sender_reports=[(round(a * 1e6), ntp(n), rtp) for a, n, rtp in reports],
+    )
+
+
+def test_a_late_delivery_is_not_a_pause_of_the_rtp_clock() -> None:
+    # 2 s on time, 0.5 s delivered 0.4 s late (the publisher stalled), then caught up
+    stalled = [0.01] * 100 + [0.41] * 25 + [0.01] * 100
+    assert [len(run.packets) for run in build_segments(audio_journal(stalled))] == [225]
+    # the clock paused for 0.4 s while the timestamps ran on: a run of its own
+    paused = [0.01] * 100 + [0.41] * 125
+    assert [len(run.packets) for run in build_segments(audio_journal(paused))] == [100, 125]
+    # a stall inside the paused run is still one run
+    both = [0.01] * 100 + [0.41] * 50 + [0.9] * 10 + [0.41] * 50
+    assert [len(run.packets) for run in build_segments(audio_journal(both))] == [100, 110]
+
+
+def test_the_least_late_sender_report_maps_the_run() -> None:
+    # aiortc stamps a report with its last packet's send time: late by however long that
+    # packet waited (here 120, 5 and 30 ms after its RTP time, which maps to 1000 + t)
+    reports = [(1.0, 1001.0 + 0.12, 48000), (2.0, 1002.0 + 0.005, 96000), (3.0, 1003.03, 144000)]
+    (run,) = build_segments(audio_journal([0.01] * 200, reports))
+    assert run.sr_ntp is not None and run.sr_rtp is not None
+    assert abs(run.sr_ntp - run.sr_rtp / 48000 - 1000.005) < 1e-6
+
+
+def test_audio_that_claims_the_same_time_twice_is_played_once_and_in_sync(tmp_path: Path) -> None:
+    # two runs of one track overlapping by 240 ms (a publisher's clock mapped two ways)
+    first = [Frame(i * AUDIO_FRAME, b"\xfc\xff\xfe", True, AUDIO_FRAME) for i in range(50)]
+    second = [Frame(0.76 + i * AUDIO_FRAME, OPUS_SILENCE, True, AUDIO_FRAME) for i in range(50)]
+    placed = _place_audio(sorted(first + second, key=lambda f: f.time), 0.0)
+    for before, after in zip(placed, placed[1:], strict=False):
+        assert after.time >= before.time + before.duration - 1e-9, (before, after)
+    for frame in placed:  # nothing played later than MAX_AUDIO_PUSH after its own time
+        assert any(
+            frame.data == f.data and 0 <= frame.time - f.time <= MAX_AUDIO_PUSH + 1e-9
+            for f in first + second
+        )
+    # the overlap is played once: about 1.76 s of audio, no silence was needed
+    assert 1.76 <= placed[-1].time + placed[-1].duration <= 1.76 + MAX_AUDIO_PUSH + 1e-9
+    assert len(placed) >= 88 and OPUS_SILENCE not in [f.data for f in placed[:38]]
+    target = tmp_path / "overlap.ogg"
+    write_file(Tracks(audio=placed, video=[], video_mime=None, start=0.0), target)
+    assert decode_errors(target) == ""
 
 
 async def test_audio_only_participant_is_recorded_into_ogg(tmp_path: Path) -> None:
