@@ -78,7 +78,7 @@ def aiortc_clock(clock: list[float]) -> Iterator[None]:
         yield
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(arrivals(), st.sampled_from([8000, 48000, 90000]))
 def test_statistics_and_nacks_match_aiortc_after_every_packet(
     stream: list[tuple[int, int, float, bool]], clock_rate: int
