@@ -31,21 +31,23 @@
 #define PARLEY_SRTP_CRYPTO "system libsrtp2"
 #endif
 
-/* --- AES-GCM for libsrtp, with fewer OpenSSL 3 calls per packet ---------------------------
+/* --- AES-GCM for libsrtp on Nettle ---------------------------------------------------------
  *
  * libsrtp's own OpenSSL AES-GCM makes OpenSSL 3 translate a legacy control into parameters
- * three times per unprotect (the IV length it never changes, a placeholder tag before the
- * AAD, the tag) and twice per protect (the IV length, the tag); each is a walk of the
- * provider's parameter names with strcmp, about a tenth of a wakeup's instructions. This
- * cipher type does the same AEAD with the IV set by one EVP_CipherInit_ex (GCM's default IV
- * length is SRTP's 12 bytes) and the tag read or set with one parameter, and takes libsrtp's
- * place for SRTP_AES_GCM_128/256 through srtp_replace_cipher_type, which first runs it against
- * libsrtp's own test vectors (and ours: tests/relay/test_accel*.py compare it with pylibsrtp
- * byte for byte). Only with the libsrtp scripts/libsrtp.sh built on OpenSSL 3
- * (PARLEY_SRTP_OPENSSL); PARLEY_LIBSRTP_GCM=1 in the environment keeps libsrtp's. */
-#ifdef PARLEY_SRTP_OPENSSL
-#include <openssl/core_names.h>
-#include <openssl/evp.h>
+ * three times per unprotect and twice per protect; even one EVP_CipherInit_ex per packet (to
+ * set the IV) has OpenSSL 3.0 ask the provider for the IV length by name, and reading or
+ * setting the tag is one more parameter walk: about 500 ns of fixed cost per packet, and more
+ * on a cold cache. Nettle's GCM (AES-NI and PCLMUL where the CPU has them, chosen at run time)
+ * is plain calls on a struct: about 100 ns. This cipher type takes libsrtp's place for
+ * SRTP_AES_GCM_128/256 through srtp_replace_cipher_type, which first runs it against libsrtp's
+ * own test vectors (and ours: tests/relay/test_accel*.py compare it with pylibsrtp byte for
+ * byte and check that forgeries fail). Nettle wants the AAD in one piece (all but the last
+ * update a multiple of 16 bytes) and SRTCP gives it in two, so the AAD is gathered first. Only
+ * with the libsrtp scripts/libsrtp.sh built and Nettle's headers (setup.py: PARLEY_SRTP_NETTLE);
+ * PARLEY_LIBSRTP_GCM=1 in the environment keeps libsrtp's. */
+#ifdef PARLEY_SRTP_NETTLE
+#include <nettle/gcm.h>
+#include <nettle/memops.h>
 #include <srtp2/cipher.h>
 
 extern const srtp_cipher_test_case_t srtp_aes_gcm_128_test_case_0;
@@ -53,13 +55,19 @@ extern const srtp_cipher_test_case_t srtp_aes_gcm_256_test_case_0;
 extern const srtp_cipher_type_t srtp_aes_gcm_128; /* libsrtp's, to put back */
 static const srtp_cipher_type_t gcm_128_type, gcm_256_type;
 
+#define GCM_MAX_AAD 2304 /* a whole SRTCP packet, when it is only authenticated */
+
 typedef struct {
-    EVP_CIPHER_CTX *ctx;
-    int key_size, tag_len;
-    srtp_cipher_direction_t dir;
+    union {
+        struct gcm_aes128_ctx aes128;
+        struct gcm_aes256_ctx aes256;
+    } ctx;
+    int key_size, tag_len, ready, aad_done;
+    uint32_t aad_len;
+    uint8_t aad[GCM_MAX_AAD];
 } Gcm;
 
-static srtp_err_status_t gcm_alloc(srtp_cipher_t **out, int key_len, int tag_len) {
+static srtp_err_status_t aead_alloc(srtp_cipher_t **out, int key_len, int tag_len) {
     const srtp_cipher_type_t *type;
     int key_size, algorithm;
     if (key_len == SRTP_AES_GCM_128_KEY_LEN_WSALT) {
@@ -74,17 +82,13 @@ static srtp_err_status_t gcm_alloc(srtp_cipher_t **out, int key_len, int tag_len
     }
     srtp_cipher_t *cipher = calloc(1, sizeof(*cipher));
     Gcm *gcm = calloc(1, sizeof(*gcm));
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    if (cipher == NULL || gcm == NULL || ctx == NULL) {
+    if (cipher == NULL || gcm == NULL) {
         free(cipher);
         free(gcm);
-        EVP_CIPHER_CTX_free(ctx);
         return srtp_err_status_alloc_fail;
     }
-    gcm->ctx = ctx;
     gcm->key_size = key_size;
     gcm->tag_len = tag_len;
-    gcm->dir = srtp_direction_any;
     cipher->type = type;
     cipher->state = gcm;
     cipher->key_len = key_len;
@@ -93,82 +97,117 @@ static srtp_err_status_t gcm_alloc(srtp_cipher_t **out, int key_len, int tag_len
     return srtp_err_status_ok;
 }
 
-static srtp_err_status_t gcm_dealloc(srtp_cipher_t *cipher) {
+static srtp_err_status_t aead_dealloc(srtp_cipher_t *cipher) {
     Gcm *gcm = cipher->state;
     if (gcm != NULL) {
-        EVP_CIPHER_CTX_free(gcm->ctx); /* clears its key schedule */
+        explicit_bzero(gcm, sizeof(*gcm)); /* the key schedule */
         free(gcm);
     }
     free(cipher);
     return srtp_err_status_ok;
 }
 
-static srtp_err_status_t gcm_init(void *state, const uint8_t *key) {
+static srtp_err_status_t aead_init(void *state, const uint8_t *key) {
     Gcm *gcm = state;
-    const EVP_CIPHER *evp = gcm->key_size == SRTP_AES_256_KEY_LEN ? EVP_aes_256_gcm()
-                                                                  : EVP_aes_128_gcm();
-    gcm->dir = srtp_direction_any;
-    if (!EVP_CIPHER_CTX_reset(gcm->ctx) || !EVP_CipherInit_ex(gcm->ctx, evp, NULL, key, NULL, 0) ||
-        EVP_CIPHER_CTX_get_iv_length(gcm->ctx) != 12) {
-        return srtp_err_status_init_fail;
+    if (gcm->key_size == SRTP_AES_256_KEY_LEN) {
+        gcm_aes256_set_key(&gcm->ctx.aes256, key);
+    } else {
+        gcm_aes128_set_key(&gcm->ctx.aes128, key);
     }
+    gcm->ready = 0;
     return srtp_err_status_ok;
 }
 
-static srtp_err_status_t gcm_set_iv(void *state, uint8_t *iv, srtp_cipher_direction_t dir) {
+static srtp_err_status_t aead_set_iv(void *state, uint8_t *iv, srtp_cipher_direction_t dir) {
     Gcm *gcm = state;
     if (dir != srtp_direction_encrypt && dir != srtp_direction_decrypt) {
         return srtp_err_status_bad_param;
     }
-    gcm->dir = dir;
-    if (!EVP_CipherInit_ex(gcm->ctx, NULL, NULL, NULL, iv, dir == srtp_direction_encrypt)) {
-        return srtp_err_status_init_fail;
+    if (gcm->key_size == SRTP_AES_256_KEY_LEN) {
+        gcm_aes256_set_iv(&gcm->ctx.aes256, GCM_IV_SIZE, iv);
+    } else {
+        gcm_aes128_set_iv(&gcm->ctx.aes128, GCM_IV_SIZE, iv);
+    }
+    gcm->ready = 1;
+    gcm->aad_len = 0;
+    gcm->aad_done = 0;
+    return srtp_err_status_ok;
+}
+
+static srtp_err_status_t aead_set_aad(void *state, const uint8_t *aad, uint32_t len) {
+    Gcm *gcm = state;
+    if (!gcm->ready || gcm->aad_done || len > GCM_MAX_AAD - gcm->aad_len) {
+        return srtp_err_status_bad_param;
+    }
+    memcpy(gcm->aad + gcm->aad_len, aad, len);
+    gcm->aad_len += len;
+    return srtp_err_status_ok;
+}
+
+/* the gathered AAD into the hash, once, before the first byte of data */
+static void aead_flush_aad(Gcm *gcm) {
+    if (!gcm->aad_done) {
+        if (gcm->key_size == SRTP_AES_256_KEY_LEN) {
+            gcm_aes256_update(&gcm->ctx.aes256, gcm->aad_len, gcm->aad);
+        } else {
+            gcm_aes128_update(&gcm->ctx.aes128, gcm->aad_len, gcm->aad);
+        }
+        gcm->aad_done = 1;
+    }
+}
+
+static srtp_err_status_t aead_encrypt(void *state, uint8_t *buf, unsigned int *len) {
+    Gcm *gcm = state;
+    if (!gcm->ready) {
+        return srtp_err_status_bad_param;
+    }
+    aead_flush_aad(gcm);
+    if (gcm->key_size == SRTP_AES_256_KEY_LEN) {
+        gcm_aes256_encrypt(&gcm->ctx.aes256, *len, buf, buf);
+    } else {
+        gcm_aes128_encrypt(&gcm->ctx.aes128, *len, buf, buf);
     }
     return srtp_err_status_ok;
 }
 
-static srtp_err_status_t gcm_set_aad(void *state, const uint8_t *aad, uint32_t len) {
-    Gcm *gcm = state;
-    int done = EVP_Cipher(gcm->ctx, NULL, aad, len);
-    return done >= 0 && (uint32_t)done == len ? srtp_err_status_ok : srtp_err_status_algo_fail;
+static void aead_digest(Gcm *gcm, uint8_t *tag) {
+    aead_flush_aad(gcm);
+    if (gcm->key_size == SRTP_AES_256_KEY_LEN) {
+        gcm_aes256_digest(&gcm->ctx.aes256, (size_t)gcm->tag_len, tag);
+    } else {
+        gcm_aes128_digest(&gcm->ctx.aes128, (size_t)gcm->tag_len, tag);
+    }
+    gcm->ready = 0; /* a new IV before the next packet */
 }
 
-static srtp_err_status_t gcm_encrypt(void *state, uint8_t *buf, unsigned int *len) {
+static srtp_err_status_t aead_get_tag(void *state, uint8_t *tag, uint32_t *len) {
     Gcm *gcm = state;
-    if (gcm->dir != srtp_direction_encrypt && gcm->dir != srtp_direction_decrypt) {
+    if (!gcm->ready) {
         return srtp_err_status_bad_param;
     }
-    return EVP_Cipher(gcm->ctx, buf, buf, *len) < 0 ? srtp_err_status_cipher_fail
-                                                   : srtp_err_status_ok;
-}
-
-static srtp_err_status_t gcm_get_tag(void *state, uint8_t *tag, uint32_t *len) {
-    Gcm *gcm = state;
-    OSSL_PARAM params[2] = {
-        OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, (size_t)gcm->tag_len),
-        OSSL_PARAM_construct_end()};
-    if (EVP_Cipher(gcm->ctx, NULL, NULL, 0) < 0 || !EVP_CIPHER_CTX_get_params(gcm->ctx, params)) {
-        return srtp_err_status_algo_fail;
-    }
+    aead_digest(gcm, tag);
     *len = (uint32_t)gcm->tag_len;
     return srtp_err_status_ok;
 }
 
-static srtp_err_status_t gcm_decrypt(void *state, uint8_t *buf, unsigned int *len) {
+static srtp_err_status_t aead_decrypt(void *state, uint8_t *buf, unsigned int *len) {
     Gcm *gcm = state;
-    if (gcm->dir != srtp_direction_encrypt && gcm->dir != srtp_direction_decrypt) {
+    if (!gcm->ready) {
         return srtp_err_status_bad_param;
     }
     if (*len < (unsigned int)gcm->tag_len) {
         return srtp_err_status_auth_fail;
     }
     unsigned int data = *len - (unsigned int)gcm->tag_len;
-    OSSL_PARAM params[2] = {
-        OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, buf + data,
-                                          (size_t)gcm->tag_len),
-        OSSL_PARAM_construct_end()};
-    if (!EVP_CIPHER_CTX_set_params(gcm->ctx, params) ||
-        EVP_Cipher(gcm->ctx, buf, buf, data) < 0 || EVP_Cipher(gcm->ctx, NULL, NULL, 0) != 0) {
+    aead_flush_aad(gcm);
+    if (gcm->key_size == SRTP_AES_256_KEY_LEN) {
+        gcm_aes256_decrypt(&gcm->ctx.aes256, data, buf, buf);
+    } else {
+        gcm_aes128_decrypt(&gcm->ctx.aes128, data, buf, buf);
+    }
+    uint8_t tag[GCM_DIGEST_SIZE];
+    aead_digest(gcm, tag);
+    if (!memeql_sec(tag, buf + data, (size_t)gcm->tag_len)) {
         return srtp_err_status_auth_fail; /* the tag did not match */
     }
     *len = data;
@@ -176,12 +215,12 @@ static srtp_err_status_t gcm_decrypt(void *state, uint8_t *buf, unsigned int *le
 }
 
 static const srtp_cipher_type_t gcm_128_type = {
-    gcm_alloc, gcm_dealloc, gcm_init, gcm_set_aad, gcm_encrypt, gcm_decrypt, gcm_set_iv,
-    gcm_get_tag, "AES-128 GCM (parley, OpenSSL 3)", &srtp_aes_gcm_128_test_case_0,
+    aead_alloc, aead_dealloc, aead_init, aead_set_aad, aead_encrypt, aead_decrypt, aead_set_iv,
+    aead_get_tag, "AES-128 GCM (parley, Nettle)", &srtp_aes_gcm_128_test_case_0,
     SRTP_AES_GCM_128};
 static const srtp_cipher_type_t gcm_256_type = {
-    gcm_alloc, gcm_dealloc, gcm_init, gcm_set_aad, gcm_encrypt, gcm_decrypt, gcm_set_iv,
-    gcm_get_tag, "AES-256 GCM (parley, OpenSSL 3)", &srtp_aes_gcm_256_test_case_0,
+    aead_alloc, aead_dealloc, aead_init, aead_set_aad, aead_encrypt, aead_decrypt, aead_set_iv,
+    aead_get_tag, "AES-256 GCM (parley, Nettle)", &srtp_aes_gcm_256_test_case_0,
     SRTP_AES_GCM_256};
 
 /* "parley" when ours took libsrtp's place (its test vectors passed), else "libsrtp" */

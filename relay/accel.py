@@ -451,8 +451,8 @@ SRTP_CRYPTO: Final[str] = _compiled.SRTP_CRYPTO if COMPILED else "pylibsrtp"
 """Whose SRTP the packet path runs: "openssl" (the libsrtp scripts/libsrtp.sh built), "system
 libsrtp2" (Debian's, on NSS), or "pylibsrtp" (the pure-Python twin)."""
 SRTP_GCM: Final[str] = _compiled.SRTP_GCM if COMPILED else "pylibsrtp"
-"""Whose AES-GCM the compiled path's libsrtp runs: "parley" (relay/_accel.c's, fewer OpenSSL 3
-calls per packet; with the "openssl" libsrtp) or "libsrtp" (its own; ``PARLEY_LIBSRTP_GCM=1``)."""
+"""Whose AES-GCM the compiled path's libsrtp runs: "parley" (relay/_accel.c's, on Nettle; with the
+"openssl" libsrtp and Nettle's headers) or "libsrtp" (its own; ``PARLEY_LIBSRTP_GCM=1``)."""
 
 if _compiled is not None:
     _compiled.set_packet_type(RtpIn)

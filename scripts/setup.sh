@@ -19,6 +19,8 @@ dpkg -s libsrtp2-dev >/dev/null 2>&1 || need+=(libsrtp2-dev)
 command -v make >/dev/null || need+=(make)
 command -v curl >/dev/null || need+=(curl)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+# ... and Nettle's headers: SRTP's AES-GCM on Nettle (without them, libsrtp's own on OpenSSL)
+dpkg -s nettle-dev >/dev/null 2>&1 || need+=(nettle-dev)
 if [ "$want_test" = test ]; then
     command -v chromium >/dev/null || need+=(chromium)
     command -v firefox-esr >/dev/null || need+=(firefox-esr)  # the Firefox page tests

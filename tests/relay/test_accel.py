@@ -257,8 +257,9 @@ def test_compiled_unprotect_rejects_a_forged_packet(profile: Any) -> None:
 
 @needs_compiled
 def test_the_aes_gcm_in_use_is_named_and_libsrtps_can_be_kept() -> None:
-    """With libsrtp on OpenSSL the relay's own AES-GCM takes libsrtp's place (it passed
-    libsrtp's test vectors; the tests above compare its bytes with pylibsrtp's);
+    """With libsrtp on OpenSSL the relay's own AES-GCM on Nettle (scripts/setup.sh installs
+    nettle-dev) takes libsrtp's place (it passed libsrtp's test vectors; the tests above compare
+    its bytes with pylibsrtp's and check that forgeries fail);
     PARLEY_LIBSRTP_GCM=1 keeps libsrtp's, for measuring."""
     expected = "parley" if _accel.SRTP_CRYPTO == "openssl" else "libsrtp"
     assert _accel.SRTP_GCM == expected
