@@ -48,6 +48,7 @@
 #ifdef PARLEY_SRTP_NETTLE
 #include <nettle/gcm.h>
 #include <nettle/memops.h>
+#include <nettle/nettle-meta.h>
 #include <srtp2/cipher.h>
 
 extern const srtp_cipher_test_case_t srtp_aes_gcm_128_test_case_0;
@@ -62,18 +63,20 @@ typedef struct {
         struct gcm_aes128_ctx aes128;
         struct gcm_aes256_ctx aes256;
     } ctx;
-    int key_size, tag_len, ready, aad_done;
+    const struct nettle_aead *aead; /* nettle_gcm_aes128 or _aes256: calls on ctx */
+    int tag_len, ready, aad_done;
     uint32_t aad_len;
     uint8_t aad[GCM_MAX_AAD];
 } Gcm;
 
 static srtp_err_status_t aead_alloc(srtp_cipher_t **out, int key_len, int tag_len) {
     const srtp_cipher_type_t *type;
-    int key_size, algorithm;
+    const struct nettle_aead *aead;
+    int algorithm;
     if (key_len == SRTP_AES_GCM_128_KEY_LEN_WSALT) {
-        type = &gcm_128_type, key_size = SRTP_AES_128_KEY_LEN, algorithm = SRTP_AES_GCM_128;
+        type = &gcm_128_type, aead = &nettle_gcm_aes128, algorithm = SRTP_AES_GCM_128;
     } else if (key_len == SRTP_AES_GCM_256_KEY_LEN_WSALT) {
-        type = &gcm_256_type, key_size = SRTP_AES_256_KEY_LEN, algorithm = SRTP_AES_GCM_256;
+        type = &gcm_256_type, aead = &nettle_gcm_aes256, algorithm = SRTP_AES_GCM_256;
     } else {
         return srtp_err_status_bad_param;
     }
@@ -87,7 +90,7 @@ static srtp_err_status_t aead_alloc(srtp_cipher_t **out, int key_len, int tag_le
         free(gcm);
         return srtp_err_status_alloc_fail;
     }
-    gcm->key_size = key_size;
+    gcm->aead = aead;
     gcm->tag_len = tag_len;
     cipher->type = type;
     cipher->state = gcm;
@@ -109,11 +112,7 @@ static srtp_err_status_t aead_dealloc(srtp_cipher_t *cipher) {
 
 static srtp_err_status_t aead_init(void *state, const uint8_t *key) {
     Gcm *gcm = state;
-    if (gcm->key_size == SRTP_AES_256_KEY_LEN) {
-        gcm_aes256_set_key(&gcm->ctx.aes256, key);
-    } else {
-        gcm_aes128_set_key(&gcm->ctx.aes128, key);
-    }
+    gcm->aead->set_encrypt_key(&gcm->ctx, key);
     gcm->ready = 0;
     return srtp_err_status_ok;
 }
@@ -123,11 +122,7 @@ static srtp_err_status_t aead_set_iv(void *state, uint8_t *iv, srtp_cipher_direc
     if (dir != srtp_direction_encrypt && dir != srtp_direction_decrypt) {
         return srtp_err_status_bad_param;
     }
-    if (gcm->key_size == SRTP_AES_256_KEY_LEN) {
-        gcm_aes256_set_iv(&gcm->ctx.aes256, GCM_IV_SIZE, iv);
-    } else {
-        gcm_aes128_set_iv(&gcm->ctx.aes128, GCM_IV_SIZE, iv);
-    }
+    gcm->aead->set_nonce(&gcm->ctx, iv); /* GCM_IV_SIZE: SRTP's 12 bytes */
     gcm->ready = 1;
     gcm->aad_len = 0;
     gcm->aad_done = 0;
@@ -147,11 +142,7 @@ static srtp_err_status_t aead_set_aad(void *state, const uint8_t *aad, uint32_t 
 /* the gathered AAD into the hash, once, before the first byte of data */
 static void aead_flush_aad(Gcm *gcm) {
     if (!gcm->aad_done) {
-        if (gcm->key_size == SRTP_AES_256_KEY_LEN) {
-            gcm_aes256_update(&gcm->ctx.aes256, gcm->aad_len, gcm->aad);
-        } else {
-            gcm_aes128_update(&gcm->ctx.aes128, gcm->aad_len, gcm->aad);
-        }
+        gcm->aead->update(&gcm->ctx, gcm->aad_len, gcm->aad);
         gcm->aad_done = 1;
     }
 }
@@ -162,21 +153,13 @@ static srtp_err_status_t aead_encrypt(void *state, uint8_t *buf, unsigned int *l
         return srtp_err_status_bad_param;
     }
     aead_flush_aad(gcm);
-    if (gcm->key_size == SRTP_AES_256_KEY_LEN) {
-        gcm_aes256_encrypt(&gcm->ctx.aes256, *len, buf, buf);
-    } else {
-        gcm_aes128_encrypt(&gcm->ctx.aes128, *len, buf, buf);
-    }
+    gcm->aead->encrypt(&gcm->ctx, *len, buf, buf);
     return srtp_err_status_ok;
 }
 
 static void aead_digest(Gcm *gcm, uint8_t *tag) {
     aead_flush_aad(gcm);
-    if (gcm->key_size == SRTP_AES_256_KEY_LEN) {
-        gcm_aes256_digest(&gcm->ctx.aes256, (size_t)gcm->tag_len, tag);
-    } else {
-        gcm_aes128_digest(&gcm->ctx.aes128, (size_t)gcm->tag_len, tag);
-    }
+    gcm->aead->digest(&gcm->ctx, (size_t)gcm->tag_len, tag);
     gcm->ready = 0; /* a new IV before the next packet */
 }
 
@@ -200,11 +183,7 @@ static srtp_err_status_t aead_decrypt(void *state, uint8_t *buf, unsigned int *l
     }
     unsigned int data = *len - (unsigned int)gcm->tag_len;
     aead_flush_aad(gcm);
-    if (gcm->key_size == SRTP_AES_256_KEY_LEN) {
-        gcm_aes256_decrypt(&gcm->ctx.aes256, data, buf, buf);
-    } else {
-        gcm_aes128_decrypt(&gcm->ctx.aes128, data, buf, buf);
-    }
+    gcm->aead->decrypt(&gcm->ctx, data, buf, buf);
     uint8_t tag[GCM_DIGEST_SIZE];
     aead_digest(gcm, tag);
     if (!memeql_sec(tag, buf + data, (size_t)gcm->tag_len)) {
