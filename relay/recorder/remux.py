@@ -186,19 +186,23 @@ def _runs(
         if not floors:
             floors.append(lag)
         elif lag - floors[-1] > RESYNC_GAP:
-            if len(runs) > 1 and floors[-1] - floors[-2] <= RESYNC_GAP:
-                runs[-2].extend(runs.pop())  # the run before caught up: one run
-                caught_up = floors.pop()
-                floors[-1] = min(floors[-1], caught_up)
+            _join_if_caught_up(runs, floors)
             if lag - floors[-1] > RESYNC_GAP:
                 runs.append([])
                 floors.append(lag)
         floors[-1] = min(floors[-1], lag)
         runs[-1].extend(group)
         index = end
+    _join_if_caught_up(runs, floors)
+    return runs
+
+
+def _join_if_caught_up(runs: list[list[Any]], floors: list[float]) -> None:
+    """The last run joins the one before when its lag came back down (a late delivery)."""
     if len(runs) > 1 and floors[-1] - floors[-2] <= RESYNC_GAP:
         runs[-2].extend(runs.pop())
-    return runs
+        caught_up = floors.pop()
+        floors[-1] = min(floors[-1], caught_up)
 
 
 # --- depacketizers --------------------------------------------------------------------------
