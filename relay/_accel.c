@@ -346,11 +346,13 @@ static PyObject *s_payload_type, *s_ssrc, *s_abs_send_time, *s_consumers, *empty
 /* Where packet_type's __slots__ keep each attribute (its member descriptors' offsets), so that
  * parse_packet fills a new packet, and the packet path reads one, without an attribute lookup
  * per field; 0 when packet_type is not a plain slotted class (then getattr / setattr). */
-static Py_ssize_t packet_slot_offset(PyObject *name) {
-    if (packet_type == NULL || packet_type->tp_dictoffset != 0) {
+/* the offset of ``type``'s writable __slots__ member ``name`` in its instances, or 0: none (a
+ * type with a __dict__ too, a property, a member of a base class) */
+static Py_ssize_t slot_offset(PyTypeObject *type, PyObject *name) {
+    if (type == NULL || type->tp_dictoffset != 0) {
         return 0;
     }
-    PyObject *descr = PyObject_GetAttr((PyObject *)packet_type, name);
+    PyObject *descr = PyObject_GetAttr((PyObject *)type, name);
     if (descr == NULL) {
         PyErr_Clear();
         return 0;
@@ -359,13 +361,21 @@ static Py_ssize_t packet_slot_offset(PyObject *name) {
     if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
         PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
         if (member->type == T_OBJECT_EX && !(member->flags & READONLY) &&
-            PyDescr_TYPE(descr) == packet_type) {
+            PyDescr_TYPE(descr) == type) {
             offset = member->offset;
         }
     }
     Py_DECREF(descr);
     return offset;
 }
+
+static Py_ssize_t packet_slot_offset(PyObject *name) {
+    return slot_offset(packet_type, name);
+}
+
+/* relay.fanout.ConsumerView, whose ``consumers`` slot Inbound reads per packet (set_view_type) */
+static PyTypeObject *view_type;
+static Py_ssize_t o_consumers;
 
 static Py_ssize_t o_payload_type, o_marker, o_sequence_number, o_timestamp, o_ssrc, o_csrc,
     o_payload, o_padding_size, o_abs_send_time, o_audio_level;
@@ -394,6 +404,24 @@ static PyObject *get_slot(PyObject *obj, PyObject *name, Py_ssize_t offset) {
     }
     return PyObject_GetAttr(obj, name); /* (an unset slot raises AttributeError there) */
 }
+
+/* PyLong_FromUnsignedLong(v) through a one-entry cache: the packets of a frame share their SSRC
+ * and timestamp, so most packets reuse the previous one's int instead of allocating (and later
+ * freeing) their own */
+static inline PyObject *cached_long(unsigned long v, PyObject **cache, unsigned long *cached) {
+    if (*cache == NULL || *cached != v) {
+        PyObject *value = PyLong_FromUnsignedLong(v);
+        if (value == NULL) {
+            return NULL;
+        }
+        Py_XSETREF(*cache, value);
+        *cached = v;
+    }
+    return Py_NewRef(*cache);
+}
+
+static PyObject *last_ssrc_int, *last_ts_int;
+static unsigned long last_ssrc_value, last_ts_value;
 
 /* ``fields`` (may be NULL): also filled with what Fields_read would read from the packet, with
  * new references the caller releases (Fields_release) */
@@ -536,8 +564,10 @@ static PyObject *parse_packet(const unsigned char *data, Py_ssize_t length, int 
         set_slot(packet, s_marker, o_marker, PyLong_FromLong(second >> 7)) < 0 ||
         set_slot(packet, s_sequence_number, o_sequence_number, PyLong_FromUnsignedLong(seq)) <
             0 ||
-        set_slot(packet, s_timestamp, o_timestamp, PyLong_FromUnsignedLong(ts)) < 0 ||
-        set_slot(packet, s_ssrc, o_ssrc, PyLong_FromUnsignedLong(ssrc)) < 0 ||
+        set_slot(packet, s_timestamp, o_timestamp, cached_long(ts, &last_ts_int, &last_ts_value)) <
+            0 ||
+        set_slot(packet, s_ssrc, o_ssrc, cached_long(ssrc, &last_ssrc_int, &last_ssrc_value)) <
+            0 ||
         set_slot(packet, s_csrc, o_csrc, csrc) < 0 ||
         set_slot(packet, s_payload, o_payload, Py_NewRef(payload)) < 0 ||
         set_slot(packet, s_padding_size, o_padding_size, PyLong_FromLong(padding)) < 0 ||
@@ -606,6 +636,17 @@ static PyObject *set_packet_type_py(PyObject *module, PyObject *arg) {
     o_padding_size = packet_slot_offset(s_padding_size);
     o_abs_send_time = packet_slot_offset(s_abs_send_time);
     o_audio_level = packet_slot_offset(s_audio_level);
+    Py_RETURN_NONE;
+}
+
+static PyObject *set_view_type_py(PyObject *module, PyObject *arg) {
+    if (!PyType_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "a class");
+        return NULL;
+    }
+    Py_INCREF(arg);
+    Py_XSETREF(view_type, (PyTypeObject *)arg);
+    o_consumers = slot_offset(view_type, s_consumers);
     Py_RETURN_NONE;
 }
 
@@ -2434,13 +2475,31 @@ static PyTypeObject MissingPacketsType = {
 #define IN_NACK 2     /* packets went missing: send a NACK */
 #define IN_QUALITY 4  /* relay.quality needs this packet (a key frame's start, a level) */
 #define IN_SLOW 8     /* consumers left to the Python path: ``slow``, with ``abs_send_time`` */
-#define IN_LATENCY 16 /* a sampled forward latency is in ``latency`` */
 #define IN_SINKS 32   /* recorders to write the packet to (from ``extra``) */
 
 #define QUALITY_NONE 0
 #define QUALITY_VIDEO 1 /* frame ends (marker): counted here, in ``frames`` and ``frame_ts`` */
 #define QUALITY_VP8 2   /* frame ends, and key frames' first packets (their resolution) */
 #define QUALITY_AUDIO 3 /* packets with an audio level */
+
+/* The forward-latency histogram of the process (relay.quality.FORWARD_LATENCY reads it): the 1 in
+ * ``latency_every`` packets each Inbound samples are counted here, in C, with no Python call.
+ * The bounds are relay.quality.LatencyHistogram.BOUNDS (relay/accel.py checks they agree); a
+ * sample falls into the first bucket whose bound is >= it (``bisect_left``), the last is +Inf. */
+static const double latency_bounds[] = {2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3,
+                                        2e-3, 5e-3, 1e-2, 2e-2, 5e-2};
+#define LATENCY_BUCKETS ((int)(sizeof(latency_bounds) / sizeof(latency_bounds[0])) + 1)
+static unsigned long long latency_counts[LATENCY_BUCKETS];
+static double latency_total;
+
+static inline void latency_observe(double seconds) {
+    int i = 0;
+    while (i < LATENCY_BUCKETS - 1 && latency_bounds[i] < seconds) {
+        i++;
+    }
+    latency_counts[i]++;
+    latency_total += seconds;
+}
 
 struct Inbound {
     PyObject_HEAD
@@ -2639,7 +2698,7 @@ static long Inbound_take_fields(Inbound *self, PyObject *packet, Fields *f, PyOb
         clock_gettime(CLOCK_REALTIME, &end);
         double latency = timespec_seconds(&end) - timespec_seconds(&now);
         self->latency = latency > 0 ? latency : 0.0;
-        flags |= IN_LATENCY;
+        latency_observe(self->latency);
     }
     return flags;
 }
@@ -2673,7 +2732,13 @@ static long Inbound_take(Inbound *self, PyObject *packet, PyObject *consumers) {
 
 /* the consumers of the view (a new reference to a tuple), or NULL with an exception */
 static PyObject *Inbound_consumers(Inbound *self) {
-    PyObject *consumers = PyObject_GetAttr(self->view, s_consumers);
+    PyObject *consumers;
+    if (o_consumers > 0 && Py_IS_TYPE(self->view, view_type) &&
+        (consumers = *(PyObject **)((char *)self->view + o_consumers)) != NULL &&
+        PyTuple_CheckExact(consumers)) {
+        return Py_NewRef(consumers); /* straight from the slot: no attribute lookup */
+    }
+    consumers = PyObject_GetAttr(self->view, s_consumers);
     if (consumers != NULL && !PyTuple_Check(consumers)) {
         Py_DECREF(consumers);
         PyErr_SetString(PyExc_TypeError, "view.consumers must be a tuple");
@@ -2909,6 +2974,22 @@ static PyObject *set_gso_py(PyObject *module, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *forward_latency_py(PyObject *module, PyObject *unused) {
+    PyObject *counts = PyTuple_New(LATENCY_BUCKETS);
+    if (counts == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < LATENCY_BUCKETS; i++) {
+        PyObject *count = PyLong_FromUnsignedLongLong(latency_counts[i]);
+        if (count == NULL) {
+            Py_DECREF(counts);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(counts, i, count);
+    }
+    return Py_BuildValue("(Nd)", counts, latency_total);
+}
+
 static PyMethodDef module_methods[] = {
     {"stats", stats_py, METH_NOARGS,
      "process-wide counters: reads (recvmmsg), datagrams_in, sends (send system calls), "
@@ -2916,10 +2997,16 @@ static PyMethodDef module_methods[] = {
     {"parse", parse_py, METH_VARARGS,
      "parse(data, abs_send_time_id, audio_level_id) -> RtpIn or None (relay.rtp.parse_rtp)"},
     {"set_packet_type", set_packet_type_py, METH_O, "the class parse() fills (relay.rtp.RtpIn)"},
+    {"set_view_type", set_view_type_py, METH_O,
+     "the class of Inbound.view whose ``consumers`` slot is read directly "
+     "(relay.fanout.ConsumerView)"},
     {"set_gso", set_gso_py, METH_O, "send runs of equal-size packets as UDP GSO (default on)"},
     {"fan_out", (PyCFunction)(void (*)(void))fan_out, METH_FASTCALL,
      "fan_out(packet, consumers, abs_send_time) -> consumers left to the Python path, or None"},
     {"abs_send_time_now", abs_send_time_py, METH_NOARGS, "24-bit abs-send-time of now"},
+    {"forward_latency", forward_latency_py, METH_NOARGS,
+     "(counts per bucket, total seconds) the Inbounds of this process sampled: the buckets of "
+     "FORWARD_LATENCY_BOUNDS and one above them"},
     {NULL}};
 
 static struct PyModuleDef accel_module = {
@@ -2986,5 +3073,18 @@ PyMODINIT_FUNC PyInit__accel(void) {
     PyModule_AddIntConstant(m, "MAX_TRAILER", SRTP_MAX_TRAILER_LEN);
     PyModule_AddStringConstant(m, "SRTP_CRYPTO", PARLEY_SRTP_CRYPTO);
     PyModule_AddStringConstant(m, "SRTP_GCM", gcm);
+    PyObject *bounds = PyTuple_New(LATENCY_BUCKETS - 1);
+    if (bounds == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < LATENCY_BUCKETS - 1; i++) {
+        PyObject *bound = PyFloat_FromDouble(latency_bounds[i]);
+        if (bound == NULL) {
+            Py_DECREF(bounds);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(bounds, i, bound);
+    }
+    PyModule_AddObject(m, "FORWARD_LATENCY_BOUNDS", bounds);
     return m;
 }

@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import pylibsrtp
 
-from .quality import vp8_resolution
+from .fanout import ConsumerView
+from .quality import FORWARD_LATENCY, LatencyHistogram, vp8_resolution
 from .rtp import RtpIn, RtpLike, parse_rtp, rewrite_rtp
 from .rtpstats import PyMissingPackets, PyReceiveStatistics
 
@@ -290,8 +291,6 @@ IN_QUALITY: Final = 4
 frame ends are counted in the inbound itself."""
 IN_SLOW: Final = 8
 """Consumers were left to the Python path: ``slow``, to be sent with ``abs_send_time``."""
-IN_LATENCY: Final = 16
-"""This packet was sampled for the forward-latency histogram: ``latency`` seconds."""
 IN_SINKS: Final = 32
 """Recorders to write the packet to (``extra``, added by ``__call__``)."""
 
@@ -310,7 +309,9 @@ class PyInbound:
     updates the receive statistics and the NACK generator, is counted, and is fanned out; what
     is left for Python comes back as ``IN_*`` flags. The compiled twin is ``_accel.Inbound``.
     One clock read per packet (wall clock: the statistics' arrival and the abs-send-time), and
-    a second one on the 1 in ``latency_every`` packets sampled for the latency histogram."""
+    a second one on the 1 in ``latency_every`` packets sampled: its forward latency
+    (``latency``) goes into ``relay.quality.FORWARD_LATENCY`` here, with no flag (the compiled
+    twin counts it in C, which ``FORWARD_LATENCY`` reads)."""
 
     __slots__ = (
         "payload_type",
@@ -425,8 +426,8 @@ class PyInbound:
                 flags |= IN_SLOW
         self._tick += 1
         if not self._tick & self._mask:
-            self.latency = max(0.0, time.time() - now)
-            flags |= IN_LATENCY
+            self.latency = latency = max(0.0, time.time() - now)
+            FORWARD_LATENCY.observe(latency)
         return flags
 
 
@@ -455,7 +456,13 @@ SRTP_GCM: Final[str] = _compiled.SRTP_GCM if COMPILED else "pylibsrtp"
 "openssl" libsrtp and Nettle's headers) or "libsrtp" (its own; ``PARLEY_LIBSRTP_GCM=1``)."""
 
 if _compiled is not None:
+    if tuple(_compiled.FORWARD_LATENCY_BOUNDS) != LatencyHistogram.BOUNDS:
+        raise ImportError(
+            "relay/_accel.c and relay/quality.py disagree on the latency buckets: rebuild"
+        )
     _compiled.set_packet_type(RtpIn)
+    _compiled.set_view_type(ConsumerView)
+    FORWARD_LATENCY.add_source(_compiled.forward_latency)
     Reader: Any = _compiled.Reader
     FastIn: Any = _compiled.FastIn
     io_stats: Any = _compiled.stats

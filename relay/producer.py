@@ -324,8 +324,6 @@ class Producer:
             self._send_nack(packet.ssrc)
         if flags & accel.IN_SLOW:
             self._send_slow(packet, inbound.slow, inbound.abs_send_time, False)
-        if flags & accel.IN_LATENCY:
-            FORWARD_LATENCY.observe(inbound.latency)
         for sink in self._sinks:
             sink.write(packet)
 

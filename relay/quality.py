@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiortc.rtp import (
@@ -420,24 +421,52 @@ class LatencyHistogram:
     counted into fixed buckets: a bisect and two increments per observed packet. The producer
     observes a sample, one forwarded packet in ``relay.producer.LATENCY_EVERY`` (16), so the
     counts are a sixteenth of the packets and the distribution is theirs. One per process (the
-    Prometheus registry's counters are process-wide too)."""
+    Prometheus registry's counters are process-wide too). The compiled packet path counts its
+    own samples in C (no Python call on the packet path); ``add_source`` adds such counts
+    (``() -> (counts per bucket, total seconds)``, the same buckets) to what this one shows."""
 
     BOUNDS = (2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2)
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("_counts", "_total", "_sources")
 
     def __init__(self) -> None:
-        self.counts = [0] * (len(self.BOUNDS) + 1)
-        self.total = 0.0
+        self._counts = [0] * (len(self.BOUNDS) + 1)
+        self._total = 0.0
+        self._sources: tuple[Callable[[], tuple[Sequence[int], float]], ...] = ()
 
     def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(self.BOUNDS, seconds)] += 1
-        self.total += seconds
+        self._counts[bisect_left(self.BOUNDS, seconds)] += 1
+        self._total += seconds
+
+    def add_source(self, source: Callable[[], tuple[Sequence[int], float]]) -> None:
+        """Counts kept elsewhere (the compiled path's), added to this histogram's."""
+        self._sources = (*self._sources, source)
+
+    def _merged(self) -> tuple[list[int], float]:
+        counts, total = list(self._counts), self._total
+        for source in self._sources:
+            more, more_total = source()
+            if len(more) != len(counts):
+                raise ValueError("a latency source with other buckets")
+            counts = [a + b for a, b in zip(counts, more, strict=True)]
+            total += more_total
+        return counts, total
+
+    @property
+    def counts(self) -> list[int]:
+        """Samples per bucket (the last is above every bound), all sources."""
+        return self._merged()[0]
+
+    @property
+    def total(self) -> float:
+        """Seconds of all samples, all sources."""
+        return self._merged()[1]
 
     def buckets(self) -> list[tuple[str, int]]:
         """Cumulative ``(le, count)`` pairs, ending with ``+Inf``."""
         out, running = [], 0
-        for bound, count in zip((*self.BOUNDS, float("inf")), self.counts, strict=True):
+        counts = self.counts
+        for bound, count in zip((*self.BOUNDS, float("inf")), counts, strict=True):
             running += count
             out.append(("+Inf" if bound == float("inf") else repr(bound), running))
         return out
